@@ -1,0 +1,1 @@
+"""Dataset-preparation scripts: captioning, tagging, tag editing, metadata, buckets and latents."""

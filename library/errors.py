@@ -1,0 +1,27 @@
+"""User-facing errors and the command-line wrapper that prints them as one line.
+
+Every script raises `UserError` for problems the user can fix (a wrong path, a bad option, a file
+that is not what it claims to be). `run_cli` turns it into a single `error: ...` line and exit
+code 2 instead of a traceback; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message says what is wrong and how to fix it."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a script's `main(argv)`, printing a UserError as one line instead of a traceback."""
+    try:
+        result = main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,1 @@
+"""SDXL model loading, saving, key-name conversion and tokenizers."""
