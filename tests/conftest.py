@@ -1,0 +1,41 @@
+"""Shared fixtures: the tiny SDXL model is written once per test session and loaded once."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """Folder with diffusers/ and sdxl_tiny.safetensors (seed 0)."""
+    from library.models.tiny_sdxl import write_tiny_sdxl
+
+    folder = tmp_path_factory.mktemp("tiny_sdxl")
+    write_tiny_sdxl(folder, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file(tiny_sdxl_dir):
+    from library.models.tiny_sdxl import SINGLE_FILE_NAME
+
+    return tiny_sdxl_dir / SINGLE_FILE_NAME
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_dir(tiny_sdxl_dir):
+    return tiny_sdxl_dir / "diffusers"
+
+
+@pytest.fixture(scope="session")
+def _tiny_sdxl_loaded(tiny_single_file):
+    from library.models.sdxl_loader import load_sdxl
+
+    return load_sdxl(tiny_single_file)
+
+
+@pytest.fixture
+def tiny_sdxl(_tiny_sdxl_loaded):
+    """A fresh copy of the loaded tiny model (tests may modify it)."""
+    return copy.deepcopy(_tiny_sdxl_loaded)
