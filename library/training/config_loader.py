@@ -1,0 +1,196 @@
+"""Resolve the training configuration: defaults < --config_file TOML < command line.
+
+Every key is checked against the option table before any model is loaded: an unknown key, a wrong
+type, a value outside its choices, a dataset-only key or an option this toolkit does not offer is a
+UserError naming the file, the section and the key (with a "did you mean" suggestion).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from library.errors import UserError
+from library.training.option_types import TYPE_NAMES, parse_bool, parse_str_list
+from library.training.options import (
+    DATASET_ONLY_KEYS,
+    IGNORED,
+    NETWORK_ARG_KEYS,
+    OPTIONS,
+    PENDING,
+    SECTIONS,
+    UNSUPPORTED,
+    Option,
+)
+
+
+@dataclass
+class ResolvedConfig:
+    args: argparse.Namespace
+    sources: dict = field(default_factory=dict)  # option name -> "default" | "<file> [section]" | "command line"
+    notices: list = field(default_factory=list)  # one-line messages shown before training
+
+
+def _suggest(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a LoRA (or LyCORIS network) on SDXL. Options as in kohya sd-scripts; see docs/options.md.",
+        argument_default=argparse.SUPPRESS,  # only options given on the command line appear
+    )
+    parser.add_argument("--config_file", help="training config TOML (sections as kohya's; flat files load too)")
+    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    for option in OPTIONS.values():
+        group = groups[option.section]
+        if option.parse is parse_bool:
+            group.add_argument(f"--{option.name}", nargs="?", const="true", metavar="BOOL", help=option.help)
+        elif option.parse is parse_str_list:
+            group.add_argument(f"--{option.name}", nargs="*", help=option.help)
+        else:
+            group.add_argument(f"--{option.name}", help=option.help)
+    return parser
+
+
+def _parse_value(option: Option, value, where: str):
+    try:
+        parsed = option.parse(value)
+    except ValueError as error:
+        raise UserError(f"{where} {option.name}: {error} ({TYPE_NAMES.get(option.parse, 'value')})") from None
+    if option.choices and parsed is not None and parsed not in option.choices:
+        raise UserError(f"{where} {option.name}: {parsed!r} is not one of {', '.join(map(str, option.choices))}")
+    return parsed
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"{path}: config file not found (--config_file)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: invalid TOML ({error})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+
+
+def _flatten_file(path: Path, data: dict, notices: list) -> dict[str, tuple[object, str]]:
+    """Validated {option: (raw value, "file [section]")}; network keys are collected separately."""
+    entries: dict[str, tuple[object, str]] = {}
+    forwarded: list[str] = []
+
+    def visit(key: str, value, section: str | None):
+        where = f"{path}: [{section}]" if section else f"{path}:"
+        if key in OPTIONS:
+            if key in entries:
+                raise UserError(f"{where} {key}: set twice (also in {entries[key][1]}); keep one")
+            entries[key] = (value, f"{path} [{section}]" if section else str(path))
+        elif key in NETWORK_ARG_KEYS:
+            forwarded.append(f"{key}={_toml_scalar(value)}")
+            notices.append(
+                f"{where} {key} is a network argument; kohya ignores it at this level, here it is forwarded as "
+                f'network_args "{key}={_toml_scalar(value)}"'
+            )
+        elif key in DATASET_ONLY_KEYS:
+            raise UserError(
+                f"{where} {key}: is a dataset config key, not a training option; put it in the --dataset_config "
+                f"file under {DATASET_ONLY_KEYS[key]}"
+            )
+        else:
+            raise UserError(f"{where} {key}: unknown option{_suggest(key, list(OPTIONS) + list(NETWORK_ARG_KEYS))}")
+
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in SECTIONS:
+                raise UserError(f"{path}: [{key}]: unknown section{_suggest(key, SECTIONS)} (sections: {', '.join(SECTIONS)})")
+            for inner_key, inner_value in value.items():
+                if isinstance(inner_value, dict):
+                    raise UserError(f"{path}: [{key}.{inner_key}]: nested tables are not options; write keys directly under [{key}]")
+                visit(inner_key, inner_value, key)
+        else:
+            visit(key, value, None)
+    if forwarded:
+        entries["__forwarded_network_args__"] = (forwarded, str(path))
+    return entries
+
+
+def _toml_scalar(value) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def _merge_network_args(explicit: list[str] | None, forwarded: list[str], where: str) -> list[str]:
+    merged = list(explicit or [])
+    given = {item.split("=", 1)[0].strip() for item in merged}
+    for item in forwarded:
+        key = item.split("=", 1)[0]
+        if key in given:
+            raise UserError(f"{where}: {key} is set both as a top-level key and in network_args; keep the network_args one")
+        merged.append(item)
+    return merged
+
+
+def resolve_config(argv=None) -> ResolvedConfig:
+    parser = build_parser()
+    cli = vars(parser.parse_args(argv))
+    notices: list[str] = []
+    values = {name: option.default for name, option in OPTIONS.items()}
+    sources = {name: "default" for name in OPTIONS}
+
+    config_path = Path(cli.pop("config_file")) if cli.get("config_file") else None
+    forwarded: list[str] = []
+    if config_path is not None:
+        entries = _flatten_file(config_path, _read_toml(config_path), notices)
+        forwarded = entries.pop("__forwarded_network_args__", ([], ""))[0]
+        for name, (raw, where) in entries.items():
+            section = where[len(str(config_path)):].strip() or ""
+            values[name] = _parse_value(OPTIONS[name], raw, f"{config_path}: {section}".rstrip())
+            sources[name] = where
+    for name, raw in cli.items():
+        values[name] = _parse_value(OPTIONS[name], raw, "command line:")
+        sources[name] = "command line"
+    if forwarded:
+        values["network_args"] = _merge_network_args(values["network_args"], forwarded, str(config_path))
+
+    args = argparse.Namespace(**values, config_file=str(config_path) if config_path else None)
+    _apply_aliases(args, sources, notices)
+    _check_status(args, sources, notices)
+    return ResolvedConfig(args, sources, notices)
+
+
+def _apply_aliases(args, sources: dict, notices: list) -> None:
+    if args.caption_extention is not None:
+        if sources["caption_extension"] != "default" and args.caption_extension != args.caption_extention:
+            raise UserError(f"{sources['caption_extention']}: caption_extention (misspelt alias) conflicts with caption_extension; keep one")
+        args.caption_extension = args.caption_extention
+        sources["caption_extension"] = sources["caption_extention"]
+    if args.use_8bit_adam or args.use_lion_optimizer:
+        legacy = "AdamW8bit" if args.use_8bit_adam else "Lion"
+        if args.optimizer_type and args.optimizer_type.lower() != legacy.lower():
+            raise UserError(f"use_8bit_adam/use_lion_optimizer conflict with optimizer_type = {args.optimizer_type!r}; keep optimizer_type")
+        args.optimizer_type = legacy
+        notices.append(f"use_8bit_adam/use_lion_optimizer is the old spelling of optimizer_type = \"{legacy}\"")
+
+
+def _check_status(args, sources: dict, notices: list) -> None:
+    for name, option in OPTIONS.items():
+        value = getattr(args, name)
+        if sources[name] == "default" or value == option.default:
+            continue
+        where = sources[name]
+        if option.status == PENDING:
+            raise UserError(f"{where}: {name}: not supported yet by this toolkit; remove it (see docs/options.md for what is)")
+        if option.status == UNSUPPORTED:
+            raise UserError(f"{where}: {name}: not supported: {option.reason}")
+        if option.status == IGNORED:
+            notices.append(f"{where}: {name} is ignored: {option.reason}")
+
+
+def print_notices(resolved: ResolvedConfig, stream=None) -> None:
+    for notice in resolved.notices:
+        print(f"notice: {notice}", file=stream or sys.stderr)
