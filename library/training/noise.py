@@ -1,0 +1,83 @@
+"""Diffusion noise for training: the SDXL DDPM schedule, timestep sampling and noise variants.
+
+All randomness flows through one torch.Generator so a run with a seed is reproducible on CPU.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SDXL_NUM_TIMESTEPS = 1000
+
+
+def make_noise_scheduler(zero_terminal_snr: bool = False, v_parameterization: bool = False):
+    """DDPM, scaled_linear betas 0.00085-0.012 over 1000 steps: the schedule SDXL was trained with."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=SDXL_NUM_TIMESTEPS,
+        clip_sample=False,
+        prediction_type="v_prediction" if v_parameterization else "epsilon",
+        rescale_betas_zero_snr=zero_terminal_snr,
+    )
+
+
+def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at each timestep."""
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    return alphas_cumprod / (1.0 - alphas_cumprod)
+
+
+def sample_timesteps(batch: int, min_timestep: int | None, max_timestep: int | None, generator) -> torch.Tensor:
+    low = 0 if min_timestep is None else min_timestep
+    high = SDXL_NUM_TIMESTEPS if max_timestep is None else max_timestep
+    return torch.randint(low, high, (batch,), generator=generator, dtype=torch.long)
+
+
+def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generator) -> torch.Tensor:
+    """Multi-resolution noise: coarser random fields upsampled and added with decaying weight."""
+    batch, channels, height, width = noise.shape
+    for level in range(1, iterations + 1):
+        ratio = torch.rand((), generator=generator).item() * 2 + 2
+        h, w = max(1, int(height / ratio**level)), max(1, int(width / ratio**level))
+        coarse = torch.randn(batch, channels, h, w, generator=generator, dtype=noise.dtype)
+        noise = noise + F.interpolate(coarse, size=(height, width), mode="bilinear") * discount**level
+        if h == 1 or w == 1:
+            break
+    return noise / noise.std()
+
+
+def training_noise(latents: torch.Tensor, args, generator) -> torch.Tensor:
+    """Gaussian noise with the configured offset / adaptive offset / multi-resolution variants."""
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    batch, channels = latents.shape[:2]
+    if args.noise_offset:
+        offset = torch.full((batch, 1, 1, 1), float(args.noise_offset), dtype=latents.dtype)
+        if args.noise_offset_random_strength:
+            offset = offset * torch.rand((batch, 1, 1, 1), generator=generator, dtype=latents.dtype)
+        if args.adaptive_noise_scale:
+            mean = latents.mean(dim=(2, 3), keepdim=True)
+            offset = torch.clamp(offset + args.adaptive_noise_scale * mean.abs(), min=0.0)
+        noise = noise + offset * torch.randn((batch, channels, 1, 1), generator=generator, dtype=latents.dtype)
+    elif args.multires_noise_iterations:
+        noise = pyramid_noise(noise, args.multires_noise_iterations, args.multires_noise_discount, generator)
+    return noise
+
+
+def noisy_latents(noise_scheduler, latents, noise, timesteps, args, generator) -> torch.Tensor:
+    """Forward-diffuse; input perturbation (ip_noise_gamma) perturbs the input noise, not the target."""
+    if args.ip_noise_gamma:
+        gamma = torch.full((latents.shape[0], 1, 1, 1), float(args.ip_noise_gamma), dtype=latents.dtype)
+        if args.ip_noise_gamma_random_strength:
+            gamma = gamma * torch.rand(gamma.shape, generator=generator, dtype=latents.dtype)
+        noise = noise + gamma * torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    return noise_scheduler.add_noise(latents, noise.to(latents.device), timesteps.to(latents.device))
+
+
+def prediction_target(noise_scheduler, latents, noise, timesteps, v_parameterization: bool) -> torch.Tensor:
+    if v_parameterization:
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noise
