@@ -1,0 +1,1 @@
+"""Dataset code shared by the preparation scripts (finetune/, tools/) and the trainer."""
