@@ -1,0 +1,156 @@
+"""Training samples: which images, with which caption, in which bucket, repeated how often.
+
+Builds `TrainItem`s from dataset specs (DreamBooth folders, fine-tune metadata JSON, dataset TOML
+subsets). When a folder yields no images, the error says which folder was searched, what was found
+there and what naming is expected; captions that exist only under another extension are reported.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from library.data.buckets import BucketManager, BucketPlacement, place_in_bucket
+from library.data.captions import caption_path, read_caption
+from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
+from library.data.metadata import load_metadata
+from library.errors import UserError
+from library.training.dataset_config import DatasetSpec, SubsetSpec
+
+
+@dataclass
+class TrainItem:
+    image_path: Path
+    caption: str
+    subset: SubsetSpec
+    placement: BucketPlacement
+    dataset_index: int = 0
+
+    @property
+    def is_reg(self) -> bool:
+        return self.subset.is_reg
+
+    @property
+    def bucket(self) -> tuple[int, int]:
+        return self.placement.bucket
+
+
+def _bucket_manager(spec: DatasetSpec) -> BucketManager | None:
+    if not spec.enable_bucket:
+        return None
+    return BucketManager(spec.bucket_no_upscale, spec.resolution, spec.min_bucket_reso, spec.max_bucket_reso, spec.bucket_reso_steps)
+
+
+def _place(spec: DatasetSpec, manager, size: tuple[int, int], train_resolution=None) -> BucketPlacement:
+    if train_resolution is not None:  # meta_lat.json already chose the bucket
+        return place_in_bucket(size[0], size[1], tuple(train_resolution))
+    if manager is None:
+        return place_in_bucket(size[0], size[1], tuple(spec.resolution))
+    return manager.place(size[0], size[1])
+
+
+def _other_caption_extensions(folder: Path, images: list[Path], wanted: str) -> Counter:
+    stems = {p.stem for p in images}
+    found = Counter()
+    for file in folder.iterdir():
+        if file.is_file() and file.stem in stems and file.suffix.lower() not in IMAGE_EXTENSIONS and file.suffix != wanted:
+            if file.suffix in (".txt", ".caption", ".cap", ".tags"):
+                found[file.suffix] += 1
+    return found
+
+
+def _no_images_error(folder: Path) -> UserError:
+    if not folder.is_dir():
+        return UserError(f"{folder}: image folder not found")
+    entries = sorted(p.name for p in folder.iterdir())[:5]
+    seen = f"found {', '.join(entries)}" if entries else "the folder is empty"
+    return UserError(
+        f"{folder}: no training images ({seen}); expected .png/.jpg/.jpeg/.webp/.bmp files directly in it"
+        + (" (DreamBooth data goes in <repeats>_<class> sub-folders of train_data_dir)" if any((folder / e).is_dir() for e in entries) else "")
+    )
+
+
+def dreambooth_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: SkipLog, notices: list) -> list[TrainItem]:
+    folder = Path(subset.image_dir)
+    images = glob_images(folder) if folder.is_dir() else []
+    if not images:
+        raise _no_images_error(folder)
+    items, missing = [], 0
+    for image in images:
+        try:
+            size = read_image_size(image)
+        except ImageSkipped as error:
+            skipped.add(image, str(error))
+            continue
+        caption = read_caption(caption_path(image, subset.caption_extension))
+        if caption is None:
+            missing += 1
+            caption = subset.class_tokens or ""
+        try:
+            placement = _place(spec, manager, size)
+        except ValueError as error:
+            skipped.add(image, str(error))
+            continue
+        items.append(TrainItem(image, caption, subset, placement))
+    if missing:
+        others = _other_caption_extensions(folder, images, subset.caption_extension)
+        hint = ""
+        if others:
+            ext, count = others.most_common(1)[0]
+            hint = f"; {count} {ext} files are there: set caption_extension = \"{ext}\""
+        fallback = f"the class tokens '{subset.class_tokens}'" if subset.class_tokens else "an empty caption"
+        notices.append(f"{folder}: {missing} of {len(images)} images have no {subset.caption_extension} caption, using {fallback}{hint}")
+    return items
+
+
+def _find_image(folder: Path, key: str) -> Path | None:
+    path = Path(key)
+    if path.suffix.lower() in IMAGE_EXTENSIONS and path.exists():
+        return path
+    for base in (folder / key, path):
+        for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+            candidate = base.with_name(base.name + ext)
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: SkipLog, notices: list) -> list[TrainItem]:
+    metadata = load_metadata(subset.metadata_file)
+    folder = Path(subset.image_dir or ".")
+    items, not_found = [], []
+    for key, entry in metadata.items():
+        image = _find_image(folder, key)
+        if image is None:
+            not_found.append(key)
+            continue
+        caption, tags = entry.get("caption"), entry.get("tags")
+        if caption is None:
+            caption = tags or ""
+        elif tags:
+            caption = f"{caption}{subset.caption_separator} {tags}"
+        size = tuple(entry["image_size"]) if entry.get("image_size") else None
+        try:
+            size = size or read_image_size(image)
+            placement = _place(spec, manager, size, entry.get("train_resolution"))
+        except (ImageSkipped, ValueError) as error:
+            skipped.add(image, str(error))
+            continue
+        items.append(TrainItem(image, caption.strip(), subset, placement))
+    if not_found:
+        notices.append(f"{subset.metadata_file}: {len(not_found)} entries have no image in {folder} (e.g. {not_found[0]!r})")
+    if not items:
+        raise UserError(f"{subset.metadata_file}: none of its {len(metadata)} entries matches an image in {folder}; check train_data_dir")
+    return items
+
+
+def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> list[TrainItem]:
+    items = []
+    for index, spec in enumerate(specs):
+        manager = _bucket_manager(spec)
+        for subset in spec.subsets:
+            make = metadata_items if subset.metadata_file else dreambooth_items
+            for item in make(spec, subset, manager, skipped, notices):
+                item.dataset_index = index
+                items.append(item)
+    return items
