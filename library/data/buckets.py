@@ -132,6 +132,15 @@ class BucketManager:
         self._resolution_set = set(self.resolutions)
         self._aspect_ratios = np.array([w / h for w, h in self.resolutions])
 
+    @classmethod
+    def single(cls, resolution: Size, reso_steps: int = 64) -> "BucketManager":
+        """Bucketing disabled: every image is resized to cover `resolution` and centre-cropped to it."""
+        manager = cls(False, resolution, min(resolution), max(resolution), reso_steps)
+        manager.resolutions = [tuple(resolution)]
+        manager._resolution_set = {tuple(resolution)}
+        manager._aspect_ratios = np.array([resolution[0] / resolution[1]])
+        return manager
+
     def _round_to_steps(self, value: float) -> int:
         value = int(value + 0.5)
         return value - value % self.reso_steps
