@@ -194,3 +194,29 @@ def _check_status(args, sources: dict, notices: list) -> None:
 def print_notices(resolved: ResolvedConfig, stream=None) -> None:
     for notice in resolved.notices:
         print(f"notice: {notice}", file=stream or sys.stderr)
+
+
+def write_resolved_config(resolved: ResolvedConfig) -> Path:
+    """`--output_config`: the effective configuration, grouped by section, next to the outputs.
+
+    kohya overwrites the --config_file itself; writing a new file never loses the user's own.
+    """
+    import toml
+
+    from library.file_io import write_text_atomic
+
+    args = resolved.args
+    if not args.output_dir:
+        raise UserError("output_config needs output_dir (the resolved config is written there)")
+    sections: dict[str, dict] = {}
+    for name, option in OPTIONS.items():
+        value = getattr(args, name)
+        if value is None or name in ("output_config", "print_config") or value == option.default:
+            continue
+        sections.setdefault(option.section, {})[name] = list(value) if isinstance(value, tuple) else value
+    if "resolution" in sections.get("dataset_arguments", {}):
+        width, height = args.resolution
+        sections["dataset_arguments"]["resolution"] = f"{width},{height}"
+    target = Path(args.output_dir) / f"{args.output_name}_config.toml"
+    write_text_atomic(target, "# resolved by sdxl_train_network.py --output_config\n" + toml.dumps(sections))
+    return target

@@ -1,0 +1,59 @@
+"""Checks of option combinations, run after the config is resolved and before any model loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from library.errors import UserError
+
+_CAPTION_CHANGERS = ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs",
+                     "token_warmup_step", "enable_wildcard")
+
+
+def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
+    def where(name):
+        return sources.get(name, "command line")
+
+    if not args.pretrained_model_name_or_path:
+        raise UserError("pretrained_model_name_or_path is not set; give the local SDXL .safetensors file or diffusers folder")
+    if not args.output_dir and not args.print_config:
+        raise UserError("output_dir is not set; add output_dir = \"...\" under [training_arguments]")
+    if args.network_train_unet_only and args.network_train_text_encoder_only:
+        raise UserError("network_train_unet_only and network_train_text_encoder_only together train nothing; keep one")
+    if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
+        if not args.network_train_unet_only:
+            raise UserError(
+                f"{where('cache_text_encoder_outputs')}: cache_text_encoder_outputs needs network_train_unet_only = true "
+                "(cached outputs cannot train the text-encoder LoRA)"
+            )
+        for name in _CAPTION_CHANGERS:
+            values = [getattr(args, name)] + [getattr(s, name) for s in subsets]
+            if any(values):
+                raise UserError(
+                    f"{where(name)}: {name} changes captions every step, which cache_text_encoder_outputs cannot follow; "
+                    "disable one of them"
+                )
+        if args.train_text_encoder_ti:
+            raise UserError("pivotal tuning (train_text_encoder_ti) cannot use cache_text_encoder_outputs: the new tokens change the outputs")
+    for name in ("color_aug", "random_crop", "face_crop_aug_range"):
+        if getattr(args, name) or any(getattr(s, name) for s in subsets):
+            raise UserError(f"{where(name)}: {name}: not supported yet by this toolkit; remove it")
+    if args.max_token_length not in (None, 75, 150, 225):
+        raise UserError(f"{where('max_token_length')}: max_token_length must be 75, 150 or 225")
+    if args.min_timestep is not None and args.max_timestep is not None and args.min_timestep >= args.max_timestep:
+        raise UserError(f"min_timestep {args.min_timestep} must be below max_timestep {args.max_timestep}")
+    if args.max_timestep is not None and not 0 < args.max_timestep <= 1000:
+        raise UserError(f"{where('max_timestep')}: max_timestep must be in 1..1000")
+    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
+        raise UserError("train_batch_size and gradient_accumulation_steps must be at least 1")
+    if args.lr_warmup_steps and args.lr_scheduler == "constant":
+        notices.append("lr_warmup_steps has no effect with lr_scheduler = \"constant\"; use \"constant_with_warmup\"")
+    if args.noise_offset and args.multires_noise_iterations:
+        raise UserError("noise_offset and multires_noise_iterations cannot be combined; choose one")
+    if args.v_pred_like_loss and args.v_parameterization:
+        raise UserError("v_pred_like_loss is for epsilon models; remove it with v_parameterization")
+    if args.save_model_as != "safetensors":
+        notices.append(f"save_model_as = \"{args.save_model_as}\": LoRA weights are saved as a torch pickle; safetensors is safer and what UIs prefer")
+    for name in ("vae", "network_weights", "in_json", "sample_prompts", "dataset_config"):
+        value = getattr(args, name)
+        if value and not Path(value).exists():
+            raise UserError(f"{where(name)}: {name} {value!r}: file or folder not found")

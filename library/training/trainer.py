@@ -1,0 +1,316 @@
+"""The training run of sdxl_train_network.py, readable top to bottom.
+
+    config -> dataset items -> model -> latents (and text) caches -> network -> optimizer
+    -> for each epoch, for each batch: noise, UNet, loss, backward, (every N batches) step
+    -> saves at the configured cadence and at the end.
+Everything a step needs is in small helpers in library/training/; this file only sequences them.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from library.data.images import SkipLog
+from library.errors import UserError
+from library.training import loss as loss_lib
+from library.training import noise as noise_lib
+from library.training.batch_plan import batches_per_epoch, epoch_batches
+from library.training.caption_processing import CaptionOptions, process_caption
+from library.training.config_checks import check_combinations
+from library.training.dataset_config import dataset_specs
+from library.training.latent_source import LatentSource
+from library.training.lr_schedulers import build_lr_scheduler
+from library.training.network_setup import create_training_network
+from library.training.optimizers import build_optimizer
+from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
+from library.training.saving import NetworkSaver
+from library.training.sdxl_conditioning import encode_captions, time_ids
+from library.training.text_conditioning import TextEncoderCache
+from library.training.train_items import build_items
+
+VAE_SCALE = 0.13025
+
+
+def dataset_summary(items, specs, args) -> dict:
+    sizes = [spec.batch_size for spec in specs]
+    per_epoch = batches_per_epoch(items, sizes)
+    tags = {}
+    for item in items:
+        folder = Path(item.subset.image_dir or ".").name
+        counter = tags.setdefault(folder, Counter())
+        counter.update(t.strip() for t in item.caption.split(item.subset.caption_separator) if t.strip())
+    return {
+        "num_train_images": sum(1 for i in items if not i.is_reg),
+        "num_reg_images": sum(1 for i in items if i.is_reg),
+        "batches_per_epoch": per_epoch,
+        "buckets": Counter(i.bucket for i in items),
+        "resolution": specs[0].resolution,
+        "batch_sizes": sizes,
+        "tag_frequency": {k: dict(v) for k, v in tags.items()},
+        "dataset_dirs": {Path(s.image_dir or ".").name: {"n_repeats": s.num_repeats, "img_count": sum(1 for i in items if i.subset is s)}
+                         for spec in specs for s in spec.subsets},
+    }
+
+
+def plan_steps(args, summary: dict, world_size: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps); max_train_epochs wins over max_train_steps."""
+    batches = summary["batches_per_epoch"] // world_size
+    if batches == 0:
+        raise UserError(f"the dataset gives {summary['batches_per_epoch']} batches per epoch, fewer than {world_size} processes")
+    per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    total = args.max_train_epochs * per_epoch if args.max_train_epochs else args.max_train_steps
+    return per_epoch, total
+
+
+def print_dataset_summary(summary: dict, args, per_epoch: int, total: int, skipped: SkipLog) -> None:
+    print(f"images: {summary['num_train_images']} training, {summary['num_reg_images']} regularisation")
+    for folder, info in summary["dataset_dirs"].items():
+        print(f"  {folder}: {info['img_count']} images x {info['n_repeats']} repeats")
+    print(f"buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in sorted(summary["buckets"].items())))
+    print(f"batches per epoch: {summary['batches_per_epoch']}; optimizer steps per epoch: {per_epoch}; total steps: {total}"
+          f" (~{math.ceil(total / per_epoch)} epochs)")
+    for line in skipped.summary_lines():
+        print(line)
+
+
+class Trainer:
+    def __init__(self, resolved):
+        self.args = args = resolved.args
+        self.sources, self.notices = resolved.sources, resolved.notices
+        self.specs = dataset_specs(args)
+        check_combinations(args, self.sources, self.notices, [s for spec in self.specs for s in spec.subsets])
+        self.skipped = SkipLog()
+        self.items = build_items(self.specs, self.skipped, self.notices)
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self):
+        from accelerate import Accelerator
+
+        args = self.args
+        mixed = effective_mixed_precision(args, self.notices)
+        check_fp8(args)
+        log_with = args.log_with if args.log_with and args.logging_dir else None
+        if args.log_with and not args.logging_dir:
+            self.notices.append("log_with is set but logging_dir is not; not logging")
+        self.accelerator = Accelerator(log_with=log_with, project_dir=args.logging_dir)
+        self.device = self.accelerator.device
+        self.seed = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
+        args.seed = self.seed
+        torch.manual_seed(self.seed + self.accelerator.process_index)
+        self.mixed = mixed
+        self.autocast_dtype = weight_dtype(mixed)
+
+        from library.models.sdxl_loader import load_sdxl
+
+        self.model = load_sdxl(args.pretrained_model_name_or_path, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir)
+        for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
+            module.requires_grad_(False)
+            module.eval()
+        self.attention = configure_attention(self.model.unet, args, self.notices)
+        self.train_unet = not args.network_train_text_encoder_only
+        self.train_text_encoder = not args.network_train_unet_only
+        self.latents = LatentSource(self.items, self.model.vae, args, self.notices)
+        self.latents.prepare()
+        self.caption_options = [CaptionOptions.from_mapping(item.subset.__dict__) for item in self.items]
+        self.te_cache = None
+        if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
+            self.te_cache = TextEncoderCache(self.model, self.items, args)
+            captions = [process_caption(item.caption, opts, random.Random(0)) for item, opts in zip(self.items, self.caption_options)]
+            self.te_cache.prepare(captions)
+
+        self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
+        if args.gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+            self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
+            if self.train_text_encoder:
+                for encoder in self.model.text_encoders:
+                    encoder.gradient_checkpointing_enable()
+                    encoder.train()
+            self.network.enable_gradient_checkpointing()
+        self.network.prepare_grad_etc(self.model.text_encoders, self.model.unet)
+        self.network.to(self.device)
+        for module in (self.model.unet, *self.model.text_encoders):
+            module.to(self.device, dtype=self.autocast_dtype if self.autocast_dtype != torch.float32 else None)
+        self.model.vae.to(self.device)
+
+        te_lr = args.text_encoder_lr if self.train_text_encoder else None
+        prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
+        self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
+        if not self.param_groups:
+            raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
+        self.trainable = [p for group in self.param_groups for p in group["params"]]
+        self.optimizer = build_optimizer(args, self.param_groups)
+        self.summary = dataset_summary(self.items, self.specs, args)
+        world = self.accelerator.num_processes
+        self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
+        self.steps_per_epoch, self.max_steps = plan_steps(args, self.summary, world)
+        self.summary["max_train_steps"] = self.max_steps
+        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
+        self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
+        self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
+        self.saver = NetworkSaver(args, self.summary, time.time())
+        self.generator = torch.Generator().manual_seed(self.seed + 1000 * self.accelerator.process_index)
+        self.caption_rng = random.Random(self.seed + self.accelerator.process_index)
+        if log_with:
+            self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=None)
+
+    # -- one batch ---------------------------------------------------------------------------
+    def conditioning(self, indices, epoch, step):
+        if self.te_cache is not None:
+            context, pooled = self.te_cache.get(indices)
+            return context.to(self.device), pooled.to(self.device)
+        captions = [process_caption(self.items[i].caption, self.caption_options[i], self.caption_rng, epoch, step, self.max_steps)
+                    for i in indices]
+        with torch.set_grad_enabled(self.train_text_encoder):
+            return encode_captions(self.model, captions, self.args.max_token_length)
+
+    def batch_inputs(self, indices):
+        latents, masks, originals, crops, targets, flips = [], [], [], [], [], []
+        for index in indices:
+            item = self.items[index]
+            flip = item.subset.flip_aug and self.caption_rng.random() < 0.5
+            sample, mask = self.latents.get(index, flip)
+            latents.append(sample)
+            masks.append(mask)
+            placement = item.placement
+            w, h = placement.original_size
+            crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
+            originals.append((h, w))
+            crops.append((crop[1], crop[0]))
+            targets.append((placement.bucket[1], placement.bucket[0]))
+        latents = torch.stack(latents).to(self.device) * VAE_SCALE
+        mask = None
+        if any(m is not None for m in masks):
+            mask = torch.stack([m if m is not None else torch.ones(latents.shape[2] * 8, latents.shape[3] * 8) for m in masks])
+            mask = torch.nn.functional.interpolate(mask[:, None].float(), size=latents.shape[2:], mode="area").to(self.device)
+        ids = time_ids(originals, crops, targets).to(self.device)
+        weights = torch.tensor([self.args.prior_loss_weight if self.items[i].is_reg else 1.0 for i in indices])
+        return latents, mask, ids, weights
+
+    def batch_loss(self, indices, epoch, step):
+        args = self.args
+        latents, mask, ids, sample_weights = self.batch_inputs(indices)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
+            context, pooled = self.conditioning(indices, epoch, step)
+            noise = noise_lib.training_noise(latents.cpu(), args, self.generator).to(self.device)
+            timesteps = noise_lib.sample_timesteps(latents.shape[0], args.min_timestep, args.max_timestep, self.generator)
+            noisy = noise_lib.noisy_latents(self.noise_scheduler, latents, noise, timesteps, args, self.generator)
+            timesteps = timesteps.to(self.device)
+            prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+        return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
+
+    # -- optimizer step ----------------------------------------------------------------------
+    def optimizer_step(self) -> dict:
+        logs = {}
+        if self.accelerator.num_processes > 1:
+            for param in self.trainable:
+                if param.grad is not None:
+                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.args.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.args.scale_weight_norms:
+            scaled, mean_norm, max_norm = self.network.apply_max_norm_regularization(self.args.scale_weight_norms, self.device)
+            logs.update({"Keys Scaled": scaled, "Average key norm": mean_norm, "max_norm/max_key_norm": max_norm})
+        return logs
+
+    def lr_logs(self) -> dict:
+        logs = {}
+        names = self.group_names or [f"group{i}" for i in range(len(self.optimizer.param_groups))]
+        for index, group in enumerate(self.optimizer.param_groups):
+            name = names[index] if index < len(names) else f"group{index}"
+            tag = {"unet": "lr/unet", "textencoder": "lr/textencoder"}.get(name, f"lr/{name.replace(' ', '_')}")
+            logs[tag] = group.get("lr") or 0.0
+            if "d" in group:
+                logs[f"lr/d*lr/{name.replace(' ', '_')}"] = group["d"] * (group.get("lr") or 0.0)
+        return logs
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> Path | None:
+        args, accelerator = self.args, self.accelerator
+        world, rank = accelerator.num_processes, accelerator.process_index
+        epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        if accelerator.is_main_process:
+            print(f"training {self.max_steps} steps ({epochs} epochs of {self.steps_per_epoch}), {len(self.trainable):,} tensors, "
+                  f"attention {self.attention}, precision {self.mixed}, seed {self.seed}")
+        progress = tqdm(total=self.max_steps, desc="steps", disable=not accelerator.is_main_process)
+        global_step, recent = 0, []
+        optimizer_name = type(self.optimizer).__name__
+        self.network.train()
+        for epoch in range(1, epochs + 1):
+            self.network.on_epoch_start(self.model.text_encoders, self.model.unet)
+            batches = epoch_batches(self.items, self.summary["batch_sizes"], self.seed, epoch)
+            batches = batches[: len(batches) // world * world][rank::world]
+            epoch_losses, pending = [], 0
+            for batch_index, indices in enumerate(batches):
+                loss = self.batch_loss(indices, epoch, global_step)
+                scaled = loss / args.gradient_accumulation_steps
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                pending += 1
+                last_in_epoch = batch_index == len(batches) - 1
+                epoch_losses.append(loss.item())
+                if pending < args.gradient_accumulation_steps and not last_in_epoch:
+                    continue
+                logs = self.optimizer_step()
+                pending = 0
+                global_step += 1
+                recent = (recent + [loss.item()])[-10:]
+                logs.update({"loss/current": loss.item(), "loss/average": sum(recent) / len(recent), **self.lr_logs()})
+                accelerator.log(logs, step=global_step)
+                progress.set_postfix(loss=f"{logs['loss/average']:.4f}", lr=f"{next(iter(self.lr_logs().values())):.2e}")
+                progress.update(1)
+                if args.save_every_n_steps and global_step % args.save_every_n_steps == 0 and global_step < self.max_steps:
+                    self._save(epoch, global_step, optimizer_name, "step")
+                if global_step >= self.max_steps:
+                    break
+            accelerator.log({"loss/epoch_average": sum(epoch_losses) / max(len(epoch_losses), 1)}, step=epoch)
+            if args.save_every_n_epochs and epoch % args.save_every_n_epochs == 0 and epoch < epochs:
+                self._save(epoch, global_step, optimizer_name, "epoch")
+            if global_step >= self.max_steps:
+                break
+        progress.close()
+        final = self._save(epochs, global_step, optimizer_name, "final")
+        accelerator.end_training()
+        return final
+
+    def _save(self, epoch, step, optimizer_name, kind) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            path = self.saver.save(self.network, epoch, step, optimizer_name, kind)
+            self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=step if kind == "step" else None)
+            print(f"saved {path}")
+        return path
+
+
+def train(resolved) -> Path | None:
+    """Run a whole training from a resolved config; returns the final LoRA file (main process)."""
+    trainer = Trainer(resolved)
+    if resolved.args.print_config:
+        summary = dataset_summary(trainer.items, trainer.specs, resolved.args)
+        per_epoch, total = plan_steps(resolved.args, summary, 1)
+        for notice in trainer.notices:
+            print(f"notice: {notice}")
+        print_dataset_summary(summary, resolved.args, per_epoch, total, trainer.skipped)
+        return None
+    trainer.setup()
+    for notice in trainer.notices:
+        print(f"notice: {notice}")
+    if trainer.skipped:
+        print("\n".join(trainer.skipped.summary_lines()))
+    return trainer.run()
