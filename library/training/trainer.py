@@ -135,9 +135,11 @@ class Trainer:
             self.network.enable_gradient_checkpointing()
         self.network.prepare_grad_etc(self.model.text_encoders, self.model.unet)
         self.network.to(self.device)
-        for module in (self.model.unet, *self.model.text_encoders):
-            module.to(self.device, dtype=self.autocast_dtype if self.autocast_dtype != torch.float32 else None)
-        self.model.vae.to(self.device)
+        for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
+            module.to(self.device)
+        if self.autocast_dtype != torch.float32:  # frozen base weights in the half dtype; the VAE too unless no_half_vae
+            for module in (self.model.unet, *self.model.text_encoders) + (() if args.no_half_vae else (self.model.vae,)):
+                module.to(dtype=self.autocast_dtype)
 
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
