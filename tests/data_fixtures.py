@@ -63,3 +63,34 @@ def write_broken_files(folder: Path) -> dict[str, str]:
         "corrupt.png": "corrupt",
         "huge.png": "too large",
     }
+
+
+def write_constant_tagger(folder: Path, probabilities, labels: list[tuple[str, int]], size: int = 8, batch=None) -> Path:
+    """A WD14-shaped ONNX model ([batch, size, size, 3] -> [batch, n]) that outputs `probabilities`
+    for every image, plus its selected_tags.csv. `batch` None means a dynamic batch dimension."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    count = len(probabilities)
+    flat = size * size * 3
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input_1:0"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "zeros", "probs"], ["predictions_sigmoid"]),
+        ],
+        "constant_tagger",
+        [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, [batch if batch else "batch", size, size, 3])],
+        [helper.make_tensor_value_info("predictions_sigmoid", TensorProto.FLOAT, [batch if batch else "batch", count])],
+        initializer=[
+            numpy_helper.from_array(np.zeros((flat, count), np.float32), "zeros"),
+            numpy_helper.from_array(probabilities, "probs"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    rows = ["tag_id,name,category,count"] + [f"{i},{name},{category},100" for i, (name, category) in enumerate(labels)]
+    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
