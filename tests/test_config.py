@@ -1,0 +1,119 @@
+"""Strict config resolution: sections, flat files, command-line overrides and clear errors."""
+from __future__ import annotations
+
+import pytest
+
+from library.errors import UserError
+from library.training.config_loader import resolve_config, write_resolved_config
+from library.training.options import OPTIONS, SUPPORTED
+from tests.training_fixtures import base_config, flat, write_config
+
+SEED_CONFIG = "tests/data/seed_tutorial_config.toml"
+
+
+def test_seed_tutorial_config_resolves_with_its_values():
+    args = resolve_config(["--config_file", SEED_CONFIG]).args
+    assert args.resolution == (1024, 1024) and args.max_token_length == 225
+    assert args.optimizer_type == "AdaFactor" and args.learning_rate == 1e-5 and args.max_grad_norm == 0
+    assert args.optimizer_args == ["scale_parameter=False", "relative_step=False", "warmup_init=False"]
+    assert args.network_args == ["conv_dim=32", "conv_alpha=16"] and args.network_dim == 32 and args.network_alpha == 16
+    assert args.cache_text_encoder_outputs and args.network_train_unet_only and args.max_train_epochs == 100
+
+
+def test_command_line_overrides_file(tmp_path):
+    resolved = resolve_config(["--config_file", SEED_CONFIG, "--learning_rate", "2e-4", "--network_train_unet_only", "false"])
+    assert resolved.args.learning_rate == 2e-4 and resolved.args.network_train_unet_only is False
+    assert resolved.sources["learning_rate"] == "command line"
+    assert resolved.sources["network_dim"].endswith("[additional_network_arguments]")
+
+
+def test_kohya_knows_about_200_options():
+    assert 190 <= len(OPTIONS) <= 220
+    assert all(option.help for option in OPTIONS.values())
+
+
+def test_misspelt_key_names_file_section_key_and_suggestion(tmp_path):
+    config = base_config("m.safetensors", tmp_path, tmp_path)
+    config["additional_network_arguments"]["netwrok_dim"] = 8
+    path = write_config(tmp_path / "c.toml", config)
+    with pytest.raises(UserError, match=r"c\.toml: \[additional_network_arguments\] netwrok_dim: unknown option; did you mean 'network_dim'\?"):
+        resolve_config(["--config_file", str(path)])
+
+
+def test_string_where_a_number_belongs(tmp_path):
+    config = base_config("m.safetensors", tmp_path, tmp_path)
+    config["optimizer_arguments"]["learning_rate"] = "fast"
+    path = write_config(tmp_path / "c.toml", config)
+    with pytest.raises(UserError, match=r"c\.toml: \[optimizer_arguments\] learning_rate: expected a number, got 'fast'"):
+        resolve_config(["--config_file", str(path)])
+
+
+def test_dataset_only_key_in_training_config(tmp_path):
+    config = base_config("m.safetensors", tmp_path, tmp_path)
+    config["dataset_arguments"]["num_repeats"] = 10
+    path = write_config(tmp_path / "c.toml", config)
+    with pytest.raises(UserError, match=r"\[dataset_arguments\] num_repeats: is a dataset config key.*\[\[datasets.subsets\]\]"):
+        resolve_config(["--config_file", str(path)])
+
+
+def test_unknown_section_and_bad_choice(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[training_argument]\nseed = 1\n")
+    with pytest.raises(UserError, match=r"\[training_argument\]: unknown section; did you mean 'training_arguments'\?"):
+        resolve_config(["--config_file", str(path)])
+    path.write_text('[training_arguments]\nmixed_precision = "fp8"\n')
+    with pytest.raises(UserError, match=r"mixed_precision: 'fp8' is not one of no, fp16, bf16"):
+        resolve_config(["--config_file", str(path)])
+
+
+def test_invalid_toml_is_one_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[training_arguments]\nseed = = 1\n")
+    with pytest.raises(UserError, match=r"c\.toml: invalid TOML \(.*line 2"):
+        resolve_config(["--config_file", str(path)])
+
+
+def test_top_level_network_keys_are_forwarded_with_a_notice(tmp_path):
+    config = base_config("m.safetensors", tmp_path, tmp_path, network_module="lycoris.kohya")
+    config["additional_network_arguments"]["algo"] = "loha"
+    config["additional_network_arguments"]["network_args"] = ["preset=attn-mlp"]
+    resolved = resolve_config(["--config_file", str(write_config(tmp_path / "c.toml", config))])
+    assert resolved.args.network_args == ["preset=attn-mlp", "algo=loha"]
+    assert any("algo is a network argument" in n and 'network_args "algo=loha"' in n for n in resolved.notices)
+    config["additional_network_arguments"]["network_args"] = ["algo=locon"]
+    with pytest.raises(UserError, match=r"algo is set both as a top-level key and in network_args"):
+        resolve_config(["--config_file", str(write_config(tmp_path / "c.toml", config))])
+
+
+def test_flat_config_resolves_like_sectioned(tmp_path):
+    config = base_config("m.safetensors", tmp_path, tmp_path)
+    sectioned = resolve_config(["--config_file", str(write_config(tmp_path / "a.toml", config))]).args
+    flattened = resolve_config(["--config_file", str(write_config(tmp_path / "b.toml", flat(config)))]).args
+    assert {k: v for k, v in vars(sectioned).items() if k != "config_file"} == {k: v for k, v in vars(flattened).items() if k != "config_file"}
+
+
+def test_unsupported_and_ignored_options(tmp_path):
+    with pytest.raises(UserError, match=r"huggingface_repo_id: not supported: this toolkit never uses the network"):
+        resolve_config(["--huggingface_repo_id", "me/x"])
+    resolved = resolve_config(["--clip_skip", "2"])
+    assert any("clip_skip is ignored: SDXL always uses the penultimate layer" in n for n in resolved.notices)
+    pending = next(name for name, option in OPTIONS.items() if option.status not in (SUPPORTED,) and option.parse.__name__ == "parse_bool" and option.status == "pending")
+    with pytest.raises(UserError, match=rf"{pending}: not supported yet"):
+        resolve_config([f"--{pending}"])
+
+
+def test_legacy_aliases(tmp_path):
+    args = resolve_config(["--caption_extention", ".txt", "--use_8bit_adam"]).args
+    assert args.caption_extension == ".txt" and args.optimizer_type == "AdamW8bit"
+
+
+def test_output_config_writes_resolved_sections(tmp_path):
+    from sdxl_train_network import main
+
+    config = base_config(tmp_path / "m.safetensors", tmp_path, tmp_path / "out")
+    path = write_config(tmp_path / "c.toml", config)
+    assert main(["--config_file", str(path), "--output_config", "--network_dim", "8"]) == 0
+    written = (tmp_path / "out" / "tiny_lora_config.toml")
+    again = resolve_config(["--config_file", str(written)]).args
+    assert again.network_dim == 8 and again.resolution == (64, 64) and again.bucket_reso_steps == 32
+    assert "[additional_network_arguments]" in written.read_text()

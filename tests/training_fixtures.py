@@ -1,0 +1,79 @@
+"""Helpers for training tests: a tiny image set with captions, and config files pointing at it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import toml
+from PIL import Image, ImageDraw
+
+SIZES = [(64, 64), (64, 96), (96, 64), (80, 80), (64, 64), (72, 96)]
+
+
+def make_concept_images(folder: Path, count: int = 4, caption_extension: str | None = ".caption",
+                        caption: str = "catwomen, 1girl, black suit") -> list[Path]:
+    """Images of one recognisable concept (a yellow disc with a black bar on a blue field)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        width, height = SIZES[index % len(SIZES)]
+        image = Image.new("RGB", (width, height), (30, 60, 160 + int(rng.integers(0, 60))))
+        draw = ImageDraw.Draw(image)
+        r = min(width, height) // 3
+        cx, cy = width // 2 + int(rng.integers(-4, 5)), height // 2 + int(rng.integers(-4, 5))
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(240, 220, 40))
+        draw.rectangle([cx - r, cy - 3, cx + r, cy + 3], fill=(0, 0, 0))
+        path = folder / f"img{index}.png"
+        image.save(path)
+        if caption_extension:
+            path.with_suffix(caption_extension).write_text(caption, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def base_config(model: Path, train_dir: Path, output_dir: Path, **overrides) -> dict:
+    """A small, fast, sectioned training config; overrides are (section, key) -> value or key -> value."""
+    config = {
+        "model_arguments": {"pretrained_model_name_or_path": str(model)},
+        "dataset_arguments": {
+            "train_data_dir": str(train_dir),
+            "resolution": "64,64",
+            "enable_bucket": True,
+            "min_bucket_reso": 32,
+            "max_bucket_reso": 128,
+            "bucket_reso_steps": 32,
+            "cache_latents": True,
+        },
+        "training_arguments": {
+            "output_dir": str(output_dir),
+            "output_name": "tiny_lora",
+            "train_batch_size": 2,
+            "max_train_steps": 4,
+            "seed": 1234,
+            "max_data_loader_n_workers": 0,
+        },
+        "optimizer_arguments": {"optimizer_type": "AdamW", "learning_rate": 1e-3},
+        "additional_network_arguments": {"network_module": "networks.lora", "network_dim": 4, "network_alpha": 2.0},
+    }
+    for key, value in overrides.items():
+        section = next((s for s, table in config.items() if key in table), None)
+        if section is None:
+            from library.training.options import OPTIONS
+
+            section = OPTIONS[key].section
+        config.setdefault(section, {})
+        if value is None:
+            config[section].pop(key, None)
+        else:
+            config[section][key] = value
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(toml.dumps(config), encoding="utf-8")
+    return path
+
+
+def flat(config: dict) -> dict:
+    return {key: value for table in config.values() for key, value in table.items()}
