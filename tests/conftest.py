@@ -4,6 +4,12 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
+
+# The tiny model's ops are microseconds long: a second intra-op thread costs more in
+# synchronisation than it saves (measured 0.05 s vs up to 1.5 s per UNet forward on a busy
+# 2-core machine), so the suite runs single-threaded.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

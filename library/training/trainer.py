@@ -7,6 +7,7 @@ Everything a step needs is in small helpers in library/training/; this file only
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -157,26 +158,30 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
-        self.generator = torch.Generator().manual_seed(self.seed + 1000 * self.accelerator.process_index)
-        self.caption_rng = random.Random(self.seed + self.accelerator.process_index)
         if log_with:
             self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=None)
 
     # -- one batch ---------------------------------------------------------------------------
-    def conditioning(self, indices, epoch, step):
+    def sample_seed(self, epoch: int, index: int, occurrence: int) -> int:
+        """Every random choice for one sample (noise, timestep, flip, caption) derives from this, so
+        results do not depend on batch size, accumulation, process count or where a run resumed."""
+        digest = hashlib.blake2b(f"{self.seed}/{epoch}/{index}/{occurrence}".encode(), digest_size=6).digest()
+        return int.from_bytes(digest, "little")
+
+    def conditioning(self, indices, seeds, epoch, step):
         if self.te_cache is not None:
             context, pooled = self.te_cache.get(indices)
             return context.to(self.device), pooled.to(self.device)
-        captions = [process_caption(self.items[i].caption, self.caption_options[i], self.caption_rng, epoch, step, self.max_steps)
-                    for i in indices]
+        captions = [process_caption(self.items[i].caption, self.caption_options[i], random.Random(seed), epoch, step, self.max_steps)
+                    for i, seed in zip(indices, seeds)]
         with torch.set_grad_enabled(self.train_text_encoder):
             return encode_captions(self.model, captions, self.args.max_token_length)
 
-    def batch_inputs(self, indices):
-        latents, masks, originals, crops, targets, flips = [], [], [], [], [], []
-        for index in indices:
+    def batch_inputs(self, indices, seeds):
+        latents, masks, originals, crops, targets = [], [], [], [], []
+        for index, seed in zip(indices, seeds):
             item = self.items[index]
-            flip = item.subset.flip_aug and self.caption_rng.random() < 0.5
+            flip = item.subset.flip_aug and random.Random(seed + 1).random() < 0.5
             sample, mask = self.latents.get(index, flip)
             latents.append(sample)
             masks.append(mask)
@@ -195,14 +200,25 @@ class Trainer:
         weights = torch.tensor([self.args.prior_loss_weight if self.items[i].is_reg else 1.0 for i in indices])
         return latents, mask, ids, weights
 
-    def batch_loss(self, indices, epoch, step):
+    def sample_noise(self, latents, seeds):
+        """(noise, timesteps, noisy latents), each sample drawn from its own generator."""
+        noises, timesteps, noisy = [], [], []
+        for row, seed in enumerate(seeds):
+            generator = torch.Generator().manual_seed(seed)
+            sample = latents[row : row + 1]
+            noise = noise_lib.training_noise(sample.cpu(), self.args, generator).to(self.device)
+            timestep = noise_lib.sample_timesteps(1, self.args.min_timestep, self.args.max_timestep, generator)
+            noisy.append(noise_lib.noisy_latents(self.noise_scheduler, sample, noise, timestep, self.args, generator))
+            noises.append(noise)
+            timesteps.append(timestep)
+        return torch.cat(noises), torch.cat(timesteps), torch.cat(noisy)
+
+    def batch_loss(self, indices, seeds, epoch, step):
         args = self.args
-        latents, mask, ids, sample_weights = self.batch_inputs(indices)
+        latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
-            context, pooled = self.conditioning(indices, epoch, step)
-            noise = noise_lib.training_noise(latents.cpu(), args, self.generator).to(self.device)
-            timesteps = noise_lib.sample_timesteps(latents.shape[0], args.min_timestep, args.max_timestep, self.generator)
-            noisy = noise_lib.noisy_latents(self.noise_scheduler, latents, noise, timesteps, args, self.generator)
+            context, pooled = self.conditioning(indices, seeds, epoch, step)
+            noise, timesteps, noisy = self.sample_noise(latents, seeds)
             timesteps = timesteps.to(self.device)
             prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
         target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
@@ -242,6 +258,18 @@ class Trainer:
                 logs[f"lr/d*lr/{name.replace(' ', '_')}"] = group["d"] * (group.get("lr") or 0.0)
         return logs
 
+    def epoch_seeds(self, batches, epoch) -> list[list[int]]:
+        """Per-sample seeds; the k-th appearance of an item in an epoch has its own seed."""
+        seen: Counter = Counter()
+        result = []
+        for indices in batches:
+            row = []
+            for index in indices:
+                row.append(self.sample_seed(epoch, index, seen[index]))
+                seen[index] += 1
+            result.append(row)
+        return result
+
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> Path | None:
         args, accelerator = self.args, self.accelerator
@@ -257,10 +285,12 @@ class Trainer:
         for epoch in range(1, epochs + 1):
             self.network.on_epoch_start(self.model.text_encoders, self.model.unet)
             batches = epoch_batches(self.items, self.summary["batch_sizes"], self.seed, epoch)
-            batches = batches[: len(batches) // world * world][rank::world]
+            batches = batches[: len(batches) // world * world]
+            seeds = self.epoch_seeds(batches, epoch)[rank::world]
+            batches = batches[rank::world]
             epoch_losses, pending = [], 0
             for batch_index, indices in enumerate(batches):
-                loss = self.batch_loss(indices, epoch, global_step)
+                loss = self.batch_loss(indices, seeds[batch_index], epoch, global_step)
                 scaled = loss / args.gradient_accumulation_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 pending += 1
