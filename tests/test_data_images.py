@@ -91,3 +91,10 @@ def test_every_kind_of_broken_file_is_skipped_with_a_reason(tmp_path):
         assert image is None and fragment in reason, (name, reason)
     with pytest.raises(ImageSkipped, match="too large"):
         read_image_size(tmp_path / "huge.png")
+
+
+def test_own_pixel_limit(tmp_path):
+    path = write_image(tmp_path / "big.png", gradient_image(10, 8))
+    with pytest.raises(ImageSkipped, match=r"too large \(10x8"):
+        load_rgb(path, max_pixels=79)
+    assert load_rgb(path, max_pixels=80).size == (10, 8)

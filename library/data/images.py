@@ -8,6 +8,7 @@ and print them in their summary instead of stopping at the first bad file.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ DEFAULT_MAX_PIXELS = 100_000_000
 WHITE = (255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # transposes and 90-degree rotations swap width and height
+# Our own pixel limit (checked from the header) replaces PIL's bomb warning; its hard error above
+# ~179 MP is still caught below and reported as "too large".
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageSkipped(Exception):
@@ -74,21 +78,18 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
             raise ImageSkipped("empty file (0 bytes)")
     except OSError as error:
         raise ImageSkipped(f"cannot read ({error.strerror or error})") from None
-    # PIL's global decompression-bomb limit is replaced by our own, clearer check below.
-    saved_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
     try:
         image = Image.open(path)
         _check_header(image, path, max_pixels)
         image.load()  # decode now, so truncation is found here and not in the VAE loop
     except ImageSkipped:
         raise
+    except Image.DecompressionBombError:
+        raise ImageSkipped(f"too large (over PIL's limit of {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP); downscale it") from None
     except UnidentifiedImageError:
         raise ImageSkipped("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageSkipped(f"corrupt or truncated ({error})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved_limit
     return image
 
 
@@ -153,20 +154,17 @@ def read_image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
     try:
         if path.stat().st_size == 0:
             raise ImageSkipped("empty file (0 bytes)")
-        saved_limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            with Image.open(path) as image:
-                _check_header(image, path, max_pixels)
-                width, height = image.size
-                try:
-                    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-                except (OSError, ValueError, SyntaxError):
-                    orientation = 1
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved_limit
+        with Image.open(path) as image:
+            _check_header(image, path, max_pixels)
+            width, height = image.size
+            try:
+                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            except (OSError, ValueError, SyntaxError):
+                orientation = 1
     except ImageSkipped:
         raise
+    except Image.DecompressionBombError:
+        raise ImageSkipped(f"too large (over PIL's limit of {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP); downscale it") from None
     except UnidentifiedImageError:
         raise ImageSkipped("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from library.data.buckets import BucketManager, BucketPlacement, resize_and_crop, resize_and_crop_array
+from library.data.buckets import BucketManager, BucketPlacement, place_in_bucket, resize_and_crop, resize_and_crop_array
 from library.data.images import ImageSkipped, SkipLog, alpha_of, composite, map_images, open_image, read_image_size
 from library.data.latent_cache import CacheFingerprint, LatentCache, cache_problem, file_sha256, latent_cache_path, save_latent_cache
 from library.data.latent_encoding import check_finite, encode_latents, seed_from_sha
@@ -57,14 +57,24 @@ class CachingReport:
 
 
 def plan_jobs(
-    images: dict[str, Path], buckets: BucketManager, vae_fp: str, options: CachingOptions, skipped: SkipLog
+    images: dict[str, Path],
+    buckets: BucketManager,
+    vae_fp: str,
+    options: CachingOptions,
+    skipped: SkipLog,
+    fixed_buckets: dict[str, tuple[int, int]] | None = None,
 ) -> list[LatentJob]:
-    """One job per usable image (fresh or not); unusable images go to `skipped`."""
+    """One job per usable image (fresh or not); unusable images go to `skipped`.
+
+    `fixed_buckets` maps keys to a bucket decided earlier (meta_lat.json's train_resolution);
+    other images get theirs from `buckets`.
+    """
     jobs = []
+    fixed_buckets = fixed_buckets or {}
     for key, path in images.items():
         try:
             size = read_image_size(path)
-            placement = buckets.place(*size)
+            placement = place_in_bucket(*size, fixed_buckets[key]) if key in fixed_buckets else buckets.place(*size)
         except (ImageSkipped, ValueError) as error:  # unreadable, or too small for any bucket
             skipped.add(path, str(error))
             continue

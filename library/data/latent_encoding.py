@@ -92,4 +92,7 @@ def load_vae_for_caching(model: str | os.PathLike, vae: str | os.PathLike | None
         with safe_open(str(source), framework="pt", device="cpu") as handle:
             state = {k: handle.get_tensor(k) for k in keys}
         model_vae = vae_from_ldm_state_dict(state, source, torch.float32)
-    return model_vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model_vae = model_vae.to(device)
+    if dtype != torch.float32:  # converting to fp32 again only triggers a diffusers warning
+        model_vae = model_vae.to(dtype=dtype)
+    return model_vae.eval().requires_grad_(False)

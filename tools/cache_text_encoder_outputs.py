@@ -1,0 +1,73 @@
+"""Pre-cache SDXL text-encoder outputs (<stem>_te_outputs.npz) for the captions of a training config.
+
+Only valid when captions are the same every step: shuffle_caption, caption dropout and token
+warm-up are refused. Fresh caches (same caption, same text encoders) are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from library.data.caching_config import read_caching_config  # noqa: E402
+from library.data.dataset_images import dreambooth_images, finetune_images, metadata_caption  # noqa: E402
+from library.data.script_support import existing_folder, print_summary, progress  # noqa: E402
+from library.data.text_encoder_cache import (  # noqa: E402
+    encode_caption,
+    save_te_cache,
+    te_cache_is_fresh,
+    te_cache_path,
+    text_encoder_fingerprint,
+)
+from library.errors import UserError, run_cli  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--config_file", required=True, help="training config (.toml)")
+    p.add_argument("--overwrite", action="store_true", help="re-encode even when the cache is fresh")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = read_caching_config(args.config_file)
+    if config.caption_randomisers:
+        raise UserError(f"{args.config_file}: {', '.join(config.caption_randomisers)} change captions every step, so their "
+                        "text-encoder outputs cannot be cached; remove them or do not cache text-encoder outputs")
+    train_dir = existing_folder(config.train_data_dir)
+    if config.in_json:
+        images, metadata = finetune_images(train_dir, config.in_json)
+        captions = {key: metadata_caption(metadata[key]) for key in images}
+    else:
+        images, captions = dreambooth_images(train_dir, config.caption_extension)
+    import torch
+
+    from library.models.sdxl_loader import load_sdxl
+
+    model = load_sdxl(config.pretrained_model_name_or_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoders = [encoder.to(device).eval() for encoder in model.text_encoders]
+    fingerprint = text_encoder_fingerprint(encoders, config.max_token_length)
+    encoded = fresh = 0
+    for key, image in progress(images.items(), total=len(images), desc="caching text encoder outputs"):
+        path = te_cache_path(image)
+        if not args.overwrite and te_cache_is_fresh(path, captions[key], fingerprint):
+            fresh += 1
+            continue
+        hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length)
+        save_te_cache(path, hidden1, hidden2, pool2, captions[key], fingerprint)
+        encoded += 1
+    empty = sum(1 for key in images if not captions[key])
+    lines = [f"images: {len(images)}, encoded: {encoded}, reused fresh caches: {fresh}",
+             f"tokens per caption: {77 * ((config.max_token_length or 75) // 75)}"]
+    if empty:
+        lines.append(f"warning: {empty} image(s) have an empty caption")
+    print_summary("cache_text_encoder_outputs summary", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
