@@ -98,12 +98,13 @@ def test_text_encoder_outputs(tmp_path, tiny_single_file, tiny_sdxl, capsys):
                                train_data_dir=str(train), in_json=str(tmp_path / "meta.json"), max_token_length=225)
     cache_text_encoder_outputs.main(["--config_file", str(long_config)])
     with np.load(train / "b_te_outputs.npz") as npz:
-        assert npz["hidden_state1"].shape == (231, 64) and npz["hidden_state2"].shape == (231, 128)
-        first_chunk = npz["hidden_state1"][:77]
+        # kohya's layout for 225 tokens: <BOS>, 3 x 75 content states, the last chunk's final state.
+        assert npz["hidden_state1"].shape == (227, 64) and npz["hidden_state2"].shape == (227, 128)
+        first_chunk = npz["hidden_state1"][:76]
     # The first chunk is the first 75 tokens on their own, which is the plain truncated encoding.
     ids = tiny_sdxl.tokenizer1(long_caption, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
-        np.testing.assert_allclose(first_chunk, tiny_sdxl.text_encoder1(ids, output_hidden_states=True).hidden_states[-2][0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(first_chunk, tiny_sdxl.text_encoder1(ids, output_hidden_states=True).hidden_states[-2][0, :76].numpy(), atol=1e-5)
 
 
 def test_text_encoder_cache_refuses_changing_captions(tmp_path, tiny_single_file):

@@ -2,9 +2,8 @@
 
 Conditioning (DESIGN.md 4.5): penultimate hidden states of TE1 and TE2 (no final layer norm),
 and TE2's pooled output (final hidden state at EOS through text_projection, `text_embeds`).
-Long captions (max_token_length 150/225) are split into 75-token chunks, each encoded as its
-own "<BOS> ... <EOS> <pad>" sequence of 77; the chunks' hidden states are concatenated
-([77 k, width]) and the pooled output comes from the first chunk.
+Long captions (max_token_length 150/225) are encoded in 75-token chunks as the trainer does
+(library/models/sdxl_conditioning.py): [2 + 75k, width] states, pooled from the first chunk.
 """
 from __future__ import annotations
 
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 
 from library.file_io import atomic_path
+from library.models.sdxl_conditioning import chunked_input_ids, encode_chunked
 
-CHUNK = 75
 TE_CACHE_SUFFIX = "_te_outputs.npz"
 
 
@@ -26,35 +25,19 @@ def te_cache_path(image_path: str | os.PathLike) -> Path:
     return image_path.with_name(image_path.stem + TE_CACHE_SUFFIX)
 
 
-def chunk_token_ids(tokenizer, text: str, max_token_length: int | None) -> torch.Tensor:
-    """[k, 77] ids: k = max_token_length // 75 (1 when None)."""
-    chunks = (max_token_length or CHUNK) // CHUNK
-    ids = tokenizer(text, truncation=True, max_length=chunks * CHUNK + 2, padding="max_length", return_tensors="pt").input_ids[0]
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    rows = []
-    for start in range(1, chunks * CHUNK + 1, CHUNK):
-        row = torch.cat([torch.tensor([bos]), ids[start : start + CHUNK], torch.tensor([pad])])
-        # A chunk cut inside the text ends with EOS; an empty chunk reads "<BOS> <EOS> <pad> ...".
-        if int(row[-2]) not in (eos, pad):
-            row[-1] = eos
-        if int(row[1]) == pad:
-            row[1] = eos
-        rows.append(row)
-    return torch.stack(rows)
-
-
 @torch.no_grad()
 def encode_caption(tokenizers, text_encoders, text: str, max_token_length: int | None = None):
-    """(hidden_state1 [77k, w1], hidden_state2 [77k, w2], pool2 [w2]) as float32 numpy arrays."""
-    ids1 = chunk_token_ids(tokenizers[0], text, max_token_length)
-    ids2 = chunk_token_ids(tokenizers[1], text, max_token_length)
-    te1, te2 = text_encoders
-    out1 = te1(ids1.to(te1.device), output_hidden_states=True)
-    out2 = te2(ids2.to(te2.device), output_hidden_states=True)
-    hidden1 = out1.hidden_states[-2].reshape(-1, out1.hidden_states[-2].shape[-1])
-    hidden2 = out2.hidden_states[-2].reshape(-1, out2.hidden_states[-2].shape[-1])
-    pool2 = out2.text_embeds[0]
-    return tuple(t.float().cpu().numpy() for t in (hidden1, hidden2, pool2))
+    """(hidden_state1 [2+75k, w1], hidden_state2 [2+75k, w2], pool2 [w2]) as float32 numpy arrays.
+
+    The same conditioning the trainer computes (library/models/sdxl_conditioning.py); for the
+    default 75 tokens that is [77, width], for max_token_length 225 kohya's [227, width].
+    """
+    ids1 = chunked_input_ids(tokenizers[0], [text], max_token_length)
+    ids2 = chunked_input_ids(tokenizers[1], [text], max_token_length)
+    context, pooled = encode_chunked(text_encoders[0], text_encoders[1], ids1, ids2)
+    width1 = text_encoders[0].config.hidden_size
+    hidden1, hidden2 = context[0, :, :width1], context[0, :, width1:]
+    return tuple(t.float().cpu().numpy() for t in (hidden1, hidden2, pooled[0]))
 
 
 def text_encoder_fingerprint(text_encoders, max_token_length: int | None) -> str:

@@ -31,7 +31,7 @@ from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
 from library.training.saving import NetworkSaver
-from library.training.sdxl_conditioning import encode_captions, time_ids
+from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training.text_conditioning import TextEncoderCache
 from library.training.train_items import build_items
 
