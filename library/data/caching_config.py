@@ -1,7 +1,7 @@
 """The few training-config keys the pre-caching tools need, read from a kohya-style TOML.
 
-Deliberately minimal: `read_caching_config` is the one place to swap for the real training
-config schema once it exists. Sections only group keys (a flat file works too).
+The file is resolved by the training config schema (library/training/config_loader.py): same
+validation, same sections-or-flat rules, same defaults as the trainer.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from library.data.buckets import parse_resolution
 from library.errors import UserError
 
 # Options that change the caption every step make cached text-encoder outputs wrong.
@@ -39,38 +38,16 @@ class CachingConfig:
     caption_randomisers: tuple[str, ...] = ()
 
 
-def _flatten(data: dict) -> dict:
-    """Section tables are merged into one flat mapping (kohya's sections only group options)."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return flat
-
-
 def read_caching_config(path: str | os.PathLike) -> CachingConfig:
-    import toml
+    """The caching keys of a training config, validated by the training schema (so a misspelt key
+    fails here exactly as it would in sdxl_train_network.py)."""
+    from library.training.config_loader import resolve_config
 
     path = Path(path)
-    try:
-        flat = _flatten(toml.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except toml.TomlDecodeError as error:
-        raise UserError(f"{path}: not valid TOML ({error})") from None
+    args = resolve_config(["--config_file", str(path)]).args
     for required in ("pretrained_model_name_or_path", "train_data_dir"):
-        if not flat.get(required):
+        if not getattr(args, required):
             raise UserError(f"{path}: '{required}' is missing; latents and text-encoder outputs are cached from it")
-    known = {f.name for f in fields(CachingConfig)} - {"caption_randomisers"}
-    values = {k: v for k, v in flat.items() if k in known}
-    if "resolution" in values:
-        values["resolution"] = parse_resolution(str(values["resolution"]), f"{path}: resolution")
-    values["caption_randomisers"] = tuple(k for k in _CAPTION_RANDOMISERS if flat.get(k))
-    if values.get("max_token_length") not in (None, 75, 150, 225):
-        raise UserError(f"{path}: max_token_length {values['max_token_length']}: use 75, 150 or 225")
-    try:
-        return CachingConfig(**values)
-    except TypeError as error:
-        raise UserError(f"{path}: {error}") from None
+    values = {f.name: getattr(args, f.name) for f in fields(CachingConfig) if f.name != "caption_randomisers" and getattr(args, f.name, None) is not None}
+    values["caption_randomisers"] = tuple(k for k in _CAPTION_RANDOMISERS if getattr(args, k))
+    return CachingConfig(**values)
