@@ -11,13 +11,13 @@ SIZES = [(64, 64), (64, 96), (96, 64), (80, 80), (64, 64), (72, 96)]
 
 
 def make_concept_images(folder: Path, count: int = 4, caption_extension: str | None = ".caption",
-                        caption: str = "catwomen, 1girl, black suit") -> list[Path]:
+                        caption: str = "catwomen, 1girl, black suit", sizes=SIZES) -> list[Path]:
     """Images of one recognisable concept (a yellow disc with a black bar on a blue field)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     rng = np.random.default_rng(0)
     for index in range(count):
-        width, height = SIZES[index % len(SIZES)]
+        width, height = sizes[index % len(sizes)]
         image = Image.new("RGB", (width, height), (30, 60, 160 + int(rng.integers(0, 60))))
         draw = ImageDraw.Draw(image)
         r = min(width, height) // 3
@@ -77,3 +77,20 @@ def write_config(path: Path, config: dict) -> Path:
 
 def flat(config: dict) -> dict:
     return {key: value for table in config.values() for key, value in table.items()}
+
+
+def run_training(tmp_path: Path, model: Path, train_dir: Path, name: str = "run", flat_file: bool = False, **overrides) -> Path:
+    """Train with base_config + overrides through sdxl_train_network.main; returns the final LoRA."""
+    from sdxl_train_network import main
+
+    out = tmp_path / f"{name}_out"
+    config = base_config(model, train_dir, out, **overrides)
+    path = write_config(tmp_path / f"{name}.toml", flat(config) if flat_file else config)
+    assert main(["--config_file", str(path)]) == 0
+    return out / "tiny_lora.safetensors"
+
+
+def lora_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

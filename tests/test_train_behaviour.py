@@ -1,0 +1,92 @@
+"""Training runs on the tiny model: it learns, it is reproducible, and equivalent setups agree."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from library.errors import UserError
+from library.models.checkpoint_file import read_metadata
+from tests.training_fixtures import lora_tensors, make_concept_images, run_training
+
+CAPTION = "catwomen, 1girl, black suit"
+
+
+@pytest.fixture(scope="module")
+def dreambooth_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dreambooth")
+    make_concept_images(root / "10_catwomen", count=4, caption=CAPTION)
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_bucket_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_bucket")
+    make_concept_images(root / "1_catwomen", count=2, caption=CAPTION, sizes=[(64, 64)])
+    return root
+
+
+def _validation_loss(model_path, train_dir, lora_path=None) -> float:
+    from library.data.latent_cache import load_latent_cache
+    from library.models.sdxl_conditioning import encode_captions, time_ids
+    from library.models.sdxl_loader import load_sdxl
+    from library.training.validation import fixed_noise_loss
+    from networks import lora
+
+    model = load_sdxl(model_path)
+    if lora_path is not None:
+        network, _ = lora.create_network_from_weights(1.0, str(lora_path), model.vae, model.text_encoders, model.unet)
+        network.apply_to(model.text_encoders, model.unet, True, True)
+    caches = [load_latent_cache(p) for p in sorted(train_dir.rglob("*_sdxl.npz"))]
+    assert len(caches) == 4
+    latents = [torch.from_numpy(c.latents) * 0.13025 for c in caches]
+    with torch.no_grad():
+        context, pooled = encode_captions(model, [CAPTION] * len(latents), None)
+    ids = time_ids([(c.original_size[1], c.original_size[0]) for c in caches], [(c.crop_ltrb[1], c.crop_ltrb[0]) for c in caches],
+                   [(l.shape[1] * 8, l.shape[2] * 8) for l in latents])
+    return fixed_noise_loss(model.unet, latents, context, pooled, ids)
+
+
+def test_lora_learns_the_training_images(tiny_single_file, dreambooth_dir, tmp_path):
+    lora_path = run_training(tmp_path, tiny_single_file, dreambooth_dir, max_train_steps=24, learning_rate=1e-2,
+                             network_dim=8, network_alpha=8.0, network_args=["conv_dim=8", "conv_alpha=8"],
+                             cache_latents_to_disk=True)
+    before = _validation_loss(tiny_single_file, dreambooth_dir)
+    after = _validation_loss(tiny_single_file, dreambooth_dir, lora_path)
+    assert after < 0.95 * before, (before, after)
+
+
+def test_same_seed_same_lora_and_flat_config_trains_identically(tiny_single_file, dreambooth_dir, tmp_path):
+    sectioned = run_training(tmp_path, tiny_single_file, dreambooth_dir, name="sectioned")
+    flat = run_training(tmp_path, tiny_single_file, dreambooth_dir, name="flat", flat_file=True)
+    assert read_metadata(sectioned)["sshs_model_hash"] == read_metadata(flat)["sshs_model_hash"]
+    a, b = lora_tensors(sectioned), lora_tensors(flat)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_up" in k)  # it trained: up weights left zero
+    other_seed = run_training(tmp_path, tiny_single_file, dreambooth_dir, name="other", seed=99)
+    assert read_metadata(other_seed)["sshs_model_hash"] != read_metadata(flat)["sshs_model_hash"]
+
+
+def test_gradient_accumulation_equals_a_larger_batch(tiny_single_file, one_bucket_dir, tmp_path):
+    big = run_training(tmp_path, tiny_single_file, one_bucket_dir, name="big", max_train_steps=1, train_batch_size=2,
+                       optimizer_type="SGDNesterov", learning_rate=0.5)
+    accumulated = run_training(tmp_path, tiny_single_file, one_bucket_dir, name="acc", max_train_steps=1, train_batch_size=1,
+                               gradient_accumulation_steps=2, optimizer_type="SGDNesterov", learning_rate=0.5)
+    a, b = lora_tensors(big), lora_tensors(accumulated)
+    assert any(a[k].abs().sum() > 0 for k in a if "lora_up" in k)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_cached_and_uncached_latents_give_the_same_first_step(tiny_single_file, one_bucket_dir, tmp_path):
+    cached = run_training(tmp_path, tiny_single_file, one_bucket_dir, name="cached", max_train_steps=1, cache_latents=True)
+    online = run_training(tmp_path, tiny_single_file, one_bucket_dir, name="online", max_train_steps=1, cache_latents=False)
+    a, b = lora_tensors(cached), lora_tensors(online)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_gpu_only_features_say_so(tiny_single_file, one_bucket_dir, tmp_path):
+    with pytest.raises(UserError, match=r"xformers needs a CUDA GPU.*use sdpa = true"):
+        run_training(tmp_path, tiny_single_file, one_bucket_dir, name="xf", xformers=True)
+    with pytest.raises(UserError, match=r"fp8_base / fp8_base_unet need a CUDA GPU"):
+        run_training(tmp_path, tiny_single_file, one_bucket_dir, name="fp8", fp8_base=True)
