@@ -21,7 +21,7 @@ def chunked_input_ids(tokenizer, captions: list[str], max_token_length: int | No
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     rows = []
     for caption in captions:
-        content = tokenizer(caption, add_special_tokens=False, truncation=False).input_ids[:max_tokens]
+        content = tokenizer(caption, add_special_tokens=False, truncation=False, verbose=False).input_ids[:max_tokens]
         chunks = []
         for index in range(n_chunks):
             part = content[index * CHUNK : (index + 1) * CHUNK]

@@ -1,0 +1,254 @@
+"""Numerical checks of each training option family, without running a whole training."""
+from __future__ import annotations
+
+import argparse
+import random
+
+import pytest
+import torch
+
+from library.errors import UserError
+from library.training import loss as loss_lib
+from library.training import noise as noise_lib
+from library.training.caption_processing import CaptionOptions, process_caption
+from library.training.options import OPTIONS
+
+
+def make_args(**overrides) -> argparse.Namespace:
+    values = {name: option.default for name, option in OPTIONS.items()}
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    return noise_lib.make_noise_scheduler()
+
+
+def test_sdxl_noise_schedule(scheduler):
+    betas = scheduler.betas
+    assert len(betas) == 1000
+    assert betas[0].item() == pytest.approx(0.00085, rel=1e-4) and betas[-1].item() == pytest.approx(0.012, rel=1e-4)
+    # scaled_linear: sqrt(beta) is linear in t
+    assert (betas.sqrt()[1:] - betas.sqrt()[:-1]).std() < 1e-7
+
+
+def test_min_snr_weights_on_known_timesteps(scheduler):
+    timesteps = torch.tensor([10, 500, 999])
+    snr = loss_lib.snr(scheduler, timesteps) if hasattr(loss_lib, "snr") else noise_lib.snr(scheduler, timesteps)
+    args = make_args(min_snr_gamma=5.0)
+    weights = loss_lib.timestep_weights(args, scheduler, timesteps)
+    expected = torch.minimum(snr, torch.tensor(5.0)) / snr
+    torch.testing.assert_close(weights, expected)
+    assert weights[0] < 0.1 and weights[2] == pytest.approx(1.0)  # high-SNR steps are down-weighted
+    v_weights = loss_lib.timestep_weights(make_args(min_snr_gamma=5.0, v_parameterization=True), scheduler, timesteps)
+    torch.testing.assert_close(v_weights, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+
+
+def test_debiased_and_v_pred_scaling(scheduler):
+    t = torch.tensor([100, 900])
+    snr = noise_lib.snr(scheduler, t)
+    torch.testing.assert_close(loss_lib.timestep_weights(make_args(debiased_estimation_loss=True), scheduler, t), 1 / snr.sqrt())
+    torch.testing.assert_close(loss_lib.timestep_weights(make_args(scale_v_pred_loss_like_noise_pred=True), scheduler, t), snr / (snr + 1))
+
+
+def test_loss_types_and_huber_schedule(scheduler):
+    prediction, target = torch.tensor([[0.0, 3.0]]), torch.tensor([[1.0, 0.0]])
+    assert loss_lib.elementwise_loss(prediction, target, "l2").tolist() == [[1.0, 9.0]]
+    assert loss_lib.elementwise_loss(prediction, target, "l1").tolist() == [[1.0, 3.0]]
+    c = torch.tensor([0.1])
+    huber = loss_lib.elementwise_loss(prediction, target, "huber", c)
+    torch.testing.assert_close(huber, 2 * 0.1 * (torch.sqrt(torch.tensor([[1.0, 9.0]]) + 0.01) - 0.1))
+    smooth = loss_lib.elementwise_loss(prediction, target, "smooth_l1", c)
+    torch.testing.assert_close(smooth, huber / 0.1)
+    t = torch.tensor([0, 999])
+    constant = loss_lib.huber_c(make_args(huber_schedule="constant", huber_c=0.1), scheduler, t)
+    exponential = loss_lib.huber_c(make_args(huber_schedule="exponential", huber_c=0.1), scheduler, t)
+    snr_c = loss_lib.huber_c(make_args(huber_schedule="snr", huber_c=0.1), scheduler, t)
+    assert constant.tolist() == pytest.approx([0.1, 0.1])
+    assert exponential[0] == pytest.approx(1.0) and exponential[1] == pytest.approx(0.1, rel=0.01)
+    assert snr_c[0] > 0.9 and snr_c[1] == pytest.approx(0.1, abs=0.01)  # c falls as noise grows
+
+
+def test_masked_loss_ignores_masked_pixels():
+    prediction = torch.zeros(1, 4, 2, 2)
+    target = torch.zeros(1, 4, 2, 2)
+    target[..., 0, 0] = 10.0
+    mask = torch.ones(1, 1, 2, 2)
+    mask[..., 0, 0] = 0
+    assert loss_lib.reduce_per_sample(loss_lib.elementwise_loss(prediction, target, "l2"), mask).item() == 0.0
+    assert loss_lib.reduce_per_sample(loss_lib.elementwise_loss(prediction, target, "l2")).item() == pytest.approx(25.0)
+
+
+def test_prior_loss_weight_scales_regularisation_samples(scheduler):
+    args = make_args()
+    prediction, target = torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
+    t = torch.tensor([500, 500])
+    plain = loss_lib.training_loss(args, scheduler, prediction, target, t, torch.tensor([1.0, 1.0]))
+    weighted = loss_lib.training_loss(args, scheduler, prediction, target, t, torch.tensor([1.0, 0.5]))
+    assert plain.item() == pytest.approx(1.0) and weighted.item() == pytest.approx(0.75)
+
+
+def test_noise_offset_statistics():
+    latents = torch.zeros(512, 4, 8, 8)
+    plain = noise_lib.training_noise(latents, make_args(), torch.Generator().manual_seed(0))
+    offset = noise_lib.training_noise(latents, make_args(noise_offset=0.1), torch.Generator().manual_seed(0))
+    channel_means_plain = plain.mean(dim=(2, 3)).std().item()
+    channel_means_offset = offset.mean(dim=(2, 3)).std().item()
+    # per-channel means: N(0, 1/64) without offset, plus N(0, 0.1^2) with it
+    assert channel_means_plain == pytest.approx(0.125, rel=0.1)
+    assert channel_means_offset == pytest.approx((0.125**2 + 0.1**2) ** 0.5, rel=0.1)
+    random_strength = noise_lib.training_noise(latents, make_args(noise_offset=0.1, noise_offset_random_strength=True), torch.Generator().manual_seed(0))
+    assert channel_means_plain < random_strength.mean(dim=(2, 3)).std().item() < channel_means_offset
+
+
+def test_adaptive_noise_scale_grows_with_latent_mean():
+    generator = torch.Generator().manual_seed(0)
+    bright = torch.full((512, 4, 8, 8), 2.0)
+    noise = noise_lib.training_noise(bright, make_args(noise_offset=0.05, adaptive_noise_scale=0.1), generator)
+    assert noise.mean(dim=(2, 3)).std().item() == pytest.approx((0.125**2 + 0.25**2) ** 0.5, rel=0.1)
+
+
+def test_multires_noise_is_normalised_and_correlated():
+    noise = noise_lib.training_noise(torch.zeros(64, 4, 32, 32), make_args(multires_noise_iterations=6, multires_noise_discount=0.3),
+                                     torch.Generator().manual_seed(0))
+    assert noise.std().item() == pytest.approx(1.0, abs=1e-3)
+    plain = torch.randn(64, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def neighbour_correlation(x):
+        return torch.corrcoef(torch.stack([x[..., :-1].flatten(), x[..., 1:].flatten()]))[0, 1].item()
+
+    # Low-frequency components correlate adjacent pixels (plain noise: 0 +- 0.002 here).
+    assert abs(neighbour_correlation(plain)) < 0.01 and neighbour_correlation(noise) > 0.02
+
+
+def test_ip_noise_gamma_perturbs_input_not_target(scheduler):
+    latents = torch.zeros(1, 4, 8, 8)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([999])
+    plain = noise_lib.noisy_latents(scheduler, latents, noise, t, make_args(), torch.Generator().manual_seed(2))
+    perturbed = noise_lib.noisy_latents(scheduler, latents, noise, t, make_args(ip_noise_gamma=0.1), torch.Generator().manual_seed(2))
+    difference = (perturbed - plain) / scheduler.alphas_cumprod[999].sub(1).neg().sqrt()
+    assert difference.std().item() == pytest.approx(0.1, rel=0.2)
+    assert torch.equal(noise_lib.prediction_target(scheduler, latents, noise, t, False), noise)
+
+
+def test_timestep_range():
+    t = noise_lib.sample_timesteps(10_000, 200, 300, torch.Generator().manual_seed(0))
+    assert t.min().item() == 200 and t.max().item() == 299
+
+
+def test_zero_terminal_snr_and_v_prediction():
+    scheduler = noise_lib.make_noise_scheduler(zero_terminal_snr=True, v_parameterization=True)
+    assert scheduler.alphas_cumprod[-1].item() < 1e-6
+    assert scheduler.config.prediction_type == "v_prediction"
+
+
+def test_keep_tokens_stay_first_when_shuffling():
+    options = CaptionOptions(shuffle_caption=True, keep_tokens=2)
+    caption = "catwomen, 1girl, black suit, mask, whip, night, city, rooftop"
+    seen = set()
+    for seed in range(30):
+        out = process_caption(caption, options, random.Random(seed)).split(", ")
+        assert out[:2] == ["catwomen", "1girl"] and sorted(out[2:]) == sorted(caption.split(", ")[2:])
+        seen.add(tuple(out))
+    assert len(seen) > 10
+
+
+def test_keep_tokens_separator_secondary_separator_and_affixes():
+    options = CaptionOptions(shuffle_caption=True, keep_tokens_separator="|||", secondary_separator=";;;",
+                             caption_prefix="masterpiece,", caption_suffix=", best")
+    out = process_caption("catwomen ||| black;;;suit, mask, whip ||| night", options, random.Random(3))
+    parts = out.split(", ")
+    assert parts[:2] == ["masterpiece", "catwomen"] and parts[-2:] == ["night", "best"]
+    assert "black, suit" in out  # the joined pair moved as one, then was split into two tags
+
+
+def test_caption_dropout_tag_dropout_wildcards_and_warmup():
+    assert process_caption("a, b", CaptionOptions(caption_dropout_rate=1.0), random.Random(0)) == ""
+    assert process_caption("a, b", CaptionOptions(caption_dropout_every_n_epochs=2), random.Random(0), epoch=4) == ""
+    kept = [len(process_caption(", ".join("abcdefghij"), CaptionOptions(caption_tag_dropout_rate=0.5), random.Random(s)).split(", "))
+            for s in range(200)]
+    assert sum(kept) / len(kept) == pytest.approx(5, abs=0.5)
+    choices = {process_caption("a {red|blue} cat", CaptionOptions(enable_wildcard=True), random.Random(s)) for s in range(20)}
+    assert choices == {"a red cat", "a blue cat"}
+    warm = CaptionOptions(token_warmup_min=1, token_warmup_step=10)
+    assert process_caption("a, b, c, d, e", warm, random.Random(0), step=0) == "a"
+    assert process_caption("a, b, c, d, e", warm, random.Random(0), step=5) == "a, b, c"
+    assert process_caption("a, b, c, d, e", warm, random.Random(0), step=10) == "a, b, c, d, e"
+
+
+def test_long_prompt_chunks_and_equality_with_diffusers(tiny_sdxl):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from library.models.sdxl_conditioning import chunked_input_ids, encode_captions
+
+    long_caption = ", ".join(f"tag{i}" for i in range(40))  # about 160 tokens: 3 chunks, the last padded
+    ids = chunked_input_ids(tiny_sdxl.tokenizer2, [long_caption], 225)
+    assert ids.shape == (1, 3, 77) and ids[0, 0, 0] == 49406 and ids[0, 0, 76] == 49407
+    assert (ids[0, 2] == 0).sum() > 0  # TE2 pads with "!" (0)
+    with torch.no_grad():
+        context, pooled = encode_captions(tiny_sdxl, [long_caption], 225)
+        assert context.shape == (1, 227, 192) and pooled.shape == (1, 128)
+        pipe = StableDiffusionXLPipeline(vae=tiny_sdxl.vae, text_encoder=tiny_sdxl.text_encoder1, text_encoder_2=tiny_sdxl.text_encoder2,
+                                         tokenizer=tiny_sdxl.tokenizer1, tokenizer_2=tiny_sdxl.tokenizer2, unet=tiny_sdxl.unet,
+                                         scheduler=EulerDiscreteScheduler())
+        expected, _, expected_pooled, _ = pipe.encode_prompt(["a photo of a cat"], do_classifier_free_guidance=False)
+        ours, ours_pooled = encode_captions(tiny_sdxl, ["a photo of a cat"], None)
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(ours_pooled, expected_pooled)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Lion", "SGDNesterov", "Prodigy", "AdaFactor", "DAdaptAdam", "AdamWScheduleFree", "torch.optim.RMSprop"])
+def test_optimizers_build_and_step(name):
+    from library.training.optimizers import build_optimizer
+
+    param = torch.nn.Parameter(torch.ones(4))
+    args = make_args(optimizer_type=name, learning_rate=1e-2 if name not in ("Prodigy", "DAdaptAdam") else 1.0,
+                     optimizer_args=["weight_decay=0.0"] if name != "AdaFactor" else ["relative_step=False", "scale_parameter=False"])
+    optimizer = build_optimizer(args, [{"params": [param]}])
+    if hasattr(optimizer, "train"):
+        optimizer.train()
+    param.grad = torch.ones(4)
+    optimizer.step()
+    assert not torch.equal(param.detach(), torch.ones(4))
+
+
+def test_adafactor_relative_step_follows_kohya():
+    from library.training.optimizers import build_optimizer
+
+    args = make_args(optimizer_type="AdaFactor", lr_scheduler="constant")
+    optimizer = build_optimizer(args, [{"params": [torch.nn.Parameter(torch.ones(2))], "lr": 1e-4}])
+    assert optimizer.defaults["relative_step"] is True and args.lr_scheduler == "adafactor"
+
+
+def test_bad_optimizer_names_and_args():
+    from library.training.optimizers import build_optimizer
+
+    with pytest.raises(UserError, match=r"optimizer_type 'AdamX' is unknown"):
+        build_optimizer(make_args(optimizer_type="AdamX"), [{"params": [torch.nn.Parameter(torch.ones(1))]}])
+    with pytest.raises(UserError, match=r"optimizer_args for AdamW: .*unexpected keyword argument 'betaz'"):
+        build_optimizer(make_args(optimizer_args=["betaz=(0.9,0.99)"]), [{"params": [torch.nn.Parameter(torch.ones(1))]}])
+
+
+@pytest.mark.parametrize("name,warmup,expected", [
+    ("constant_with_warmup", 0.1, [0.0, 0.1, 1.0, 1.0]),
+    ("linear", 2, [0.0, 0.5, 1.0, 0.875]),
+    ("cosine", 0, [1.0, 1.0, 0.96194, 0.85355]),
+])
+def test_lr_schedulers_with_warmup_steps_or_fraction(name, warmup, expected):
+    from library.training.lr_schedulers import build_lr_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    scheduler = build_lr_scheduler(make_args(lr_scheduler=name, lr_warmup_steps=warmup), optimizer, total_steps=20 if warmup == 0.1 else 10)
+    lrs = []
+    for step in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    if name == "constant_with_warmup":  # 10% of 20 steps = 2 warm-up steps
+        assert lrs == pytest.approx([0.0, 0.5, 1.0, 1.0])
+    elif name == "cosine":
+        assert lrs == pytest.approx([1.0, 0.97553, 0.90451, 0.79389], rel=1e-4)
+    else:
+        assert lrs == pytest.approx(expected)
