@@ -13,6 +13,9 @@ from torch import nn
 
 from lycoris.modules import LohaModule, LokrModule, LoConModule
 from library.lora.weights_math import apply_group, delta_weight, detect_algo
+from tests.lora_fixtures import quiet_lycoris_logging
+
+quiet_lycoris_logging()
 
 CASES = [
     # id, module class, layer, rank, extra kwargs, expected key
