@@ -45,3 +45,17 @@ def te_out(text_encoder, ids: torch.Tensor) -> torch.Tensor:
     """Penultimate hidden state (what SDXL conditions on) and the final one, concatenated."""
     out = text_encoder(ids, output_hidden_states=True)
     return torch.cat([out.hidden_states[-2], out.hidden_states[-1]], dim=-1)
+
+
+def quiet_lycoris_logging() -> None:
+    """LyCORIS logs to the sys.stdout of import time, which pytest closes after that test; point its
+    handler at the real stderr and show warnings only, so later tests do not print logging errors."""
+    import logging
+    import sys
+
+    from lycoris.logging import logger
+
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.__stderr__)
+    logger.setLevel(logging.WARNING)

@@ -30,7 +30,8 @@ def test_tiny_module_names_match_golden_list(_tiny_sdxl_loaded, golden, args):
 
 
 def test_saved_keys_literal_names_and_shapes(tiny_sdxl, tmp_path):
-    network = lora.create_network(1.0, 4, 2, None, tiny_sdxl.text_encoders, tiny_sdxl.unet, conv_dim="8", conv_alpha="3")
+    model = tiny_sdxl
+    network = lora.create_network(1.0, 4, 2, None, model.text_encoders, model.unet, conv_dim="8", conv_alpha="3")
     path = tmp_path / "k.safetensors"
     network.save_weights(path, None, {})
     with safe_open(str(path), "pt") as handle:
@@ -75,7 +76,7 @@ def test_real_sdxl_config_has_722_unet_and_264_text_encoder_modules():
     assert len(c3lier.unet_loras) == 722 + 17 * 3 + 11 + 4
 
 
-def _file_of(network, tmp_path) -> dict:
+def _file_of(network) -> dict:
     from tests.lora_fixtures import randomise_network
 
     randomise_network(network, seed=2)
@@ -83,8 +84,9 @@ def _file_of(network, tmp_path) -> dict:
 
 
 def test_loading_accepts_diffusers_style_and_peft_names(tiny_sdxl, tmp_path):
-    network = lora.create_network(1.0, 4, 4, None, tiny_sdxl.text_encoders, tiny_sdxl.unet, conv_dim="4", conv_alpha="4")
-    canonical = _file_of(network, tmp_path)
+    model = tiny_sdxl
+    network = lora.create_network(1.0, 4, 4, None, model.text_encoders, model.unet, conv_dim="4", conv_alpha="4")
+    canonical = _file_of(network)
     names = network.names
     diffusers_style, peft = {}, {}
     for key, value in canonical.items():

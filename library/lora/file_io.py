@@ -77,6 +77,8 @@ def save_lora(path: str | os.PathLike, state_dict: dict, metadata: dict | None =
     path = Path(path)
     if path.suffix != ".safetensors":
         raise UserError(f"{path}: LoRA files are written as .safetensors")
+    if not state_dict:
+        raise ValueError(f"{path}: refusing to write a LoRA file without tensors")
     bad = sorted(k for k in state_dict if not k.startswith(CANONICAL_PREFIXES))
     if bad:  # an internal naming bug must never reach a user's file
         raise ValueError(f"refusing to write non-canonical LoRA keys, e.g. {bad[:5]}")
