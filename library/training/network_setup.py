@@ -6,29 +6,9 @@ as kohya passes them.
 """
 from __future__ import annotations
 
-import importlib
-
 from library.errors import UserError
-
-# lycoris.kohya names modules after our in-memory diffusers/transformers layout; this wrapper of
-# ours renames to the SAI/text_model_ names every UI reads when saving (see networks/).
-MODULE_ALIASES = {"lycoris.kohya": "networks.lycoris_kohya"}
-
-
-def import_network_module(name: str):
-    if not name:
-        raise UserError('network_module is not set; use network_module = "networks.lora" (or networks.dylora, lycoris.kohya)')
-    target = MODULE_ALIASES.get(name, name)
-    try:
-        module = importlib.import_module(target)
-    except ModuleNotFoundError as error:
-        if target != name and error.name and target.startswith(error.name):
-            module = importlib.import_module(name)
-        else:
-            raise UserError(f"network_module {name!r} cannot be imported ({error})") from None
-    if not hasattr(module, "create_network"):
-        raise UserError(f"network_module {name!r} has no create_network(); it is not a kohya network module")
-    return module
+from library.lora.merge import merge_base_weights
+from library.lora.network_modules import import_network_module
 
 
 def network_kwargs(args) -> dict:
@@ -38,26 +18,32 @@ def network_kwargs(args) -> dict:
             raise UserError(f'network_args: {item!r} is not "key=value"')
         key, value = (part.strip() for part in item.split("=", 1))
         kwargs[key] = value
-    for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
-        if getattr(args, key) is not None:
-            if key in kwargs:
-                raise UserError(f"{key} is set both as an option and in network_args; keep one")
-            kwargs[key] = str(getattr(args, key))
     return kwargs
 
 
-def merge_base_weights(module, args, model) -> None:
-    """base_weights: LoRAs merged into the frozen model before training (kohya's option)."""
-    multipliers = [float(m) for m in (args.base_weights_multiplier or [])]
-    for index, path in enumerate(args.base_weights or []):
-        multiplier = multipliers[index] if index < len(multipliers) else 1.0
-        network, weights = module.create_network_from_weights(multiplier, path, model.vae, model.text_encoders, model.unet, for_inference=True)
-        network.merge_to(model.text_encoders, model.unet, weights, None, "cpu")
+_LORAPLUS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+
+
+def apply_loraplus_options(network, args, kwargs: dict) -> None:
+    """LoRA+ ratios given as options (kohya's way) rather than inside network_args."""
+    ratios = [getattr(args, key) for key in _LORAPLUS]
+    if all(r is None for r in ratios):
+        return
+    clash = [key for key in _LORAPLUS if getattr(args, key) is not None and key in kwargs]
+    if clash:
+        raise UserError(f"{clash[0]} is set both as an option and in network_args; keep one")
+    if not hasattr(network, "set_loraplus_lr_ratio"):
+        raise UserError(f"{args.network_module} does not support LoRA+ (loraplus_*_ratio)")
+    network.set_loraplus_lr_ratio(*ratios)
 
 
 def create_training_network(args, model, train_unet: bool, train_text_encoder: bool):
+    if not args.network_module:
+        raise UserError('network_module is not set; use network_module = "networks.lora" (or networks.dylora, lycoris.kohya)')
     module = import_network_module(args.network_module)
-    merge_base_weights(module, args, model)
+    if args.base_weights:
+        multipliers = [float(m) for m in (args.base_weights_multiplier or [])]
+        merge_base_weights(args.base_weights, multipliers, model.unet, model.text_encoders)
     kwargs = network_kwargs(args)
     if args.dim_from_weights:
         if not args.network_weights:
@@ -70,6 +56,7 @@ def create_training_network(args, model, train_unet: bool, train_text_encoder: b
         )
     if network is None:
         raise UserError(f"{args.network_module}.create_network returned nothing; check network_args")
+    apply_loraplus_options(network, args, kwargs)
     network.apply_to(model.text_encoders, model.unet, train_text_encoder, train_unet)
     if args.network_weights and not args.dim_from_weights:
         network.load_weights(args.network_weights)
