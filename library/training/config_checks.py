@@ -52,7 +52,16 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
     if args.v_pred_like_loss and args.v_parameterization:
         raise UserError("v_pred_like_loss is for epsilon models; remove it with v_parameterization")
     if args.save_model_as != "safetensors":
-        notices.append(f"save_model_as = \"{args.save_model_as}\": LoRA weights are saved as a torch pickle; safetensors is safer and what UIs prefer")
+        raise UserError(f"{where('save_model_as')}: save_model_as = \"{args.save_model_as}\": LoRA files are saved as safetensors only "
+                        "(pickles can run code when loaded, and every UI reads safetensors); remove the option")
+    if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask for s in subsets)):
+        raise UserError(f"{where('masked_loss')}: masked_loss needs alpha_mask = true (masks come from the images' alpha channel; "
+                        "conditioning_data_dir masks are not supported)")
+    if args.log_with in ("wandb", "all"):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise UserError(f"{where('log_with')}: log_with = \"{args.log_with}\" needs the wandb package: pip install wandb (or use tensorboard)")
     for name in ("vae", "network_weights", "in_json", "sample_prompts", "dataset_config"):
         value = getattr(args, name)
         if value and not Path(value).exists():

@@ -43,14 +43,18 @@ class LatentSource:
         return self._sha[index]
 
     # --- caching ----------------------------------------------------------------------------
-    def prepare(self) -> None:
-        """Fill the cache as configured; reuse fresh npz files (always, for metadata datasets)."""
+    def prepare(self, rank: int = 0, world: int = 1, barrier=None) -> None:
+        """Fill the cache as configured; reuse fresh npz files (always, for metadata datasets).
+
+        With several processes and cache_latents_to_disk, each process encodes its share of the
+        missing caches and writes them; after `barrier()` every process reads all of them.
+        """
         args = self.args
         want_cache = args.cache_latents or args.cache_latents_to_disk
         if want_cache and self.augmenting:
             raise UserError("cache_latents cannot be combined with color_aug or random_crop (they change the pixels every step); disable one")
         uses_metadata = any(item.subset.metadata_file for item in self.items)
-        if not want_cache and not uses_metadata:
+        if not self.items or (not want_cache and not uses_metadata):
             return
         fingerprint_of_vae = vae_fingerprint(self.vae, "fp32")
         todo, reasons = [], Counter()
@@ -66,8 +70,14 @@ class LatentSource:
         if todo and not want_cache:
             self.notices.append(f"{len(todo)} images have no fresh latent cache ({_describe(reasons)}); encoding them every step")
             return
-        if todo:
+        if todo and args.cache_latents_to_disk and world > 1:
+            self._encode_and_store(todo[rank::world], to_disk=True)
+            barrier()
+            for index, _, path in todo:
+                self._memory[index] = load_latent_cache(path)
+        elif todo:
             self._encode_and_store(todo, to_disk=args.cache_latents_to_disk)
+        if todo:
             self.notices.append(f"cached latents of {len(todo)} images ({_describe(reasons)}); {len(self.items) - len(todo)} were fresh")
 
     def _fingerprint(self, index: int, vae_fp: str) -> CacheFingerprint:

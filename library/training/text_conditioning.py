@@ -28,8 +28,9 @@ class TextEncoderCache:
         self.model, self.items, self.args = model, items, args
         self._entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def prepare(self, captions: list[str]) -> int:
-        """Fill the cache; returns how many captions were encoded (the rest came from fresh files)."""
+    def prepare(self, captions: list[str], write: bool = True) -> int:
+        """Fill the cache; returns how many captions were encoded (the rest came from fresh files).
+        Only the process with `write` writes files (every process computes what it needs)."""
         to_disk = self.args.cache_text_encoder_outputs_to_disk
         fingerprint = text_encoder_fingerprint(self.model.text_encoders, self.args.max_token_length)
         encoded = 0
@@ -41,7 +42,7 @@ class TextEncoderCache:
                 hidden1, hidden2, pool2 = encode_caption(self.model.tokenizers, self.model.text_encoders, caption,
                                                          self.args.max_token_length)
                 encoded += 1
-                if to_disk:
+                if to_disk and write:
                     save_te_cache(path, hidden1, hidden2, pool2, caption, fingerprint)
             context = np.concatenate([hidden1, hidden2], axis=-1)
             self._entries[index] = (torch.from_numpy(context), torch.from_numpy(np.asarray(pool2)))

@@ -154,3 +154,19 @@ def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> li
                 item.dataset_index = index
                 items.append(item)
     return items
+
+
+def split_validation(items: list[TrainItem], fraction: float, seed: int) -> tuple[list[TrainItem], list[TrainItem]]:
+    """(training items, validation items): a seeded, fixed share of the non-regularisation images."""
+    if not fraction:
+        return items, []
+    if not 0 < fraction < 1:
+        raise UserError(f"validation_split {fraction} must be between 0 and 1")
+    import random
+
+    candidates = [i for i, item in enumerate(items) if not item.is_reg]
+    count = max(1, round(len(candidates) * fraction))
+    if count >= len(candidates):
+        raise UserError(f"validation_split {fraction} leaves no training images out of {len(candidates)}")
+    held_out = set(random.Random(seed).sample(candidates, count))
+    return [it for i, it in enumerate(items) if i not in held_out], [it for i, it in enumerate(items) if i in held_out]

@@ -32,8 +32,13 @@ from library.training.optimizers import build_optimizer
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
 from library.training.saving import NetworkSaver
 from library.models.sdxl_conditioning import encode_captions, time_ids
+from library.training.run_control import StopRequest
+from library.training.sample_prompts import load_sample_prompts
+from library.training.sampling import write_samples
 from library.training.text_conditioning import TextEncoderCache
-from library.training.train_items import build_items
+from library.training.train_items import build_items, split_validation
+from library.training.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
+from library.training.validation import fixed_noise_loss
 
 VAE_SCALE = 0.13025
 
@@ -87,7 +92,10 @@ class Trainer:
         self.specs = dataset_specs(args)
         check_combinations(args, self.sources, self.notices, [s for spec in self.specs for s in spec.subsets])
         self.skipped = SkipLog()
-        self.items = build_items(self.specs, self.skipped, self.notices)
+        all_items = build_items(self.specs, self.skipped, self.notices)
+        split_seed = args.validation_seed if args.validation_seed is not None else (args.seed or 0)
+        fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
+        self.items, self.val_items = split_validation(all_items, fraction, split_seed)
 
     # -- setup -------------------------------------------------------------------------------
     def setup(self):
@@ -99,11 +107,14 @@ class Trainer:
         log_with = args.log_with if args.log_with and args.logging_dir else None
         if args.log_with and not args.logging_dir:
             self.notices.append("log_with is set but logging_dir is not; not logging")
-        self.accelerator = Accelerator(log_with=log_with, project_dir=args.logging_dir)
+        # kohya's run folder: <logging_dir>/<log_prefix><timestamp>/network_train/
+        run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if log_with else None
+        # Without a GPU, accelerate must be told cpu=True or two launched processes never synchronise.
+        self.accelerator = Accelerator(log_with=log_with, project_dir=run_dir, cpu=not torch.cuda.is_available())
         self.device = self.accelerator.device
         self.seed = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
         args.seed = self.seed
-        torch.manual_seed(self.seed + self.accelerator.process_index)
+        torch.manual_seed(self.seed)  # the same network initialisation on every process
         self.mixed = mixed
         self.autocast_dtype = weight_dtype(mixed)
 
@@ -116,16 +127,20 @@ class Trainer:
         self.attention = configure_attention(self.model.unet, args, self.notices)
         self.train_unet = not args.network_train_text_encoder_only
         self.train_text_encoder = not args.network_train_unet_only
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         self.latents = LatentSource(self.items, self.model.vae, args, self.notices)
-        self.latents.prepare()
+        self.latents.prepare(rank, world, self.accelerator.wait_for_everyone)
+        self.val_latents = LatentSource(self.val_items, self.model.vae, args, self.notices)
+        self.val_latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.caption_options = [CaptionOptions.from_mapping(item.subset.__dict__) for item in self.items]
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
             self.te_cache = TextEncoderCache(self.model, self.items, args)
             captions = [process_caption(item.caption, opts, random.Random(0)) for item, opts in zip(self.items, self.caption_options)]
-            self.te_cache.prepare(captions)
+            self.te_cache.prepare(captions, write=self.accelerator.is_main_process)
 
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
+        torch.manual_seed(self.seed + rank)  # dropout may differ between processes; everything else is per-sample seeded
         if args.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
             self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
@@ -136,6 +151,8 @@ class Trainer:
             self.network.enable_gradient_checkpointing()
         self.network.prepare_grad_etc(self.model.text_encoders, self.model.unet)
         self.network.to(self.device)
+        if args.full_fp16 or args.full_bf16:  # only reachable with a GPU (see effective_mixed_precision)
+            self.network.to(torch.float16 if args.full_fp16 else torch.bfloat16)
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.to(self.device)
         if self.autocast_dtype != torch.float32:  # frozen base weights in the half dtype; the VAE too unless no_half_vae
@@ -153,13 +170,39 @@ class Trainer:
         world = self.accelerator.num_processes
         self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
         self.steps_per_epoch, self.max_steps = plan_steps(args, self.summary, world)
+        self.epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        if args.save_n_epoch_ratio:  # kohya: about N saves over the run
+            args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
         self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
         self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
+        self.ranks_checked = 0
+        self.tensorboard = None
         if log_with:
-            self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=None)
+            init_kwargs = {}
+            if args.log_tracker_config:
+                import toml
+
+                init_kwargs = toml.load(args.log_tracker_config)
+            if args.wandb_api_key:
+                import os
+
+                os.environ.setdefault("WANDB_API_KEY", args.wandb_api_key)
+            if args.wandb_run_name:
+                init_kwargs.setdefault("wandb", {})["name"] = args.wandb_run_name
+            self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=self.tracker_config(), init_kwargs=init_kwargs)
+            if log_with in ("tensorboard", "all"):
+                self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
+        self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
+        if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
+            self.notices.append("sample_every_n_* is set but sample_prompts is not; no samples will be made")
+
+    def tracker_config(self) -> dict | None:
+        if not self.args.log_config:
+            return None
+        return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(self.args).items() if v is not None}
 
     # -- one batch ---------------------------------------------------------------------------
     def sample_seed(self, epoch: int, index: int, occurrence: int) -> int:
@@ -242,10 +285,23 @@ class Trainer:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.accelerator.num_processes > 1:
+            self.check_ranks_in_sync()
         if self.args.scale_weight_norms:
             scaled, mean_norm, max_norm = self.network.apply_max_norm_regularization(self.args.scale_weight_norms, self.device)
             logs.update({"Keys Scaled": scaled, "Average key norm": mean_norm, "max_norm/max_key_norm": max_norm})
         return logs
+
+    @torch.no_grad()
+    def check_ranks_in_sync(self) -> None:
+        """Every process must hold the same network after a step; a mismatch would silently train
+        several different LoRAs, so it stops the run."""
+        checksum = torch.stack([p.detach().double().sum() for p in self.trainable]).sum().reshape(1).to(self.device)
+        gathered = self.accelerator.gather(checksum)
+        if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
+            raise UserError(f"processes hold different network weights after a step ({gathered.tolist()}); "
+                            "launch with accelerate launch --multi_gpu (on CPU too) so gradients are shared")
+        self.ranks_checked += 1
 
     def lr_logs(self) -> dict:
         logs = {}
@@ -270,69 +326,213 @@ class Trainer:
             result.append(row)
         return result
 
+    # -- events ------------------------------------------------------------------------------
+    def save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None = None) -> Path | None:
+        """LoRA file (kind "epoch", "step" or "final") plus, when asked, a resumable state holding
+        `progress` (the position training continues from). `epoch` numbers an epoch save."""
+        args, accelerator = self.args, self.accelerator
+        accelerator.wait_for_everyone()
+        path = None
+        if accelerator.is_main_process:
+            completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
+            path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
+            self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
+            print(f"saved {path}")
+            if with_state:
+                name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
+                                         step=progress.global_step if kind == "step" else None)
+                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+                prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
+                             epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
+                             args.save_every_n_epochs)
+                print(f"saved state {folder}")
+        accelerator.wait_for_everyone()
+        return path
+
+    def sample(self, epoch: int | None, step: int) -> None:
+        if not self.sample_prompts:
+            return
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.network.eval()
+            written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch, step,
+                                    self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
+                                    self.args.v_parameterization, base_seed=self.seed)
+            self.network.train()
+            if self.tensorboard is not None:
+                import numpy as np
+
+                for index, (path, image) in enumerate(written):
+                    self.tensorboard.writer.add_image(f"sample/{index:02d}", np.asarray(image), step, dataformats="HWC")
+        self.accelerator.wait_for_everyone()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        if not self.val_items:
+            return None
+        limit = self.args.max_validation_steps or len(self.val_items)
+        latents, contexts, pooleds, ids = [], [], [], []
+        self.network.eval()
+        for index, item in enumerate(self.val_items[:limit]):
+            latent, _ = self.val_latents.get(index, False)
+            latents.append(latent * VAE_SCALE)
+            context, pooled = encode_captions(self.model, [item.caption], self.args.max_token_length)
+            contexts.append(context)
+            pooleds.append(pooled)
+            w, h = item.placement.original_size
+            ids.append(time_ids([(h, w)], [item.placement.crop_top_left], [(item.bucket[1], item.bucket[0])]))
+        loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
+                                seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
+                                v_parameterization=self.args.v_parameterization)
+        self.network.train()
+        return loss
+
+    def due(self, every: int | None, count: int) -> bool:
+        return bool(every) and count % every == 0
+
     # -- the run -----------------------------------------------------------------------------
+    def starting_progress(self) -> Progress:
+        args = self.args
+        if args.resume:
+            folder = find_state(args.resume)
+            progress, _ = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            if progress.seed != self.seed:
+                self.notices.append(f"resuming a run trained with seed {progress.seed}; using it (not {self.seed}) for identical data order")
+                self.seed = args.seed = progress.seed
+            print(f"resumed from {folder} at step {progress.global_step} (epoch {progress.epoch}, batch {progress.batches_done_in_epoch})")
+            return progress
+        progress = Progress(seed=self.seed)
+        if args.initial_epoch or args.initial_step:
+            step = args.initial_step if args.initial_step is not None else (args.initial_epoch - 1) * self.steps_per_epoch
+            progress.global_step = step
+            progress.epoch = step // self.steps_per_epoch + 1
+            if args.skip_until_initial_step:
+                progress.batches_done_in_epoch = (step % self.steps_per_epoch) * args.gradient_accumulation_steps
+            for _ in range(step):
+                self.lr_scheduler.step()
+        return progress
+
     def run(self) -> Path | None:
         args, accelerator = self.args, self.accelerator
         world, rank = accelerator.num_processes, accelerator.process_index
-        epochs = math.ceil(self.max_steps / self.steps_per_epoch)
+        progress = self.starting_progress()
         if accelerator.is_main_process:
-            print(f"training {self.max_steps} steps ({epochs} epochs of {self.steps_per_epoch}), {len(self.trainable):,} tensors, "
-                  f"attention {self.attention}, precision {self.mixed}, seed {self.seed}")
-        progress = tqdm(total=self.max_steps, desc="steps", disable=not accelerator.is_main_process)
-        global_step, recent = 0, []
-        optimizer_name = type(self.optimizer).__name__
+            print(f"training {self.max_steps} steps ({self.epochs} epochs of {self.steps_per_epoch}), {len(self.trainable):,} tensors, "
+                  f"attention {self.attention}, precision {self.mixed}, seed {self.seed}, {world} process(es)")
+        if args.sample_at_first and progress.global_step == 0:
+            self.sample(0, 0)
+        stop = StopRequest().install()
+        bar = tqdm(total=self.max_steps, initial=progress.global_step, desc="steps", disable=not accelerator.is_main_process)
         self.network.train()
-        for epoch in range(1, epochs + 1):
-            self.network.on_epoch_start(self.model.text_encoders, self.model.unet)
-            batches = epoch_batches(self.items, self.summary["batch_sizes"], self.seed, epoch)
-            batches = batches[: len(batches) // world * world]
-            seeds = self.epoch_seeds(batches, epoch)[rank::world]
-            batches = batches[rank::world]
-            epoch_losses, pending = [], 0
-            for batch_index, indices in enumerate(batches):
-                loss = self.batch_loss(indices, seeds[batch_index], epoch, global_step)
-                scaled = loss / args.gradient_accumulation_steps
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                pending += 1
-                last_in_epoch = batch_index == len(batches) - 1
-                epoch_losses.append(loss.item())
-                if pending < args.gradient_accumulation_steps and not last_in_epoch:
-                    continue
-                logs = self.optimizer_step()
-                pending = 0
-                global_step += 1
-                recent = (recent + [loss.item()])[-10:]
-                logs.update({"loss/current": loss.item(), "loss/average": sum(recent) / len(recent), **self.lr_logs()})
-                accelerator.log(logs, step=global_step)
-                progress.set_postfix(loss=f"{logs['loss/average']:.4f}", lr=f"{next(iter(self.lr_logs().values())):.2e}")
-                progress.update(1)
-                if args.save_every_n_steps and global_step % args.save_every_n_steps == 0 and global_step < self.max_steps:
-                    self._save(epoch, global_step, optimizer_name, "step")
-                if global_step >= self.max_steps:
-                    break
-            accelerator.log({"loss/epoch_average": sum(epoch_losses) / max(len(epoch_losses), 1)}, step=epoch)
-            if args.save_every_n_epochs and epoch % args.save_every_n_epochs == 0 and epoch < epochs:
-                self._save(epoch, global_step, optimizer_name, "epoch")
-            if global_step >= self.max_steps:
-                break
-        progress.close()
-        final = self._save(epochs, global_step, optimizer_name, "final")
+        try:
+            while progress.global_step < self.max_steps and progress.epoch <= self.epochs:
+                if self.run_epoch(progress, world, rank, bar, stop):
+                    return None  # stopped on request, state saved
+        finally:
+            stop.restore()
+            bar.close()
+        final = self.save_checkpoint("final", progress, with_state=args.save_state or args.save_state_on_train_end)
+        if world > 1 and accelerator.is_main_process:
+            print(f"all {world} processes held identical network weights after each of {self.ranks_checked} steps")
         accelerator.end_training()
         return final
 
-    def _save(self, epoch, step, optimizer_name, kind) -> Path | None:
-        self.accelerator.wait_for_everyone()
-        path = None
-        if self.accelerator.is_main_process:
-            path = self.saver.save(self.network, epoch, step, optimizer_name, kind)
-            self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=step if kind == "step" else None)
-            print(f"saved {path}")
-        return path
+    def run_epoch(self, progress: Progress, world: int, rank: int, bar, stop) -> bool:
+        """Train the rest of `progress.epoch`; True when a stop was requested (and saved)."""
+        args, accelerator = self.args, self.accelerator
+        epoch = progress.epoch
+        self.network.on_epoch_start(self.model.text_encoders, self.model.unet)
+        batches = epoch_batches(self.items, self.summary["batch_sizes"], self.seed, epoch)
+        batches = batches[: len(batches) // world * world]
+        seeds = self.epoch_seeds(batches, epoch)[rank::world]
+        batches = batches[rank::world]
+        pending, group_start = 0, progress.batches_done_in_epoch
+        for batch_index in range(progress.batches_done_in_epoch, len(batches)):
+            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step)
+            if not torch.isfinite(loss):
+                progress.batches_done_in_epoch = group_start
+                self.optimizer.zero_grad(set_to_none=True)
+                self.save_checkpoint("step", progress, with_state=True)
+                raise UserError(
+                    f"loss became {loss.item()} at step {progress.global_step + 1} (epoch {epoch}); the last good state was saved. "
+                    "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
+                )
+            scaled = loss / args.gradient_accumulation_steps
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            pending += 1
+            progress.epoch_losses.append(loss.item())
+            if pending < args.gradient_accumulation_steps and batch_index < len(batches) - 1:
+                continue
+            logs = self.optimizer_step()
+            pending, group_start = 0, batch_index + 1
+            progress.global_step += 1
+            progress.batches_done_in_epoch = batch_index + 1
+            progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
+            logs.update({"loss/current": loss.item(), "loss/average": sum(progress.recent_losses) / len(progress.recent_losses),
+                         **self.lr_logs()})
+            step = progress.global_step
+            if self.val_items and self.due(args.validate_every_n_steps, step):
+                logs["loss/validation/step_average"] = self.validation_loss()
+            accelerator.log(logs, step=step)
+            bar.set_postfix(loss=f"{logs['loss/average']:.4f}")
+            bar.update(1)
+            if stop.requested:
+                self.save_checkpoint("step", progress, with_state=True)
+                print(f"stopped at step {step}; resume with --resume {args.output_dir}")
+                return True
+            if step < self.max_steps:
+                if self.due(args.save_every_n_steps, step):
+                    self.save_checkpoint("step", progress, with_state=args.save_state)
+                if self.due(args.sample_every_n_steps, step):
+                    self.sample(None, step)
+            if step >= self.max_steps:
+                break
+        if progress.batches_done_in_epoch >= len(batches):  # not when the run ended inside the epoch
+            self.finish_epoch(progress)
+        return False
+
+    def finish_epoch(self, progress: Progress) -> None:
+        args, epoch = self.args, progress.epoch
+        logs = {"loss/epoch_average": sum(progress.epoch_losses) / max(len(progress.epoch_losses), 1)}
+        if self.val_items and (self.due(args.validate_every_n_epochs, epoch) or not (args.validate_every_n_epochs or args.validate_every_n_steps)):
+            logs["loss/validation/epoch_average"] = self.validation_loss()
+        self.accelerator.log(logs, step=epoch)
+        finished_run = progress.global_step >= self.max_steps
+        progress.epoch += 1
+        progress.batches_done_in_epoch = 0
+        progress.epoch_losses = []
+        if not finished_run:
+            if self.due(args.save_every_n_epochs, epoch):
+                self.save_checkpoint("epoch", progress, with_state=args.save_state, epoch=epoch)
+            if self.due(args.sample_every_n_epochs, epoch):
+                self.sample(epoch, progress.global_step)
+
+
+def debug_dataset(trainer, batches_to_show: int = 8) -> None:
+    """--debug_dataset: print what the first batches of epoch 1 hold (images, buckets, crops and the
+    captions as augmented for that step), without loading any model."""
+    sizes = [spec.batch_size for spec in trainer.specs]
+    trainer.seed = trainer.args.seed if trainer.args.seed is not None else 0
+    batches = epoch_batches(trainer.items, sizes, trainer.seed, 1)
+    options = [CaptionOptions.from_mapping(item.subset.__dict__) for item in trainer.items]
+    for number, (indices, seeds) in enumerate(zip(batches, trainer.epoch_seeds(batches, 1))):
+        if number >= batches_to_show:
+            break
+        bucket = trainer.items[indices[0]].bucket
+        print(f"batch {number + 1}: bucket {bucket[0]}x{bucket[1]}")
+        for index, seed in zip(indices, seeds):
+            item = trainer.items[index]
+            caption = process_caption(item.caption, options[index], random.Random(seed), 1, number, 1)
+            print(f"  {item.image_path} {item.placement.original_size[0]}x{item.placement.original_size[1]} "
+                  f"crop_ltrb={list(item.placement.crop_ltrb)}{' reg' if item.is_reg else ''}: {caption!r}")
 
 
 def train(resolved) -> Path | None:
     """Run a whole training from a resolved config; returns the final LoRA file (main process)."""
     trainer = Trainer(resolved)
+    if resolved.args.debug_dataset:
+        debug_dataset(trainer)
+        return None
     if resolved.args.print_config:
         summary = dataset_summary(trainer.items, trainer.specs, resolved.args)
         per_epoch, total = plan_steps(resolved.args, summary, 1)

@@ -1,0 +1,129 @@
+"""Resumable training states: what is saved, where, and how a resume finds the newest complete one.
+
+A state is a folder `<output_name>-<epoch:06d>-state`, `<output_name>-step<step:08d>-state` or
+`<output_name>-state` holding the network weights, optimizer, scheduler, grad-scaler and RNG states
+and `train_state.json` (counters and loss history). It is written into a hidden temporary folder and
+renamed into place, so a process killed mid-save leaves the previous states untouched and never a
+half state that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from library.errors import UserError
+
+STATE_FILE = "train_state.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Progress:
+    global_step: int = 0
+    epoch: int = 1  # the epoch in progress (1-based)
+    batches_done_in_epoch: int = 0
+    recent_losses: list = field(default_factory=list)
+    epoch_losses: list = field(default_factory=list)
+    seed: int = 0
+
+
+def state_folder_name(output_name: str, epoch: int | None = None, step: int | None = None) -> str:
+    if epoch is not None:
+        return f"{output_name}-{epoch:06d}-state"
+    if step is not None:
+        return f"{output_name}-step{step:08d}-state"
+    return f"{output_name}-state"
+
+
+def save_state(folder: Path, progress: Progress, network, optimizer, lr_scheduler, scaler=None, extra: dict | None = None) -> Path:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(tmp / "network.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None,
+                    "extra": extra or {}}, tmp / "rng_and_extra.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "complete": True, **asdict(progress)}, indent=1))
+        if folder.exists():  # replace an older state of the same name only once the new one is whole
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def read_progress(folder: Path) -> Progress | None:
+    """The progress of a complete state folder, or None when it is not one."""
+    path = Path(folder) / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    needed = ("network.safetensors", "optimizer.pt", "scheduler.pt", "rng_and_extra.pt")
+    if not data.get("complete") or not all((Path(folder) / n).exists() for n in needed):
+        return None
+    data.pop("complete"), data.pop("format", None)
+    return Progress(**data)
+
+
+def find_state(resume: str | Path) -> Path:
+    """`resume` is a state folder, or an output folder whose newest complete state is taken."""
+    path = Path(resume)
+    if not path.exists():
+        raise UserError(f"{path}: resume folder not found")
+    if (path / STATE_FILE).exists():
+        if read_progress(path) is None:
+            raise UserError(f"{path}: this state is incomplete (the save was interrupted); resume from the output folder to use the newest complete state")
+        return path
+    candidates = [(p, read_progress(p)) for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name.endswith("-state")]
+    complete = [(p, progress) for p, progress in candidates if progress is not None]
+    if not complete:
+        raise UserError(f"{path}: no complete training state (<name>-...-state folder) to resume from; train with save_state = true")
+    return max(complete, key=lambda pair: pair[1].global_step)[0]
+
+
+def load_state(folder: Path, network, optimizer, lr_scheduler, scaler=None) -> tuple[Progress, dict]:
+    progress = read_progress(folder)
+    if progress is None:
+        raise UserError(f"{folder}: incomplete training state")
+    weights = load_file(str(Path(folder) / "network.safetensors"))
+    missing, unexpected = network.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{folder}: the saved network does not match this config (e.g. {(missing or unexpected)[0]}); "
+                        "resume with the same network_module, network_dim and network_args")
+    optimizer.load_state_dict(torch.load(Path(folder) / "optimizer.pt", weights_only=True))
+    lr_scheduler.load_state_dict(torch.load(Path(folder) / "scheduler.pt", weights_only=True))
+    rng = torch.load(Path(folder) / "rng_and_extra.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if scaler is not None and rng.get("scaler"):
+        scaler.load_state_dict(rng["scaler"])
+    return progress, rng.get("extra", {})
+
+
+def prune_states(output_dir: Path, output_name: str, keep_epochs: int | None, keep_steps: int | None,
+                 current_epoch: int | None, current_step: int | None, every_epochs: int | None) -> None:
+    """save_last_n_epochs_state / save_last_n_steps_state."""
+    if keep_epochs and current_epoch is not None and every_epochs:
+        old = current_epoch - every_epochs * keep_epochs
+        if old > 0:
+            shutil.rmtree(Path(output_dir) / state_folder_name(output_name, epoch=old), ignore_errors=True)
+    if keep_steps and current_step is not None:
+        prefix = f"{output_name}-step"
+        for folder in Path(output_dir).glob(f"{prefix}*-state"):
+            digits = folder.name[len(prefix):-len("-state")]
+            if digits.isdigit() and int(digits) < current_step - keep_steps:
+                shutil.rmtree(folder, ignore_errors=True)
