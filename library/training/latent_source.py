@@ -71,7 +71,9 @@ class LatentSource:
             self.notices.append(f"{len(todo)} images have no fresh latent cache ({_describe(reasons)}); encoding them every step")
             return
         if todo and args.cache_latents_to_disk and world > 1:
-            self._encode_and_store(todo[rank::world], to_disk=True)
+            # By item index, not list position: processes may see different caches as fresh while
+            # another process is already writing, but they always agree on who owns an item.
+            self._encode_and_store([entry for entry in todo if entry[0] % world == rank], to_disk=True)
             barrier()
             for index, _, path in todo:
                 self._memory[index] = load_latent_cache(path)

@@ -1,0 +1,179 @@
+"""A long run you can trust: exact resume, safe states, samples, logs, validation, stop and NaN handling,
+and data-parallel training in two processes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from library.errors import UserError
+from library.training.train_state import find_state
+from tests.training_fixtures import base_config, lora_tensors, make_concept_images, run_training, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run_data")
+    make_concept_images(root / "2_catwomen", count=4)  # 3 buckets -> steps cross epoch boundaries
+    return root
+
+
+def logged(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted(log_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values += [(e.step, e.value) for e in accumulator.Scalars(tag)]
+    return sorted(values)
+
+
+def _run(tmp_path, model, train_dir, name, steps, resume=None, **overrides):
+    return run_training(tmp_path, model, train_dir, name=name, max_train_steps=steps, save_state_on_train_end=True,
+                        log_with="tensorboard", logging_dir=str(tmp_path / f"{name}_logs"), resume=resume,
+                        network_dropout=0.1, **overrides)
+
+
+def test_resume_continues_bit_for_bit(tiny_single_file, train_dir, tmp_path):
+    full = _run(tmp_path, tiny_single_file, train_dir, "full", 8)
+    half = _run(tmp_path, tiny_single_file, train_dir, "half", 4)
+    resumed = _run(tmp_path, tiny_single_file, train_dir, "half", 8, resume=str(half.parent))
+    a, b = lora_tensors(full), lora_tensors(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    full_losses = logged(tmp_path / "full_logs", "loss/current")
+    split_losses = logged(tmp_path / "half_logs", "loss/current")
+    assert [s for s, _ in full_losses] == list(range(1, 9)) and full_losses == split_losses
+
+    # three runs: 2 + 2 + 4 steps
+    for steps in (2, 4, 8):
+        last = _run(tmp_path, tiny_single_file, train_dir, "thirds", steps,
+                    resume=str(tmp_path / "thirds_out") if steps > 2 else None)
+    c = lora_tensors(last)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert logged(tmp_path / "thirds_logs", "loss/current") == full_losses
+
+
+def test_interrupted_state_save_is_never_picked(tiny_single_file, train_dir, tmp_path):
+    out = _run(tmp_path, tiny_single_file, train_dir, "safe", 2).parent
+    good = find_state(out)
+    assert good.name == "tiny_lora-state"
+    # a later save that died half-way: a hidden temporary folder and a folder without its marker
+    (out / ".tiny_lora-step00000009-state.abc123").mkdir()
+    broken = out / "tiny_lora-step00000009-state"
+    broken.mkdir()
+    (broken / "network.safetensors").write_bytes(b"partial")
+    assert find_state(out) == good
+    with pytest.raises(UserError, match=r"this state is incomplete"):
+        (broken / "train_state.json").write_text(json.dumps({"complete": False, "global_step": 9}))
+        find_state(broken)
+
+
+def test_stop_request_saves_a_state_that_resumes_exactly(tiny_single_file, train_dir, tmp_path, monkeypatch):
+    import library.training.trainer as trainer_module
+
+    class StopAfterFirstCheck:
+        checks = 0
+
+        def install(self):
+            return self
+
+        def restore(self):
+            pass
+
+        @property
+        def requested(self):
+            StopAfterFirstCheck.checks += 1
+            return StopAfterFirstCheck.checks >= 3  # after the third optimizer step
+
+    reference = _run(tmp_path, tiny_single_file, train_dir, "ref", 6)
+    monkeypatch.setattr(trainer_module, "StopRequest", StopAfterFirstCheck)
+    assert _run(tmp_path, tiny_single_file, train_dir, "stopped", 6).exists() is False  # no final file: it stopped
+    out = tmp_path / "stopped_out"
+    assert (out / "tiny_lora-step00000003.safetensors").exists() and (out / "tiny_lora-step00000003-state").is_dir()
+    monkeypatch.undo()
+    resumed = _run(tmp_path, tiny_single_file, train_dir, "stopped", 6, resume=str(out))
+    a, b = lora_tensors(reference), lora_tensors(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_advice_and_saves_last_good_state(tiny_single_file, train_dir, tmp_path):
+    with pytest.raises(UserError, match=r"loss became nan at step \d+ .*last good state was saved.*Lower the learning rate"):
+        run_training(tmp_path, tiny_single_file, train_dir, name="nan", max_train_steps=6, learning_rate=1e30,
+                     optimizer_type="SGDNesterov")
+    states = list((tmp_path / "nan_out").glob("*-state"))
+    assert len(states) == 1
+    weights = lora_tensors(states[0] / "network.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_samples_logs_and_validation(tiny_single_file, train_dir, tmp_path):
+    prompts_txt = tmp_path / "prompts.txt"
+    prompts_txt.write_text("# comment\ncatwomen on a roof --n blurry --w 64 --h 96 --d 7 --s 3 --l 5\ncatwomen --s 2\n")
+    prompts_toml = tmp_path / "prompts.toml"
+    prompts_toml.write_text('[prompt]\nwidth = 64\nheight = 64\nsample_steps = 2\n[[prompt.subset]]\nprompt = "catwomen"\nseed = 11\n'
+                            '[[prompt.subset]]\nprompt = "catwomen"\nseed = 11\nsample_sampler = "k_euler"\n')
+    run_training(tmp_path, tiny_single_file, train_dir, name="txt", max_train_steps=3, sample_prompts=str(prompts_txt),
+                 sample_every_n_steps=2, sample_at_first=True, sample_sampler="euler_a", log_with="tensorboard",
+                 logging_dir=str(tmp_path / "logs"), log_prefix="demo_", validation_split=0.25, validate_every_n_steps=1)
+    samples = sorted(p.name for p in (tmp_path / "txt_out" / "sample").glob("*.png"))
+    assert samples == ["tiny_lora_000002_00_7.png", "tiny_lora_000002_01_1235.png", "tiny_lora_e000000_00_7.png", "tiny_lora_e000000_01_1235.png"]
+    assert Image.open(tmp_path / "txt_out" / "sample" / "tiny_lora_000002_00_7.png").size == (64, 96)
+    assert Image.open(tmp_path / "txt_out" / "sample" / "tiny_lora_000002_01_1235.png").size == (64, 64)  # training resolution
+    run_dir = next((tmp_path / "logs").iterdir())
+    assert run_dir.name.startswith("demo_")
+    for tag in ("loss/current", "loss/average", "lr/unet", "lr/textencoder", "loss/validation/step_average", "loss/epoch_average"):
+        assert logged(run_dir, tag), tag
+    validation = [v for _, v in logged(run_dir, "loss/validation/step_average")]
+    assert len(validation) == 3 and all(np.isfinite(validation))
+
+    run_training(tmp_path, tiny_single_file, train_dir, name="toml", max_train_steps=1, sample_prompts=str(prompts_toml),
+                 sample_at_first=True)
+    first, second = sorted((tmp_path / "toml_out" / "sample").glob("*.png"))
+    # same seed, same image; a different sampler from the same noise gives a different one
+    again = run_training(tmp_path, tiny_single_file, train_dir, name="toml2", max_train_steps=1, sample_prompts=str(prompts_toml),
+                         sample_at_first=True)
+    first_again = sorted((again.parent / "sample").glob("*.png"))[0]
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(first_again)))
+    assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
+
+
+def test_sample_prompt_file_errors(tmp_path):
+    from library.training.sample_prompts import load_sample_prompts
+
+    bad = tmp_path / "p.txt"
+    bad.write_text("a cat --x 3\n")
+    with pytest.raises(UserError, match=r"p\.txt:1: unknown flag --x"):
+        load_sample_prompts(bad)
+    bad.write_text("a cat --w wide\n")
+    with pytest.raises(UserError, match=r"width = 'wide' is not a number"):
+        load_sample_prompts(bad)
+
+
+@pytest.mark.subprocess
+def test_two_process_data_parallel_training(tiny_single_file, train_dir, tmp_path):
+    config = base_config(tiny_single_file, train_dir, tmp_path / "out", max_train_steps=3, train_batch_size=1,
+                         cache_latents_to_disk=True)
+    path = write_config(tmp_path / "mp.toml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "sdxl_train_network.py"), "--config_file", str(path)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "2 process(es)" in output
+    assert "all 2 processes held identical network weights after each of 3 steps" in output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny_lora.safetensors"]
+    assert output.count("saved ") == 1  # one writer
