@@ -3,34 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import toml
-from PIL import Image, ImageDraw
 
-SIZES = [(64, 64), (64, 96), (96, 64), (80, 80), (64, 64), (72, 96)]
-
-
-def make_concept_images(folder: Path, count: int = 4, caption_extension: str | None = ".caption",
-                        caption: str = "catwomen, 1girl, black suit", sizes=SIZES) -> list[Path]:
-    """Images of one recognisable concept (a yellow disc with a black bar on a blue field)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        width, height = sizes[index % len(sizes)]
-        image = Image.new("RGB", (width, height), (30, 60, 160 + int(rng.integers(0, 60))))
-        draw = ImageDraw.Draw(image)
-        r = min(width, height) // 3
-        cx, cy = width // 2 + int(rng.integers(-4, 5)), height // 2 + int(rng.integers(-4, 5))
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(240, 220, 40))
-        draw.rectangle([cx - r, cy - 3, cx + r, cy + 3], fill=(0, 0, 0))
-        path = folder / f"img{index}.png"
-        image.save(path)
-        if caption_extension:
-            path.with_suffix(caption_extension).write_text(caption, encoding="utf-8")
-        paths.append(path)
-    return paths
-
+from library.data.demo_images import make_concept_images  # noqa: F401  (re-exported for the tests)
 
 def base_config(model: Path, train_dir: Path, output_dir: Path, **overrides) -> dict:
     """A small, fast, sectioned training config; overrides are (section, key) -> value or key -> value."""
