@@ -29,6 +29,7 @@ from library.training.latent_source import LatentSource
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
+from library.training.pivotal import setup_pivotal
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
 from library.training.saving import NetworkSaver
 from library.models.sdxl_conditioning import encode_captions, time_ids
@@ -113,6 +114,8 @@ class Trainer:
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.requires_grad_(False)
             module.eval()
+        # pivotal tuning: new tokens in both tokenizers/encoders (a no-op object when train_text_encoder_ti is off)
+        self.pivotal = setup_pivotal(args, self.model, self.items, self.notices)
         self.attention = configure_attention(self.model.unet, args, self.notices)
         self.train_unet = not args.network_train_text_encoder_only
         self.train_text_encoder = not args.network_train_unet_only
@@ -145,6 +148,7 @@ class Trainer:
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
         self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
+        self.pivotal.add_param_groups(self.param_groups, self.group_names, args, self.device)  # pivotal: new-row groups
         if not self.param_groups:
             raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
         self.trainable = [p for group in self.param_groups for p in group["params"]]
@@ -158,6 +162,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
+        self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         if log_with:
             self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=None)
 
@@ -174,7 +179,8 @@ class Trainer:
             return context.to(self.device), pooled.to(self.device)
         captions = [process_caption(self.items[i].caption, self.caption_options[i], random.Random(seed), epoch, step, self.max_steps)
                     for i, seed in zip(indices, seeds)]
-        with torch.set_grad_enabled(self.train_text_encoder):
+        captions = self.pivotal.prepare_captions(captions, step, self.max_steps)  # pivotal: TOK -> <s0><s1>; pivot
+        with torch.set_grad_enabled(self.train_text_encoder or self.pivotal.needs_grad):
             return encode_captions(self.model, captions, self.args.max_token_length)
 
     def batch_inputs(self, indices, seeds):
@@ -301,6 +307,7 @@ class Trainer:
                 logs = self.optimizer_step()
                 pending = 0
                 global_step += 1
+                self.pivotal.after_optimizer_step(global_step, self.max_steps)  # pivotal: pull-back; freeze at the pivot
                 recent = (recent + [loss.item()])[-10:]
                 logs.update({"loss/current": loss.item(), "loss/average": sum(recent) / len(recent), **self.lr_logs()})
                 accelerator.log(logs, step=global_step)
@@ -326,6 +333,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             path = self.saver.save(self.network, epoch, step, optimizer_name, kind)
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=step if kind == "step" else None)
+            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
             print(f"saved {path}")
         return path
 
