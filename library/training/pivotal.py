@@ -143,6 +143,7 @@ class PivotalTuning:
         self.vocab_std: list[float] = []
         self.frac = 0.0
         self.output_name = ""
+        self.user_trigger_phrase = None
 
     # setup ------------------------------------------------------------------------------------
     @classmethod
@@ -152,6 +153,7 @@ class PivotalTuning:
         self = cls(True)
         self.frac = args.train_text_encoder_ti_frac
         self.output_name = args.output_name
+        self.user_trigger_phrase = args.metadata_trigger_phrase
         abstractions = parse_abstractions(args.token_abstraction)
         _check_captions_use(abstractions, items)
         self.tokens = token_names(abstractions, args.num_new_tokens_per_abstraction)
@@ -262,7 +264,9 @@ class PivotalTuning:
         if not self.enabled:
             return {}
         embedding = self.embedding_path(lora_path)
+        extra = {} if self.user_trigger_phrase else {"modelspec.trigger_phrase": embedding.stem}
         return {
+            **extra,
             "ss_pivotal_tokens": json.dumps(self.tokens),
             "ss_pivotal_embedding": embedding.name,
             # A1111/Forge and ComfyUI trigger an embedding by its file name (ComfyUI: "embedding:<name>")
