@@ -144,3 +144,32 @@ def test_embeddings_train_until_the_pivot_then_only_the_lora(tiny_single_file, t
     loras = [lora_tensors(out / f"tiny_lora-step{s:08d}.safetensors") for s in (3, 4, 5)] + [lora_tensors(final)]
     assert all(_changed(loras[k - 1], loras[k]) for k in range(1, 4))  # the LoRA keeps training after the pivot
     assert read_metadata(out / "tiny_lora-step00000002.safetensors")["ss_pivotal_trigger_phrase"] == "tiny_lora-step00000002_emb"
+
+
+def test_shipped_pivotal_prodigy_config_trains_with_paths_and_size_changed(tiny_single_file, two_images, tmp_path):
+    from library.training.config_loader import resolve_config
+    from library.training.trainer import Trainer
+
+    resolved = resolve_config([
+        "--config_file", "train_config/XL_Pivotal_Prodigy_config/config_file.toml",
+        "--pretrained_model_name_or_path", str(tiny_single_file), "--train_data_dir", str(two_images),
+        "--caption_extension", ".caption", "--output_dir", str(tmp_path / "out"), "--logging_dir", str(tmp_path / "logs"),
+        "--resolution", "64,64", "--min_bucket_reso", "32", "--max_bucket_reso", "128", "--bucket_reso_steps", "32",
+        "--train_batch_size", "1", "--max_train_steps", "4", "--save_every_n_steps", "2", "--max_data_loader_n_workers", "0",
+        "--cache_latents_to_disk", "false",
+    ])
+    trainer = Trainer(resolved)
+    trainer.setup()
+    final = trainer.run()
+    assert type(trainer.optimizer).__name__ == "Prodigy"
+    logs = trainer.lr_logs()
+    d_lr = {k: v for k, v in logs.items() if k.startswith("lr/d*lr/")}
+    assert set(d_lr) >= {"lr/d*lr/unet", "lr/d*lr/embeddings_te1", "lr/d*lr/embeddings_te2"}
+    assert all(v > 0 for v in d_lr.values())
+    names = sorted(p.name for p in final.parent.glob("*.safetensors"))
+    assert names == ["pivotal_prodigy-step00000002.safetensors", "pivotal_prodigy-step00000002_emb.safetensors",
+                     "pivotal_prodigy.safetensors", "pivotal_prodigy_emb.safetensors"]
+    first, last = _embeddings([final.parent / names[1], final.parent / names[3]])
+    assert not _changed(first, last)  # frac 0.5 of 4 steps: frozen after step 2
+    metadata = read_metadata(final)
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"], metadata["ss_optimizer"]) == ("32", "32.0", "Prodigy")
