@@ -155,7 +155,8 @@ def test_shipped_pivotal_prodigy_config_trains_with_paths_and_size_changed(tiny_
         "--pretrained_model_name_or_path", str(tiny_single_file), "--train_data_dir", str(two_images),
         "--caption_extension", ".caption", "--output_dir", str(tmp_path / "out"), "--logging_dir", str(tmp_path / "logs"),
         "--resolution", "64,64", "--min_bucket_reso", "32", "--max_bucket_reso", "128", "--bucket_reso_steps", "32",
-        "--train_batch_size", "1", "--max_train_steps", "4", "--save_every_n_steps", "2", "--max_data_loader_n_workers", "0",
+        "--train_batch_size", "1", "--max_train_steps", "4", "--save_every_n_steps", "1", "--save_last_n_steps", "1",
+        "--max_data_loader_n_workers", "0",
         "--cache_latents_to_disk", "false",
     ])
     trainer = Trainer(resolved)
@@ -167,9 +168,11 @@ def test_shipped_pivotal_prodigy_config_trains_with_paths_and_size_changed(tiny_
     assert set(d_lr) >= {"lr/d*lr/unet", "lr/d*lr/embeddings_te1", "lr/d*lr/embeddings_te2"}
     assert all(v > 0 for v in d_lr.values())
     names = sorted(p.name for p in final.parent.glob("*.safetensors"))
+    # save_last_n_steps removed step 1's LoRA at step 3, and its _emb file with it
     assert names == ["pivotal_prodigy-step00000002.safetensors", "pivotal_prodigy-step00000002_emb.safetensors",
+                     "pivotal_prodigy-step00000003.safetensors", "pivotal_prodigy-step00000003_emb.safetensors",
                      "pivotal_prodigy.safetensors", "pivotal_prodigy_emb.safetensors"]
-    first, last = _embeddings([final.parent / names[1], final.parent / names[3]])
+    first, last = _embeddings([final.parent / names[1], final.parent / names[5]])
     assert not _changed(first, last)  # frac 0.5 of 4 steps: frozen after step 2
     metadata = read_metadata(final)
     assert (metadata["ss_network_dim"], metadata["ss_network_alpha"], metadata["ss_optimizer"]) == ("32", "32.0", "Prodigy")
