@@ -73,6 +73,8 @@ def test_prodigy_option_checks(tmp_path):
         _resolve(tmp_path, prodigy_decouple=True)
     with pytest.raises(UserError, match=r"Prodigy needs the same learning rate in every parameter group.*text_encoder_lr = 0.5"):
         _resolve(tmp_path, optimizer_type="Prodigy", learning_rate=1.0, text_encoder_lr=0.5)
+    with pytest.raises(UserError, match=r"LoRA\+ .* which Prodigy does not allow"):
+        _resolve(tmp_path, optimizer_type="Prodigy", learning_rate=1.0, loraplus_lr_ratio=16.0)
     _, notices = _resolve(tmp_path, optimizer_type="Prodigy", learning_rate=1e-4)
     assert any("learning_rate = 0.0001 looks like an Adam learning rate" in n for n in notices)
     # named Adam settings work for AdamW too

@@ -67,6 +67,11 @@ def _group_rates(args) -> dict[str, float]:
 
 
 def _check_prodigy_rates(args, where, notices: list) -> None:
+    ratios = {name: getattr(args, name) for name in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")}
+    ratios.update(dict(item.split("=", 1) for item in (args.network_args or []) if item.split("=", 1)[0].strip().startswith("loraplus_")))
+    if any(value is not None and float(value) != 1.0 for value in ratios.values()):
+        raise UserError("LoRA+ (loraplus_*_ratio) gives the up matrices a different learning rate, which Prodigy does not allow "
+                        "(one learning rate for every group); remove the LoRA+ ratio or use another optimizer")
     rates = _group_rates(args)
     nonzero = {name: value for name, value in rates.items() if value}
     if len(set(nonzero.values())) > 1:
