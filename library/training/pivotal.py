@@ -38,7 +38,6 @@ from library.errors import UserError
 TOKEN_FORMAT = "<s{}>"
 EMBEDDING_KEYS = ("clip_l", "clip_g")  # TE1 (CLIP ViT-L), TE2 (OpenCLIP ViT-bigG)
 PULL_BACK_POWER = 0.1
-_SAVE_NAME = re.compile(r"^(?P<stem>.+?(?:-\d{6}|-step\d{8})?)_emb\.safetensors$")
 
 
 # -- words -----------------------------------------------------------------------------------------
@@ -285,10 +284,11 @@ class PivotalTuning:
         target = self.embedding_path(lora_path)
         metadata = {"pivotal.tokens": json.dumps(self.tokens), "pivotal.trigger_phrase": target.stem}
         save_safetensors_atomic(self.embedding_tensors(), target, metadata)
-        for file in lora_path.parent.glob(f"{self.output_name}*_emb.safetensors"):
-            match = _SAVE_NAME.match(file.name)
-            if match and match.group("stem").startswith(self.output_name) and not file.with_name(match.group("stem") + lora_path.suffix).exists():
-                file.unlink(missing_ok=True)
+        ours = re.compile(rf"^(?P<stem>{re.escape(self.output_name)}(?:-\d{{6}}|-step\d{{8}})?)_emb\.safetensors$")
+        for file in lora_path.parent.glob("*_emb.safetensors"):
+            match = ours.match(file.name)
+            if match and not file.with_name(match.group("stem") + lora_path.suffix).exists():
+                file.unlink(missing_ok=True)  # its LoRA was removed by save_last_n_*
         return target
 
     # resume ------------------------------------------------------------------------------------
