@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from library.errors import UserError
+from library.training.optimizer_options import check_optimizer_options
+from library.training.pivotal import check_pivotal_options
 
 _CAPTION_CHANGERS = ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs",
                      "token_warmup_step", "enable_wildcard")
@@ -19,6 +21,8 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         raise UserError("output_dir is not set; add output_dir = \"...\" under [training_arguments]")
     if args.network_train_unet_only and args.network_train_text_encoder_only:
         raise UserError("network_train_unet_only and network_train_text_encoder_only together train nothing; keep one")
+    check_pivotal_options(args, sources, notices)
+    check_optimizer_options(args, sources, notices)
     if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
         if not args.network_train_unet_only:
             raise UserError(

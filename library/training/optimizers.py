@@ -123,7 +123,9 @@ def is_adaptive(optimizer) -> bool:
 def build_optimizer(args, param_groups: list[dict]):
     """(optimizer, the lr the scheduler should start from) for the configured optimizer."""
     cls, defaults = _class_for(args.optimizer_type or "AdamW")
-    kwargs = {**defaults, **parse_kwargs(args.optimizer_args, "optimizer_args")}
+    from library.training.optimizer_options import named_optimizer_kwargs  # prodigy_*/adam_* conveniences
+
+    kwargs = {**defaults, **parse_kwargs(args.optimizer_args, "optimizer_args"), **named_optimizer_kwargs(args, cls)}
     lr = args.learning_rate
     if cls.__name__ == "Adafactor":
         # kohya semantics: relative_step defaults to True; then Adafactor picks its own lr and

@@ -258,12 +258,20 @@ _TABLE = [
     Option("loraplus_unet_lr_ratio", F, None, "additional_network_arguments", "LoRA+ ratio for the UNet only"),
     Option("loraplus_text_encoder_lr_ratio", F, None, "additional_network_arguments", "LoRA+ ratio for the text encoders only"),
     # --- [pivotal_tuning_arguments] (this toolkit's own; no kohya equivalent) --------------------
-    Option("train_text_encoder_ti", B, False, "pivotal_tuning_arguments", "learn new trigger tokens by textual inversion (pivotal tuning)", PENDING),
-    Option("train_text_encoder_ti_frac", F, 0.5, "pivotal_tuning_arguments", "fraction of the steps during which the new tokens train", PENDING),
-    Option("token_abstraction", S, "TOK", "pivotal_tuning_arguments", "word(s) in captions replaced by the new tokens (comma list)", PENDING),
-    Option("num_new_tokens_per_abstraction", I, 2, "pivotal_tuning_arguments", "new tokens per abstraction word", PENDING),
-    Option("initializer_token", S, None, "pivotal_tuning_arguments", "word whose embedding initialises the new tokens", PENDING),
-    Option("adam_weight_decay_text_encoder", F, None, "pivotal_tuning_arguments", "weight decay of the new-token embeddings", PENDING),
+    Option("train_text_encoder_ti", B, False, "pivotal_tuning_arguments", "learn new trigger tokens <s0><s1>... in both text encoders by textual inversion (pivotal tuning); needs network_train_unet_only"),
+    Option("train_text_encoder_ti_frac", F, 0.5, "pivotal_tuning_arguments", "fraction of the optimizer steps during which the new tokens train (pivot at floor(frac x steps))"),
+    Option("token_abstraction", S, "TOK", "pivotal_tuning_arguments", "word(s) in captions and prompts replaced by the new tokens, whole words only (comma list)"),
+    Option("num_new_tokens_per_abstraction", I, 2, "pivotal_tuning_arguments", "new tokens per abstraction word"),
+    Option("initializer_token", S, None, "pivotal_tuning_arguments", "word whose embedding initialises the new tokens (default: random with the vocabulary's std)"),
+    Option("adam_weight_decay_text_encoder", F, None, "pivotal_tuning_arguments", "weight decay of the new-token embeddings (default: the optimizer's)"),
+    # --- named optimizer settings (diffusers' names): conveniences over optimizer_args -----------
+    Option("prodigy_beta3", F, None, "optimizer_arguments", "Prodigy beta3 (optimizer_args \"beta3=...\"; default sqrt(beta2))"),
+    Option("prodigy_decouple", B, None, "optimizer_arguments", "Prodigy decoupled (AdamW-style) weight decay (optimizer_args \"decouple=...\")"),
+    Option("prodigy_use_bias_correction", B, None, "optimizer_arguments", "Prodigy Adam bias correction (optimizer_args \"use_bias_correction=...\")"),
+    Option("prodigy_safeguard_warmup", B, None, "optimizer_arguments", "Prodigy: keep the d estimate stable during lr warm-up (optimizer_args \"safeguard_warmup=...\")"),
+    Option("adam_beta1", F, None, "optimizer_arguments", "first beta of Adam-family optimizers and Prodigy (optimizer_args \"betas=(b1,b2)\")"),
+    Option("adam_beta2", F, None, "optimizer_arguments", "second beta of Adam-family optimizers and Prodigy (optimizer_args \"betas=(b1,b2)\")"),
+    Option("adam_weight_decay", F, None, "optimizer_arguments", "weight decay of the optimizer (optimizer_args \"weight_decay=...\")"),
 ]
 
 OPTIONS: dict[str, Option] = {option.name: option for option in _TABLE}

@@ -17,6 +17,7 @@ class NetworkSaver:
         self.summary = dataset_summary
         self.run_started = run_started
         self.extension = ".safetensors" if args.save_model_as == "safetensors" else f".{args.save_model_as}"
+        self.extra_metadata = None  # optional callable(path) -> dict, e.g. pivotal tuning's tokens and trigger phrase
 
     def metadata(self, epoch: int, step: int, optimizer_name: str) -> dict[str, str]:
         args = self.args
@@ -84,7 +85,10 @@ class NetworkSaver:
             ext=self.extension,
         )
         path = self.output_dir / name
-        network.save_weights(str(path), save_dtype(self.args.save_precision), self.metadata(epoch, step, optimizer_name))
+        metadata = self.metadata(epoch, step, optimizer_name)
+        if self.extra_metadata is not None:
+            metadata.update(self.extra_metadata(path))
+        network.save_weights(str(path), save_dtype(self.args.save_precision), metadata)
         return path
 
     def remove_old(self, epoch: int | None = None, step: int | None = None) -> None:

@@ -29,6 +29,7 @@ from library.training.latent_source import LatentSource
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
+from library.training.pivotal import setup_pivotal
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
 from library.training.saving import NetworkSaver
 from library.models.sdxl_conditioning import encode_captions, time_ids
@@ -124,6 +125,8 @@ class Trainer:
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.requires_grad_(False)
             module.eval()
+        # pivotal tuning: new tokens in both tokenizers/encoders (a no-op object when train_text_encoder_ti is off)
+        self.pivotal = setup_pivotal(args, self.model, self.items, self.notices)
         self.attention = configure_attention(self.model.unet, args, self.notices)
         self.train_unet = not args.network_train_text_encoder_only
         self.train_text_encoder = not args.network_train_unet_only
@@ -162,6 +165,7 @@ class Trainer:
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
         self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
+        self.pivotal.add_param_groups(self.param_groups, self.group_names, args, self.device)  # pivotal: new-row groups
         if not self.param_groups:
             raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
         self.trainable = [p for group in self.param_groups for p in group["params"]]
@@ -178,6 +182,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
+        self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
         self.tensorboard = None
         if log_with:
@@ -217,7 +222,8 @@ class Trainer:
             return context.to(self.device), pooled.to(self.device)
         captions = [process_caption(self.items[i].caption, self.caption_options[i], random.Random(seed), epoch, step, self.max_steps)
                     for i, seed in zip(indices, seeds)]
-        with torch.set_grad_enabled(self.train_text_encoder):
+        captions = self.pivotal.prepare_captions(captions, step, self.max_steps)  # pivotal: TOK -> <s0><s1>; pivot
+        with torch.set_grad_enabled(self.train_text_encoder or self.pivotal.needs_grad):
             return encode_captions(self.model, captions, self.args.max_token_length)
 
     def batch_inputs(self, indices, seeds):
@@ -337,11 +343,13 @@ class Trainer:
             completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
             path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
+            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
             print(f"saved {path}")
             if with_state:
                 name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
                                          step=progress.global_step if kind == "step" else None)
-                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
+                                    extra={"pivotal": self.pivotal.state_dict()})
                 prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
                              epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
                              args.save_every_n_epochs)
@@ -357,7 +365,7 @@ class Trainer:
             self.network.eval()
             written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch, step,
                                     self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
-                                    self.args.v_parameterization, base_seed=self.seed)
+                                    self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt, base_seed=self.seed)
             self.network.train()
             if self.tensorboard is not None:
                 import numpy as np
@@ -376,7 +384,8 @@ class Trainer:
         for index, item in enumerate(self.val_items[:limit]):
             latent, _ = self.val_latents.get(index, False)
             latents.append(latent * VAE_SCALE)
-            context, pooled = encode_captions(self.model, [item.caption], self.args.max_token_length)
+            caption = self.pivotal.replace_in_prompt(item.caption)
+            context, pooled = encode_captions(self.model, [caption], self.args.max_token_length)
             contexts.append(context)
             pooleds.append(pooled)
             w, h = item.placement.original_size
@@ -395,7 +404,9 @@ class Trainer:
         args = self.args
         if args.resume:
             folder = find_state(args.resume)
-            progress, _ = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            if extra.get("pivotal"):
+                self.pivotal.load_state_dict(extra["pivotal"])
             if progress.seed != self.seed:
                 self.notices.append(f"resuming a run trained with seed {progress.seed}; using it (not {self.seed}) for identical data order")
                 self.seed = args.seed = progress.seed
@@ -466,6 +477,7 @@ class Trainer:
             logs = self.optimizer_step()
             pending, group_start = 0, batch_index + 1
             progress.global_step += 1
+            self.pivotal.after_optimizer_step(progress.global_step, self.max_steps)  # pivotal: pull-back; freeze at the pivot
             progress.batches_done_in_epoch = batch_index + 1
             progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
             logs.update({"loss/current": loss.item(), "loss/average": sum(progress.recent_losses) / len(progress.recent_losses),
