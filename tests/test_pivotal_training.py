@@ -176,3 +176,18 @@ def test_shipped_pivotal_prodigy_config_trains_with_paths_and_size_changed(tiny_
     assert not _changed(first, last)  # frac 0.5 of 4 steps: frozen after step 2
     metadata = read_metadata(final)
     assert (metadata["ss_network_dim"], metadata["ss_network_alpha"], metadata["ss_optimizer"]) == ("32", "32.0", "Prodigy")
+
+
+def test_pivotal_run_resumes_exactly_with_its_embeddings(tiny_single_file, two_images, tmp_path):
+    """The state holds the new rows and the pivot flag: resuming at step 2 of 6 (before the pivot at
+    step 3) ends with the same LoRA and the same _emb file as the uninterrupted run."""
+    from safetensors.torch import load_file
+
+    common = dict(max_train_steps=6, train_batch_size=1, learning_rate=1e-2, train_text_encoder_ti=True,
+                  train_text_encoder_ti_frac=0.5, network_train_unet_only=True)
+    full = run_training(tmp_path, tiny_single_file, two_images, name="full", save_state=True, save_every_n_steps=2, **common)
+    state = tmp_path / "full_out" / "tiny_lora-step00000002-state"
+    resumed = run_training(tmp_path, tiny_single_file, two_images, name="resumed", resume=str(state), **common)
+    for a_path, b_path in ((full, resumed), (full.with_name("tiny_lora_emb.safetensors"), resumed.with_name("tiny_lora_emb.safetensors"))):
+        a, b = load_file(str(a_path)), load_file(str(b_path))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
