@@ -177,10 +177,13 @@ def _adopt(network, unet, text_encoders):
     return network
 
 
-def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet, **kwargs):
+def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet, neuron_dropout=None, **kwargs):
     import lycoris.kohya as lycoris_kohya
 
-    kwargs = _check_args(dict(kwargs))
+    kwargs = dict(kwargs)
+    if neuron_dropout is not None:  # kohya's trainer passes network_dropout this way to every module
+        kwargs.setdefault("dropout", str(neuron_dropout))
+    kwargs = _check_args(kwargs)
     preset = _sdxl_preset(str(kwargs.pop("preset", "full")), unet)
     text_encoders = _as_list(text_encoder)
     with _registered(preset) as preset_name:
