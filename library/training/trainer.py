@@ -201,8 +201,17 @@ class Trainer:
             if log_with in ("tensorboard", "all"):
                 self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
         self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
+        if self.te_cache is not None and not self.sample_prompts and not self.val_items:
+            self.release_text_encoders()
         if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
             self.notices.append("sample_every_n_* is set but sample_prompts is not; no samples will be made")
+
+    def release_text_encoders(self) -> None:
+        """With cached text-encoder outputs and nothing else needing them (no samples, no validation),
+        the encoders' weights leave memory for the rest of the run (moved to the meta device)."""
+        for encoder in self.model.text_encoders:
+            encoder.to("meta")
+        self.notices.append("text-encoder outputs are cached: the text encoders were released from memory for training")
 
     def tracker_config(self) -> dict | None:
         if not self.args.log_config:
