@@ -1,7 +1,6 @@
 """networks/lora_block_weight.py: a baked file equals runtime per-block scaling; wrong layouts refused."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -10,14 +9,14 @@ import torch
 from library.lora import block_weights as bw
 from networks import lora
 from networks import lora_block_weight as tool
-from tests.tools_fixtures import assert_outputs_close, outputs, read, run_tool, write_lora
+from tests.tools_fixtures import Parts, assert_outputs_close, outputs, read, run_tool, write_lora
 
 VECTOR = [0.5, 1.0, 0.0, -0.7, 2.0, 1.5, 0.3, 0.0, 1.0, 0.8, 1.2, 0.25]  # BASE, IN04 ... OUT05
 
 
 @pytest.fixture
-def lora_file(tiny_sdxl, tmp_path):
-    return write_lora(tiny_sdxl, tmp_path / "plain.safetensors", seed=3)
+def lora_file(_tiny_sdxl_loaded, tmp_path):
+    return write_lora(_tiny_sdxl_loaded, tmp_path / "plain.safetensors", seed=3)
 
 
 def test_presets_file_has_every_preset_in_both_layouts():
@@ -32,14 +31,14 @@ def test_presets_file_has_every_preset_in_both_layouts():
     assert presets["XL_face"] == [1, 0, 0, 0, 0, 0, 0.8, 1, 1, 0.2, 0, 0]
 
 
-def test_baked_file_equals_runtime_block_scaling(lora_file, tiny_sdxl, _tiny_sdxl_loaded, tmp_path, capsys):
+def test_baked_file_equals_runtime_block_scaling(lora_file, _tiny_sdxl_loaded, tmp_path, capsys):
     out = tmp_path / "baked.safetensors"
     code, stdout, _ = run_tool(tool, ["--model", lora_file, "--save_to", str(out),
                                       "--weights", ",".join(map(str, VECTOR))], capsys)
     assert code == 0 and "modules at weight 0 removed" in stdout
 
     # runtime: the original file, every module's multiplier set to its block's weight
-    runtime = tiny_sdxl
+    runtime = Parts(_tiny_sdxl_loaded)
     network, _ = lora.create_network_from_weights(1.0, lora_file, None, runtime.text_encoders, runtime.unet)
     weight_of = dict(zip(bw.LAYOUTS["SDXL-12"], VECTOR))
     for module in network.loras:
@@ -47,7 +46,7 @@ def test_baked_file_equals_runtime_block_scaling(lora_file, tiny_sdxl, _tiny_sdx
     network.apply_to(runtime.text_encoders, runtime.unet, True, True)
     want = outputs(runtime)
 
-    baked_model = copy.deepcopy(_tiny_sdxl_loaded)
+    baked_model = Parts(_tiny_sdxl_loaded)
     baked, _ = lora.create_network_from_weights(1.0, str(out), None, baked_model.text_encoders, baked_model.unet)
     baked.apply_to(baked_model.text_encoders, baked_model.unet, True, True)
     assert_outputs_close(outputs(baked_model), want, base=outputs(_tiny_sdxl_loaded), tol=1e-5)
@@ -76,8 +75,8 @@ def test_sd1_vector_on_sdxl_file_is_refused_with_the_sdxl_preset(lora_file, tmp_
     assert code == 2 and "XL_OUTALL" in err
 
 
-def test_locon_needs_20_values_or_uncovered_weight(tiny_sdxl, tmp_path, capsys):
-    locon = write_lora(tiny_sdxl, tmp_path / "locon.safetensors", conv_dim="4", conv_alpha="1")
+def test_locon_needs_20_values_or_uncovered_weight(_tiny_sdxl_loaded, tmp_path, capsys):
+    locon = write_lora(_tiny_sdxl_loaded, tmp_path / "locon.safetensors", conv_dim="4", conv_alpha="1")
     out = tmp_path / "o.safetensors"
     code, _, err = run_tool(tool, ["--model", locon, "--save_to", str(out), "--weights", "XL_ALL"], capsys)
     assert code == 2 and "20-value" in err and "IN01" in err

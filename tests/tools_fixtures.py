@@ -9,10 +9,25 @@ from safetensors import safe_open
 from networks import lora
 from tests.lora_fixtures import quiet_lycoris_logging, randomise_network, te_out, token_ids, unet_inputs, unet_out
 
+quiet_lycoris_logging()  # at import, outside any test's output capture
+
+
+class Parts:
+    """The UNet and text encoders of a model, copied (cheaper than deep-copying the whole model)."""
+
+    def __init__(self, model):
+        self.unet = copy.deepcopy(model.unet)
+        self.text_encoder1 = copy.deepcopy(model.text_encoder1)
+        self.text_encoder2 = copy.deepcopy(model.text_encoder2)
+
+    @property
+    def text_encoders(self):
+        return [self.text_encoder1, self.text_encoder2]
+
 
 def write_lora(model, path, seed=1, dim=4, alpha=2.0, std=0.1, **args) -> str:
     """A networks.lora file (LoRA, or LoCon with conv_dim) with random weights, on a copy of `model`."""
-    work = copy.deepcopy(model)
+    work = Parts(model)
     network = lora.create_network(1.0, dim, alpha, None, work.text_encoders, work.unet, **args)
     network.apply_to(work.text_encoders, work.unet, True, True)
     randomise_network(network, seed=seed, std=std)
@@ -24,8 +39,7 @@ def write_lora(model, path, seed=1, dim=4, alpha=2.0, std=0.1, **args) -> str:
 def write_lycoris(model, path, algo, seed=7, std=0.1, **args) -> str:
     from networks import lycoris_kohya
 
-    quiet_lycoris_logging()
-    work = copy.deepcopy(model)
+    work = Parts(model)
     network = lycoris_kohya.create_network(1.0, 4, 2.0, None, work.text_encoders, work.unet, algo=algo, **args)
     network.apply_to(work.text_encoders, work.unet, True, True)
     randomise_network(network, seed=seed, std=std)
