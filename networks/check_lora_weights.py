@@ -59,7 +59,8 @@ def main(argv=None) -> int:
         if not args.summary_only:
             for suffix in sorted(group):
                 t = group[suffix].float()
-                print(f"  {name}.{suffix}: shape {tuple(group[suffix].shape)} {str(group[suffix].dtype).replace('torch.', '')} "
+                dtype = str(group[suffix].dtype).replace("torch.", "")
+                print(f"  {name}.{suffix}: shape {tuple(group[suffix].shape)} {dtype} "
                       f"mean|x| {t.abs().mean().item():.3e} max|x| {t.abs().max().item():.3e}")
         algo, norm, rank = module_report(name, group)
         algos[algo] += 1

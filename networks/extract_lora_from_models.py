@@ -80,7 +80,8 @@ def main(argv=None) -> int:
             "conv_dim": args.conv_dim, "clamp_quantile": args.clamp_quantile, "min_diff": args.min_diff})
     save_lora(args.save_to, flatten_groups(groups), metadata, save_dtype(args.save_precision))
     parts = {c: sum(1 for n in groups if n.startswith(f"lora_{c}_")) for c in ("unet", "te1", "te2")}
-    print(f"wrote {args.save_to}: {len(groups)} modules (UNet {parts['unet']}, TE1 {parts['te1']}, TE2 {parts['te2']}), "
+    print(f"wrote {args.save_to}: {len(groups)} modules "
+          f"(UNet {parts['unet']}, TE1 {parts['te1']}, TE2 {parts['te2']}), "
           f"rank {args.dim}" + (f", conv rank {args.conv_dim}" if args.conv_dim else "") +
           "; largest weight change " + ", ".join(f"{c} {v:.3g}" for c, v in sorted(max_diff.items())))
     return 0

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="LoRA .safetensors file to resize")
     parser.add_argument("--save_to", required=True, help="output .safetensors file (never the input)")
     parser.add_argument("--new_rank", type=int, required=True, help="rank (maximum rank with --dynamic_method)")
-    parser.add_argument("--new_conv_rank", type=int, default=None, help="rank of 3x3 conv modules (default: --new_rank)")
+    parser.add_argument("--new_conv_rank", type=int, default=None,
+                        help="rank of 3x3 conv modules (default: --new_rank)")
     parser.add_argument("--dynamic_method", choices=["sv_ratio", "sv_fro", "sv_cumulative"], default=None,
                         help="choose each module's rank from its singular values")
     parser.add_argument("--dynamic_param", type=float, default=None,

@@ -115,8 +115,9 @@ def merge_into_checkpoint(args, sources) -> None:
         for part in (model.unet, model.text_encoder1, model.text_encoder2, model.vae):
             part.to(dtype)
         _save_folder_atomic(model, out)
+    kind = "single file" if out.suffix.lower() == ".safetensors" else "diffusers folder"
     print(f"wrote {out}: {count} module merges from {len(sources)} LoRA file(s) into {args.sd_model} "
-          f"({'single file' if out.suffix.lower() == '.safetensors' else 'diffusers folder'}, {args.save_precision or args.precision})")
+          f"({kind}, {args.save_precision or args.precision})")
 
 
 def merge_into_lora(args, sources, metadata) -> None:

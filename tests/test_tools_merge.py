@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from library.models.sdxl_loader import load_sdxl
 from networks import lora, lycoris_kohya

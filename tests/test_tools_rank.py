@@ -69,7 +69,10 @@ def test_dynamic_resize_keeps_the_requested_energy(method, param, _tiny_sdxl_loa
         assert (fro if method == "sv_fro" else cumulative) >= param - 1e-6, name
         # the smallest rank meeting the target: one less would not
         shorter = s_old[:rank - 1]
-        less = float(shorter.pow(2).sum().sqrt() / s_old.norm()) if method == "sv_fro" else float(shorter.sum() / s_old.sum())
+        if method == "sv_fro":
+            less = float(shorter.pow(2).sum().sqrt() / s_old.norm())
+        else:
+            less = float(shorter.sum() / s_old.sum())
         assert less < param, name
         ranks.append(rank)
     assert min(ranks) < 8 and len(set(ranks)) > 1

@@ -51,8 +51,8 @@ class Embeddings:
                                               (model.tokenizer2, model.text_encoder2, clip_g, "clip_g")):
             table = encoder.get_input_embeddings()
             if rows.shape[1] != table.weight.shape[1]:
-                raise UserError(f"{path}: {key} rows have width {rows.shape[1]}, the text encoder {table.weight.shape[1]}"
-                                " (an embedding for another model?)")
+                raise UserError(f"{path}: {key} rows have width {rows.shape[1]}, the text encoder "
+                                f"{table.weight.shape[1]} (an embedding for another model?)")
             if any(t in tokenizer.get_vocab() for t in tokens):
                 raise UserError(f"{path}: an embedding called '{word}' is already loaded")
             tokenizer.add_tokens(tokens)
