@@ -86,3 +86,27 @@ def test_not_a_lora_is_one_line(tmp_path, capsys):
     text.write_text("hello")
     code, _, err = run_tool(check_lora_weights, [str(text)], capsys)
     assert code == 2 and "not a readable safetensors file" in err
+
+
+def test_other_naming_styles_are_read_and_written_canonically(_tiny_sdxl_loaded, tmp_path, capsys):
+    """diffusers UNet names and TE names without text_model_ map to the canonical names."""
+    from library.lora.naming import ModelNames
+    from networks import lora_block_weight
+
+    path = write_lora(_tiny_sdxl_loaded, tmp_path / "lora.safetensors", seed=4)
+    tensors, metadata = read(path)
+    names = ModelNames(_tiny_sdxl_loaded.unet, _tiny_sdxl_loaded.text_encoders)
+    renamed = {}
+    for key, value in tensors.items():
+        name, suffix = key.split(".", 1)
+        ref = names.ref(name)
+        other = "lora_unet_" + ref.path.replace(".", "_") if ref.component == "unet" else name.replace("text_model_", "")
+        renamed[f"{other}.{suffix}"] = value
+    assert not renamed.keys() & tensors.keys()
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(renamed, str(foreign), metadata)
+    out = tmp_path / "out.safetensors"
+    assert run_tool(lora_block_weight, ["--model", str(foreign), "--save_to", str(out), "--weights", "XL_ALL"],
+                    capsys)[0] == 0
+    written, _ = read(out)
+    assert written.keys() == tensors.keys() and all(torch.equal(written[k], tensors[k]) for k in tensors)

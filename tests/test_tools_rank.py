@@ -136,3 +136,18 @@ def test_extract_recovers_the_lora_delta(_tiny_sdxl_loaded, tiny_single_file, tm
     assert code == 0 and "left out" in stdout
     names = set(deltas(clamped))
     assert names and not any(n.startswith("lora_te") for n in names)
+
+
+def test_resize_converts_lokr_convs_to_lora_losslessly(_tiny_sdxl_loaded, tmp_path, capsys):
+    """LoKr flattens conv factors, so shapes come from the module names; checked against the model's."""
+    from library.lora.naming import ModelNames
+
+    src = write_lycoris(_tiny_sdxl_loaded, tmp_path / "lokr.safetensors", "lokr", std=0.1, preset="full", factor="4")
+    out = tmp_path / "lora.safetensors"
+    assert run_tool(resize_lora, ["--model", src, "--save_to", str(out), "--new_rank", "64"], capsys)[0] == 0
+    names = ModelNames(_tiny_sdxl_loaded.unet, _tiny_sdxl_loaded.text_encoders)
+    shapes = {n: tuple(ref.module.weight.shape) for n, ref in names.refs.items()}
+    before, after = deltas(src, shapes), deltas(out, shapes)
+    assert before.keys() == after.keys() and "lora_unet_input_blocks_1_0_in_layers_2" in before
+    assert max(rel_err(after[n], before[n]) for n in before) < 1e-4
+    assert all(k.split(".", 1)[1] in ("lora_down.weight", "lora_up.weight", "alpha") for k in read(out)[0])
