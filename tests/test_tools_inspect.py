@@ -100,7 +100,10 @@ def test_other_naming_styles_are_read_and_written_canonically(_tiny_sdxl_loaded,
     for key, value in tensors.items():
         name, suffix = key.split(".", 1)
         ref = names.ref(name)
-        other = "lora_unet_" + ref.path.replace(".", "_") if ref.component == "unet" else name.replace("text_model_", "")
+        if ref.component == "unet":
+            other = "lora_unet_" + ref.path.replace(".", "_")
+        else:
+            other = name.replace("text_model_", "")
         renamed[f"{other}.{suffix}"] = value
     assert not renamed.keys() & tensors.keys()
     foreign = tmp_path / "foreign.safetensors"
