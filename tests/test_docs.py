@@ -105,3 +105,7 @@ def test_readme_demo_command_produces_every_artefact(tmp_path):
     assert list((demo / "logs").rglob("events.out.tfevents.*"))
     assert list((demo / "lora").glob("*-state"))
     assert "catwomen" in (demo / "meta_lat.json").read_text()
+    from PIL import Image
+
+    grid = Image.open(demo / "lora_weight_grid.png")
+    assert grid.size[1] > 2 * 64 and grid.size[0] > 6 * 64  # 6 weights across, 2 seeds down, plus labels
