@@ -35,7 +35,7 @@ def test_sdxl_noise_schedule(scheduler):
 
 def test_min_snr_weights_on_known_timesteps(scheduler):
     timesteps = torch.tensor([10, 500, 999])
-    snr = loss_lib.snr(scheduler, timesteps) if hasattr(loss_lib, "snr") else noise_lib.snr(scheduler, timesteps)
+    snr = noise_lib.snr(scheduler, timesteps)
     args = make_args(min_snr_gamma=5.0)
     weights = loss_lib.timestep_weights(args, scheduler, timesteps)
     expected = torch.minimum(snr, torch.tensor(5.0)) / snr

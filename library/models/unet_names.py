@@ -89,29 +89,24 @@ class UNetLayout:
                 return prefix, ".".join(parts[cut:])
         return None
 
-    def to_sai(self, name: str) -> str | None:
-        """diffusers name (module path or parameter key) -> SAI name, or None if it has no mapping."""
-        found = self._split(name, self._d2s)
+    def _translate(self, name: str, table: dict, resnets: frozenset, parts: dict) -> str | None:
+        found = self._split(name, table)
         if found is None:
             return None
         prefix, rest = found
-        if rest and prefix in self._resnets_d:
-            rest = _map_resnet_part(rest, _RESNET_PARTS)
+        if rest and prefix in resnets:
+            rest = _map_resnet_part(rest, parts)
             if rest is None:
                 return None
-        return self._d2s[prefix] + ("." + rest if rest else "")
+        return table[prefix] + ("." + rest if rest else "")
+
+    def to_sai(self, name: str) -> str | None:
+        """diffusers name (module path or parameter key) -> SAI name, or None if it has no mapping."""
+        return self._translate(name, self._d2s, self._resnets_d, _RESNET_PARTS)
 
     def to_diffusers(self, name: str) -> str | None:
         """SAI name (module path or parameter key) -> diffusers name, or None if it has no mapping."""
-        found = self._split(name, self._s2d)
-        if found is None:
-            return None
-        prefix, rest = found
-        if rest and prefix in self._resnets_s:
-            rest = _map_resnet_part(rest, _RESNET_PARTS_REVERSED)
-            if rest is None:
-                return None
-        return self._s2d[prefix] + ("." + rest if rest else "")
+        return self._translate(name, self._s2d, self._resnets_s, _RESNET_PARTS_REVERSED)
 
 
 _RESNET_PARTS_REVERSED = {v: k for k, v in _RESNET_PARTS.items()}

@@ -18,6 +18,8 @@ _WILDCARD = re.compile(r"\{([^{}]+)\}")
 
 @dataclass
 class CaptionOptions:
+    """Per-subset caption options (dataset_config.SubsetSpec extends this class)."""
+
     shuffle_caption: bool = False
     caption_separator: str = ","
     keep_tokens: int = 0
@@ -31,16 +33,6 @@ class CaptionOptions:
     caption_tag_dropout_rate: float = 0.0
     token_warmup_min: int = 1
     token_warmup_step: float = 0
-
-    @classmethod
-    def from_mapping(cls, values) -> "CaptionOptions":
-        """From a dict (dataset subset) or a namespace (training args); None keeps the default."""
-        get = values.get if isinstance(values, dict) else (lambda key, default: getattr(values, key, default))
-        kwargs = {}
-        for name, spec in cls.__dataclass_fields__.items():
-            value = get(name, None)
-            kwargs[name] = spec.default if value is None else value
-        return cls(**kwargs)
 
 
 def choose_wildcards(caption: str, rng: random.Random) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from library.errors import UserError
 from library.training import option_types as T
+from library.training.caption_processing import CaptionOptions
 
 # option -> (parser, default); shared by every subset
 SUBSET_OPTIONS = {
@@ -60,26 +61,15 @@ _DREAMBOOTH_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
 @dataclass
-class SubsetSpec:
+class SubsetSpec(CaptionOptions):
+    """A subset's images and options; its caption options are those of CaptionOptions."""
+
     image_dir: str | None = None
     num_repeats: int = 1
     is_reg: bool = False
     class_tokens: str | None = None
     caption_extension: str = ".caption"
     metadata_file: str | None = None
-    shuffle_caption: bool = False
-    caption_separator: str = ","
-    keep_tokens: int = 0
-    keep_tokens_separator: str = ""
-    secondary_separator: str | None = None
-    enable_wildcard: bool = False
-    caption_prefix: str | None = None
-    caption_suffix: str | None = None
-    caption_dropout_rate: float = 0.0
-    caption_dropout_every_n_epochs: int = 0
-    caption_tag_dropout_rate: float = 0.0
-    token_warmup_min: int = 1
-    token_warmup_step: float = 0
     color_aug: bool = False
     flip_aug: bool = False
     face_crop_aug_range: tuple | None = None

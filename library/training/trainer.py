@@ -22,7 +22,7 @@ from library.errors import UserError
 from library.training import loss as loss_lib
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
-from library.training.caption_processing import CaptionOptions, process_caption
+from library.training.caption_processing import process_caption
 from library.training.config_checks import check_combinations
 from library.training.dataset_config import dataset_specs
 from library.training.latent_source import LatentSource
@@ -135,7 +135,7 @@ class Trainer:
         self.latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.val_latents = LatentSource(self.val_items, self.model.vae, args, self.notices)
         self.val_latents.prepare(rank, world, self.accelerator.wait_for_everyone)
-        self.caption_options = [CaptionOptions.from_mapping(item.subset.__dict__) for item in self.items]
+        self.caption_options = [item.subset for item in self.items]  # a SubsetSpec is a CaptionOptions
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
             self.te_cache = TextEncoderCache(self.model, self.items, args)
@@ -535,7 +535,7 @@ def debug_dataset(trainer, batches_to_show: int = 8) -> None:
     sizes = [spec.batch_size for spec in trainer.specs]
     trainer.seed = trainer.args.seed if trainer.args.seed is not None else 0
     batches = epoch_batches(trainer.items, sizes, trainer.seed, 1)
-    options = [CaptionOptions.from_mapping(item.subset.__dict__) for item in trainer.items]
+    options = [item.subset for item in trainer.items]
     for number, (indices, seeds) in enumerate(zip(batches, trainer.epoch_seeds(batches, 1))):
         if number >= batches_to_show:
             break
