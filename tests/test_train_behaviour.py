@@ -90,3 +90,12 @@ def test_gpu_only_features_say_so(tiny_single_file, one_bucket_dir, tmp_path):
         run_training(tmp_path, tiny_single_file, one_bucket_dir, name="xf", xformers=True)
     with pytest.raises(UserError, match=r"fp8_base / fp8_base_unet need a CUDA GPU"):
         run_training(tmp_path, tiny_single_file, one_bucket_dir, name="fp8", fp8_base=True)
+
+
+def test_pixel_augmentations_train_without_a_latent_cache(tiny_single_file, dreambooth_dir, tmp_path):
+    path = run_training(tmp_path, tiny_single_file, dreambooth_dir, name="aug", max_train_steps=2, cache_latents=False,
+                        color_aug=True, random_crop=True, flip_aug=True)
+    assert path.exists()
+    with pytest.raises(UserError, match=r"cache_latents cannot be combined with color_aug or random_crop"):
+        run_training(tmp_path, tiny_single_file, dreambooth_dir, name="aug_cached", max_train_steps=1, cache_latents=True,
+                     random_crop=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -252,3 +253,67 @@ def test_lr_schedulers_with_warmup_steps_or_fraction(name, warmup, expected):
         assert lrs == pytest.approx([1.0, 0.97553, 0.90451, 0.79389], rel=1e-4)
     else:
         assert lrs == pytest.approx(expected)
+
+
+def test_prompt_weight_parsing():
+    from library.models.prompt_weights import parse_weighted
+
+    assert parse_weighted("a (cat:1.5) on [grass]") == [("a ", 1.0), ("cat", 1.5), (" on ", 1.0), ("grass", pytest.approx(1 / 1.1))]
+    assert parse_weighted("((red)) hat, \\(x\\)") == [("red", pytest.approx(1.21)), (" hat, (x)", 1.0)]
+    assert parse_weighted("a (b [c]:2) d") == [("a ", 1.0), ("b ", 2.0), ("c", pytest.approx(2 / 1.1)), (" d", 1.0)]
+
+
+def test_weighted_captions_scale_only_the_emphasised_tokens(tiny_sdxl):
+    from library.models.sdxl_conditioning import encode_captions
+
+    with torch.no_grad():
+        plain, plain_pooled = encode_captions(tiny_sdxl, ["a photo of a cat"], None)
+        unit, _ = encode_captions(tiny_sdxl, ["a photo of a cat"], None, weighted=True)
+        emphasised, pooled = encode_captions(tiny_sdxl, ["a photo of a (cat:1.5)"], None, weighted=True)
+    torch.testing.assert_close(unit, plain)  # weight 1 everywhere changes nothing
+    torch.testing.assert_close(pooled, plain_pooled)  # pooled is not weighted
+    # the cat token (position 5) is scaled 1.5x relative to the others, then the mean is restored
+    ratio = emphasised[0, 5] / emphasised[0, 2]
+    expected = 1.5 * plain[0, 5] / plain[0, 2]
+    torch.testing.assert_close(ratio, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(emphasised.mean(), plain.mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_random_crop_and_color_aug(tmp_path):
+    from PIL import Image
+
+    from library.data.augmentation import color_augment, random_crop_placement
+    from library.data.buckets import place_in_bucket
+
+    placement = place_in_bucket(800, 1200, (1024, 1024))  # resized 1024x1536: 512 px of vertical slack
+    crops = {random_crop_placement(placement, random.Random(s)).crop_ltrb for s in range(50)}
+    assert len(crops) > 20
+    assert all(l == 0 and r == 1024 and 0 <= t <= 512 and b - t == 1024 for l, t, r, b in crops)
+    assert random_crop_placement(placement, random.Random(3)) == random_crop_placement(placement, random.Random(3))
+
+    image = Image.new("RGB", (32, 32), (200, 80, 40))
+    changed = sum(color_augment(image, random.Random(s)).tobytes() != image.tobytes() for s in range(300))
+    assert 70 < changed < 130  # a third of the steps
+    assert color_augment(image, random.Random(5)).size == (32, 32)
+
+
+def test_on_the_fly_random_crop_encodes_the_crop_it_reports(tiny_sdxl, tmp_path):
+    from library.data.buckets import place_in_bucket, resize_and_crop
+    from library.data.images import load_rgb
+    from library.data.latent_encoding import encode_latents, seed_from_sha
+    from library.training.dataset_config import SubsetSpec
+    from library.training.latent_source import LatentSource
+    from library.training.train_items import TrainItem
+    from tests.training_fixtures import make_concept_images
+
+    path = make_concept_images(tmp_path, count=1, sizes=[(64, 96)])[0]
+    item = TrainItem(path, "x", SubsetSpec(random_crop=True), place_in_bucket(64, 96, (64, 64)))
+    source = LatentSource([item], tiny_sdxl.vae, make_args(), [])
+    latents, _, crop = source.get(0, False, random.Random(7))
+    from library.data.augmentation import random_crop_placement
+
+    assert crop == random_crop_placement(item.placement, random.Random(7)).crop_ltrb
+    assert {source.get(0, False, random.Random(s))[2] for s in range(10)} != {crop}  # crops vary per step
+    expected_image = resize_and_crop(load_rgb(path), random_crop_placement(item.placement, random.Random(7)))
+    expected = encode_latents(tiny_sdxl.vae, [expected_image], [seed_from_sha(source.sha(0))])[0]
+    assert np.allclose(latents.numpy(), expected, atol=1e-6)

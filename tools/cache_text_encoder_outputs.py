@@ -50,19 +50,20 @@ def main(argv=None) -> int:
     model = load_sdxl(config.pretrained_model_name_or_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoders = [encoder.to(device).eval() for encoder in model.text_encoders]
-    fingerprint = text_encoder_fingerprint(encoders, config.max_token_length)
+    fingerprint = text_encoder_fingerprint(encoders, config.max_token_length, config.weighted_captions)
     encoded = fresh = 0
     for key, image in progress(images.items(), total=len(images), desc="caching text encoder outputs"):
         path = te_cache_path(image)
         if not args.overwrite and te_cache_is_fresh(path, captions[key], fingerprint):
             fresh += 1
             continue
-        hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length)
+        hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length,
+                                                 config.weighted_captions)
         save_te_cache(path, hidden1, hidden2, pool2, captions[key], fingerprint)
         encoded += 1
     empty = sum(1 for key in images if not captions[key])
     lines = [f"images: {len(images)}, encoded: {encoded}, reused fresh caches: {fresh}",
-             f"tokens per caption: {77 * ((config.max_token_length or 75) // 75)}"]
+             f"states per caption: {2 + 75 * ((config.max_token_length or 75) // 75)}"]
     if empty:
         lines.append(f"warning: {empty} image(s) have an empty caption")
     print_summary("cache_text_encoder_outputs summary", lines)

@@ -31,6 +31,7 @@ class CachingConfig:
     alpha_mask: bool = False
     caption_extension: str = ".caption"
     max_token_length: int | None = None
+    weighted_captions: bool = False
     mixed_precision: str = "no"
     no_half_vae: bool = False
     vae_batch_size: int = 1

@@ -26,22 +26,27 @@ def te_cache_path(image_path: str | os.PathLike) -> Path:
 
 
 @torch.no_grad()
-def encode_caption(tokenizers, text_encoders, text: str, max_token_length: int | None = None):
+def encode_caption(tokenizers, text_encoders, text: str, max_token_length: int | None = None, weighted: bool = False):
     """(hidden_state1 [2+75k, w1], hidden_state2 [2+75k, w2], pool2 [w2]) as float32 numpy arrays.
 
     The same conditioning the trainer computes (library/models/sdxl_conditioning.py); for the
     default 75 tokens that is [77, width], for max_token_length 225 kohya's [227, width].
     """
-    ids1 = chunked_input_ids(tokenizers[0], [text], max_token_length)
-    ids2 = chunked_input_ids(tokenizers[1], [text], max_token_length)
-    context, pooled = encode_chunked(text_encoders[0], text_encoders[1], ids1, ids2)
+    if weighted:
+        ids1, weights1 = chunked_input_ids(tokenizers[0], [text], max_token_length, weighted=True)
+        ids2, weights2 = chunked_input_ids(tokenizers[1], [text], max_token_length, weighted=True)
+        context, pooled = encode_chunked(text_encoders[0], text_encoders[1], ids1, ids2, (weights1, weights2))
+    else:
+        ids1 = chunked_input_ids(tokenizers[0], [text], max_token_length)
+        ids2 = chunked_input_ids(tokenizers[1], [text], max_token_length)
+        context, pooled = encode_chunked(text_encoders[0], text_encoders[1], ids1, ids2)
     width1 = text_encoders[0].config.hidden_size
     hidden1, hidden2 = context[0, :, :width1], context[0, :, width1:]
     return tuple(t.float().cpu().numpy() for t in (hidden1, hidden2, pooled[0]))
 
 
-def text_encoder_fingerprint(text_encoders, max_token_length: int | None) -> str:
-    digest = hashlib.sha256(f"max_token_length={max_token_length};".encode())
+def text_encoder_fingerprint(text_encoders, max_token_length: int | None, weighted: bool = False) -> str:
+    digest = hashlib.sha256(f"max_token_length={max_token_length};".encode() + (b"weighted;" if weighted else b""))
     for encoder in text_encoders:
         for name, tensor in sorted(encoder.state_dict().items()):
             digest.update(name.encode())

@@ -11,24 +11,35 @@ from __future__ import annotations
 
 import torch
 
+from library.models.prompt_weights import apply_token_weights, weighted_token_ids
+
 CHUNK = 75
 
 
-def chunked_input_ids(tokenizer, captions: list[str], max_token_length: int | None) -> torch.Tensor:
-    """[B, n_chunks, 77] token ids; n_chunks = max_token_length / 75 (1 when None)."""
+def chunked_input_ids(tokenizer, captions: list[str], max_token_length: int | None, weighted: bool = False):
+    """[B, n_chunks, 77] token ids; n_chunks = max_token_length / 75 (1 when None). With `weighted`,
+    (ids, weights [B, 2 + 75n]) where weights follow the joined-state layout of `encode_chunked`."""
     max_tokens = max_token_length or CHUNK
     n_chunks = max_tokens // CHUNK
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    rows = []
+    rows, weight_rows = [], []
     for caption in captions:
-        content = tokenizer(caption, add_special_tokens=False, truncation=False, verbose=False).input_ids[:max_tokens]
-        chunks = []
+        if weighted:
+            content, token_weights = weighted_token_ids(tokenizer, caption)
+        else:
+            content = tokenizer(caption, add_special_tokens=False, truncation=False, verbose=False).input_ids
+            token_weights = [1.0] * len(content)
+        content, token_weights = content[:max_tokens], token_weights[:max_tokens]
+        chunks, joined_weights = [], [1.0]
         for index in range(n_chunks):
             part = content[index * CHUNK : (index + 1) * CHUNK]
-            ids = [bos] + part + [eos] + [pad] * (CHUNK - len(part))
-            chunks.append(ids)
+            part_weights = token_weights[index * CHUNK : (index + 1) * CHUNK]
+            chunks.append([bos] + part + [eos] + [pad] * (CHUNK - len(part)))
+            joined_weights += part_weights + [1.0] * (CHUNK - len(part))
         rows.append(chunks)
-    return torch.tensor(rows, dtype=torch.long)
+        weight_rows.append(joined_weights + [1.0])
+    ids = torch.tensor(rows, dtype=torch.long)
+    return (ids, torch.tensor(weight_rows)) if weighted else ids
 
 
 def _join_chunks(states: torch.Tensor, batch: int, n_chunks: int) -> torch.Tensor:
@@ -38,23 +49,31 @@ def _join_chunks(states: torch.Tensor, batch: int, n_chunks: int) -> torch.Tenso
     return torch.cat([states[:, 0, :1], middle, states[:, -1, -1:]], dim=1)
 
 
-def encode_chunked(text_encoder1, text_encoder2, ids1: torch.Tensor, ids2: torch.Tensor):
-    """Token ids [B, n, 77] for both encoders -> (context [B, 2+75n, D1+D2], pooled [B, P])."""
+def encode_chunked(text_encoder1, text_encoder2, ids1: torch.Tensor, ids2: torch.Tensor, weights=None):
+    """Token ids [B, n, 77] for both encoders -> (context [B, 2+75n, D1+D2], pooled [B, P]).
+    `weights` ([B, 2+75n] per encoder) scale the hidden states (emphasis); pooled is not weighted."""
     batch, n_chunks, length = ids1.shape
     out1 = text_encoder1(ids1.reshape(-1, length).to(text_encoder1.device), output_hidden_states=True)
     out2 = text_encoder2(ids2.reshape(-1, length).to(text_encoder2.device), output_hidden_states=True)
     hidden1 = _join_chunks(out1.hidden_states[-2], batch, n_chunks)
     hidden2 = _join_chunks(out2.hidden_states[-2], batch, n_chunks)
+    if weights is not None:
+        hidden1, hidden2 = apply_token_weights(hidden1, weights[0]), apply_token_weights(hidden2, weights[1])
     pooled = out2.text_embeds.reshape(batch, n_chunks, -1)[:, 0]
     return torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1), pooled
 
 
-def encode_captions(model_parts, captions: list[str], max_token_length: int | None):
-    """Captions -> (context, pooled) using the two tokenizers and text encoders of `model_parts`."""
+def encode_captions(model_parts, captions: list[str], max_token_length: int | None, weighted: bool = False):
+    """Captions -> (context, pooled) using the two tokenizers and text encoders of `model_parts`;
+    `weighted` reads A1111 emphasis such as (word:1.2)."""
     tokenizer1, tokenizer2 = model_parts.tokenizers
-    ids1 = chunked_input_ids(tokenizer1, captions, max_token_length)
-    ids2 = chunked_input_ids(tokenizer2, captions, max_token_length)
-    return encode_chunked(model_parts.text_encoder1, model_parts.text_encoder2, ids1, ids2)
+    if not weighted:
+        ids1 = chunked_input_ids(tokenizer1, captions, max_token_length)
+        ids2 = chunked_input_ids(tokenizer2, captions, max_token_length)
+        return encode_chunked(model_parts.text_encoder1, model_parts.text_encoder2, ids1, ids2)
+    ids1, weights1 = chunked_input_ids(tokenizer1, captions, max_token_length, weighted=True)
+    ids2, weights2 = chunked_input_ids(tokenizer2, captions, max_token_length, weighted=True)
+    return encode_chunked(model_parts.text_encoder1, model_parts.text_encoder2, ids1, ids2, (weights1, weights2))
 
 
 def time_ids(original_size_hw, crop_top_left, target_size_hw, dtype=torch.float32) -> torch.Tensor:

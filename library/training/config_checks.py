@@ -38,7 +38,7 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
                 )
         if args.train_text_encoder_ti:
             raise UserError("pivotal tuning (train_text_encoder_ti) cannot use cache_text_encoder_outputs: the new tokens change the outputs")
-    for name in ("color_aug", "random_crop", "face_crop_aug_range"):
+    for name in ("face_crop_aug_range",):
         if getattr(args, name) or any(getattr(s, name) for s in subsets):
             raise UserError(f"{where(name)}: {name}: not supported yet by this toolkit; remove it")
     if args.max_token_length not in (None, 75, 150, 225):

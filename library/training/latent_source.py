@@ -6,6 +6,7 @@ same numbers and the first-step loss does not depend on the caching mode.
 """
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from library.data.augmentation import color_augment, random_crop_placement
 from library.data.buckets import resize_and_crop, resize_and_crop_array
 from library.data.images import ImageSkipped, alpha_of, composite, open_image
 from library.data.latent_cache import (
@@ -103,20 +105,21 @@ class LatentSource:
                 progress.update(len(chunk))
         progress.close()
 
-    def _load_crop(self, index: int, crop: bool = True):
+    def _load_crop(self, index: int, placement=None):
         item = self.items[index]
+        placement = placement or item.placement
         try:
             image = open_image(item.image_path)
         except ImageSkipped as error:
             raise UserError(f"{item.image_path}: cannot be read any more ({error}); remove it or restore it") from None
-        if image.size != item.placement.original_size:
+        if image.size != placement.original_size:
             raise UserError(f"{item.image_path}: changed size since the dataset was scanned; restart training")
         alpha = alpha_of(image)
-        cropped = resize_and_crop(composite(image), item.placement)
+        cropped = resize_and_crop(composite(image), placement)
         mask = None
         if self.alpha_mask:
-            w, h = item.placement.bucket
-            mask = resize_and_crop_array(alpha, item.placement) if alpha is not None else np.ones((h, w), np.float32)
+            w, h = placement.bucket
+            mask = resize_and_crop_array(alpha, placement) if alpha is not None else np.ones((h, w), np.float32)
         return cropped, mask
 
     def _encode(self, indices: list[int]) -> list[LatentCache]:
@@ -136,18 +139,33 @@ class LatentSource:
         return caches
 
     # --- reading ----------------------------------------------------------------------------
-    def get(self, index: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(latents [4, h, w] float32 unscaled, alpha mask [h, w] or None) of one sample."""
+    def get(self, index: int, flip: bool, rng: random.Random | None = None):
+        """(latents [4, h, w] float32 unscaled, alpha mask [h, w] or None, crop_ltrb applied) of one
+        sample; `rng` drives random_crop and color_aug (only possible without a latent cache)."""
+        item = self.items[index]
         cache = self._memory.get(index)
-        if cache is None:
-            cache = self._encode([index])[0]  # on the fly: not stored, so augmentations stay per step
-        latents = cache.latents_flipped if flip else cache.latents
-        if flip and latents is None:
-            raise UserError(f"{self.items[index].image_path}: latent cache has no flipped latents; re-cache with flip_aug")
-        mask = cache.alpha_mask
+        if cache is not None:
+            latents = cache.latents_flipped if flip else cache.latents
+            if flip and latents is None:
+                raise UserError(f"{item.image_path}: latent cache has no flipped latents; re-cache with flip_aug")
+            mask = cache.alpha_mask
+            crop = item.placement.flipped_crop_ltrb() if flip else item.placement.crop_ltrb
+        else:  # on the fly: augmentations differ per step, so nothing is stored
+            placement = item.placement
+            if item.subset.random_crop and rng is not None:
+                placement = random_crop_placement(placement, rng)
+            image, mask = self._load_crop(index, placement)
+            if item.subset.color_aug and rng is not None:
+                image = color_augment(image, rng)
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            latents = encode_latents(self.vae, [image], [seed_from_sha(self.sha(index), flip)])[0]
+            check_finite(latents, item.image_path, "fp32")
+            crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
         if mask is not None and flip:
             mask = mask[:, ::-1].copy()
-        return torch.from_numpy(np.asarray(latents, dtype=np.float32)), None if mask is None else torch.from_numpy(np.asarray(mask))
+        mask = None if mask is None else torch.from_numpy(np.asarray(mask))
+        return torch.from_numpy(np.asarray(latents, dtype=np.float32)), mask, tuple(crop)
 
 
 def _describe(reasons: Counter) -> str:

@@ -64,7 +64,7 @@ def generate(model, prompt, default_size: tuple[int, int], default_sampler: str,
         scheduler=make_sampler(prompt.sample_sampler or default_sampler, v_parameterization),
     )
     pipe.set_progress_bar_config(disable=True)
-    context, pooled = encode_captions(model, [text, negative], max_token_length)
+    context, pooled = encode_captions(model, [text, negative], max_token_length, weighted=True)  # (word:1.2) as in A1111
     device = next(model.unet.parameters()).device
     rng_state = torch.get_rng_state()
     try:

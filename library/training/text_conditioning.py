@@ -32,7 +32,8 @@ class TextEncoderCache:
         """Fill the cache; returns how many captions were encoded (the rest came from fresh files).
         Only the process with `write` writes files (every process computes what it needs)."""
         to_disk = self.args.cache_text_encoder_outputs_to_disk
-        fingerprint = text_encoder_fingerprint(self.model.text_encoders, self.args.max_token_length)
+        weighted = self.args.weighted_captions
+        fingerprint = text_encoder_fingerprint(self.model.text_encoders, self.args.max_token_length, weighted)
         encoded = 0
         for index, caption in enumerate(tqdm(captions, desc="caching text-encoder outputs", disable=len(captions) < 16)):
             path = te_cache_path(self.items[index].image_path)
@@ -40,7 +41,7 @@ class TextEncoderCache:
                 hidden1, hidden2, pool2 = load_te_cache(path)
             else:
                 hidden1, hidden2, pool2 = encode_caption(self.model.tokenizers, self.model.text_encoders, caption,
-                                                         self.args.max_token_length)
+                                                         self.args.max_token_length, weighted)
                 encoded += 1
                 if to_disk and write:
                     save_te_cache(path, hidden1, hidden2, pool2, caption, fingerprint)

@@ -233,19 +233,19 @@ class Trainer:
                     for i, seed in zip(indices, seeds)]
         captions = self.pivotal.prepare_captions(captions, step, self.max_steps)  # pivotal: TOK -> <s0><s1>; pivot
         with torch.set_grad_enabled(self.train_text_encoder or self.pivotal.needs_grad):
-            return encode_captions(self.model, captions, self.args.max_token_length)
+            return encode_captions(self.model, captions, self.args.max_token_length, self.args.weighted_captions)
 
     def batch_inputs(self, indices, seeds):
         latents, masks, originals, crops, targets = [], [], [], [], []
         for index, seed in zip(indices, seeds):
             item = self.items[index]
-            flip = item.subset.flip_aug and random.Random(seed + 1).random() < 0.5
-            sample, mask = self.latents.get(index, flip)
+            augment = random.Random(seed + 1)
+            flip = item.subset.flip_aug and augment.random() < 0.5
+            sample, mask, crop = self.latents.get(index, flip, augment)
             latents.append(sample)
             masks.append(mask)
             placement = item.placement
             w, h = placement.original_size
-            crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
             originals.append((h, w))
             crops.append((crop[1], crop[0]))
             targets.append((placement.bucket[1], placement.bucket[0]))
@@ -391,10 +391,10 @@ class Trainer:
         latents, contexts, pooleds, ids = [], [], [], []
         self.network.eval()
         for index, item in enumerate(self.val_items[:limit]):
-            latent, _ = self.val_latents.get(index, False)
+            latent, _, _ = self.val_latents.get(index, False)
             latents.append(latent * VAE_SCALE)
             caption = self.pivotal.replace_in_prompt(item.caption)
-            context, pooled = encode_captions(self.model, [caption], self.args.max_token_length)
+            context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
             contexts.append(context)
             pooleds.append(pooled)
             w, h = item.placement.original_size
