@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from library.errors import UserError
-from library.training.config_loader import resolve_config, write_resolved_config
+from library.training.config_loader import resolve_config
 from library.training.options import OPTIONS, SUPPORTED
 from tests.training_fixtures import base_config, flat, write_config
 

@@ -8,7 +8,7 @@ import torch
 
 from library.models.checkpoint_file import read_metadata
 from library.training.pivotal import NewTokenEmbedding, initial_rows
-from tests.training_fixtures import base_config, flat, lora_tensors, make_concept_images, run_training, write_config
+from tests.training_fixtures import base_config, lora_tensors, make_concept_images, run_training, write_config
 
 CAPTION = "TOK, 1girl, black suit"
 VOCAB = 49408

@@ -109,7 +109,7 @@ def infer_unet_config(shapes: dict) -> dict:
     conv_in = _require(shapes, "input_blocks.0.0.weight", "UNet input")
     if "label_emb.0.0.weight" not in shapes:
         raise UserError("the UNet has no 'label_emb' (SDXL's size/crop conditioning): this is an SD 1.x/2.x model, not SDXL")
-    model_channels, in_channels = conv_in[0], conv_in[1]
+    in_channels = conv_in[1]
     out_channels = _require(shapes, "out.2.weight", "UNet output")[0]
     input_blocks = _indices(shapes, r"input_blocks\.(\d+)\.")
     downsamplers = [i for i in input_blocks if f"input_blocks.{i}.0.op.weight" in shapes]

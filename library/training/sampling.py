@@ -65,7 +65,6 @@ def generate(model, prompt, default_size: tuple[int, int], default_sampler: str,
     )
     pipe.set_progress_bar_config(disable=True)
     context, pooled = encode_captions(model, [text, negative], max_token_length, weighted=True)  # (word:1.2) as in A1111
-    device = next(model.unet.parameters()).device
     rng_state = torch.get_rng_state()
     try:
         generator = torch.Generator(device="cpu").manual_seed(seed)

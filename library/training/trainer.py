@@ -79,7 +79,7 @@ def print_dataset_summary(summary: dict, args, per_epoch: int, total: int, skipp
     print(f"images: {summary['num_train_images']} training, {summary['num_reg_images']} regularisation")
     for folder, info in summary["dataset_dirs"].items():
         print(f"  {folder}: {info['img_count']} images x {info['n_repeats']} repeats")
-    print(f"buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in sorted(summary["buckets"].items())))
+    print("buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in sorted(summary["buckets"].items())))
     print(f"batches per epoch: {summary['batches_per_epoch']}; optimizer steps per epoch: {per_epoch}; total steps: {total}"
           f" (~{math.ceil(total / per_epoch)} epochs)")
     for line in skipped.summary_lines():
