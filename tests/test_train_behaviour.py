@@ -49,10 +49,14 @@ def _validation_loss(model_path, train_dir, lora_path=None) -> float:
 def test_lora_learns_the_training_images(tiny_single_file, dreambooth_dir, tmp_path):
     lora_path = run_training(tmp_path, tiny_single_file, dreambooth_dir, max_train_steps=24, learning_rate=1e-2,
                              network_dim=8, network_alpha=8.0, network_args=["conv_dim=8", "conv_alpha=8"],
-                             cache_latents_to_disk=True)
+                             cache_latents_to_disk=True, log_with="tensorboard", logging_dir=str(tmp_path / "logs"))
     before = _validation_loss(tiny_single_file, dreambooth_dir)
     after = _validation_loss(tiny_single_file, dreambooth_dir, lora_path)
     assert after < 0.95 * before, (before, after)
+    from tests.test_train_run import logged
+
+    average = [value for _, value in logged(tmp_path / "logs", "loss/average")]
+    assert len(average) == 24 and average[-1] < 0.9 * average[0]  # the logged running loss falls
 
 
 def test_same_seed_same_lora_and_flat_config_trains_identically(tiny_single_file, dreambooth_dir, tmp_path):
@@ -96,6 +100,14 @@ def test_pixel_augmentations_train_without_a_latent_cache(tiny_single_file, drea
     path = run_training(tmp_path, tiny_single_file, dreambooth_dir, name="aug", max_train_steps=2, cache_latents=False,
                         color_aug=True, random_crop=True, flip_aug=True)
     assert path.exists()
-    with pytest.raises(UserError, match=r"cache_latents cannot be combined with color_aug or random_crop"):
+    faces = make_concept_images(tmp_path / "faces" / "1_catwomen", count=2, sizes=[(96, 96)])
+    for index, image in enumerate(faces):
+        image.rename(image.with_name(f"face{index}_48_48_30_30.png"))
+    assert run_training(tmp_path, tiny_single_file, tmp_path / "faces", name="face", max_train_steps=2, cache_latents=False,
+                        enable_bucket=False, face_crop_aug_range="2.0,3.0").exists()
+    with pytest.raises(UserError, match=r"face_crop_aug_range .* cannot be combined with enable_bucket"):
+        run_training(tmp_path, tiny_single_file, tmp_path / "faces", name="face2", max_train_steps=1, cache_latents=False,
+                     face_crop_aug_range="2.0,3.0")
+    with pytest.raises(UserError, match=r"cache_latents cannot be combined with color_aug, random_crop or face_crop_aug_range"):
         run_training(tmp_path, tiny_single_file, dreambooth_dir, name="aug_cached", max_train_steps=1, cache_latents=True,
                      random_crop=True)

@@ -317,3 +317,23 @@ def test_on_the_fly_random_crop_encodes_the_crop_it_reports(tiny_sdxl, tmp_path)
     expected_image = resize_and_crop(load_rgb(path), random_crop_placement(item.placement, random.Random(7)))
     expected = encode_latents(tiny_sdxl.vae, [expected_image], [seed_from_sha(source.sha(0))])[0]
     assert np.allclose(latents.numpy(), expected, atol=1e-6)
+
+
+def test_face_crop_keeps_the_face_centred_at_the_requested_scale():
+    from library.data.augmentation import face_crop_placement, face_from_file_name
+    from library.data.buckets import place_in_bucket
+
+    assert face_from_file_name("photo_400_300_100_120.png") == (400, 300, 100, 120)
+    assert face_from_file_name("img1.png") is None
+    placement = place_in_bucket(1000, 800, (256, 256))
+    face = (400, 300, 100, 120)
+    for seed in range(20):
+        crop = face_crop_placement(placement, face, (2.0, 4.0), random.Random(seed))
+        scale = crop.resized_size[0] / 1000
+        assert 256 / (120 * 4.0) - 0.01 <= scale <= 256 / (120 * 2.0) + 0.01  # face spans 1/4 .. 1/2 of the crop
+        left, top, right, bottom = crop.crop_ltrb
+        assert right - left == 256 and bottom - top == 256
+        assert right <= crop.resized_size[0] and bottom <= crop.resized_size[1]
+        face_x, face_y = 400 * scale, 300 * scale
+        assert abs((left + right) / 2 - face_x) <= 1 or left == 0 or right == crop.resized_size[0]
+        assert abs((top + bottom) / 2 - face_y) <= 1 or top == 0 or bottom == crop.resized_size[1]

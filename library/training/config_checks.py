@@ -38,9 +38,9 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
                 )
         if args.train_text_encoder_ti:
             raise UserError("pivotal tuning (train_text_encoder_ti) cannot use cache_text_encoder_outputs: the new tokens change the outputs")
-    for name in ("face_crop_aug_range",):
-        if getattr(args, name) or any(getattr(s, name) for s in subsets):
-            raise UserError(f"{where(name)}: {name}: not supported yet by this toolkit; remove it")
+    if (args.face_crop_aug_range or any(s.face_crop_aug_range for s in subsets)) and args.enable_bucket:
+        raise UserError(f"{where('face_crop_aug_range')}: face_crop_aug_range crops to the training resolution and cannot be "
+                        "combined with enable_bucket (as in kohya); disable one")
     if args.max_token_length not in (None, 75, 150, 225):
         raise UserError(f"{where('max_token_length')}: max_token_length must be 75, 150 or 225")
     if args.min_timestep is not None and args.max_timestep is not None and args.min_timestep >= args.max_timestep:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from library.data.augmentation import color_augment, random_crop_placement
+from library.data.augmentation import color_augment, face_crop_placement, face_from_file_name, random_crop_placement
 from library.data.buckets import resize_and_crop, resize_and_crop_array
 from library.data.images import ImageSkipped, alpha_of, composite, open_image
 from library.data.latent_cache import (
@@ -35,7 +35,7 @@ class LatentSource:
         self.items, self.vae, self.args, self.notices = items, vae, args, notices
         self.flip_aug = any(item.subset.flip_aug for item in items)
         self.alpha_mask = any(item.subset.alpha_mask for item in items) or args.alpha_mask
-        self.augmenting = any(item.subset.color_aug or item.subset.random_crop for item in items)
+        self.augmenting = any(item.subset.color_aug or item.subset.random_crop or item.subset.face_crop_aug_range for item in items)
         self._sha = [None] * len(items)
         self._memory: dict[int, LatentCache] = {}
 
@@ -54,7 +54,8 @@ class LatentSource:
         args = self.args
         want_cache = args.cache_latents or args.cache_latents_to_disk
         if want_cache and self.augmenting:
-            raise UserError("cache_latents cannot be combined with color_aug or random_crop (they change the pixels every step); disable one")
+            raise UserError("cache_latents cannot be combined with color_aug, random_crop or face_crop_aug_range "
+                            "(they change the pixels every step); disable one")
         uses_metadata = any(item.subset.metadata_file for item in self.items)
         if not self.items or (not want_cache and not uses_metadata):
             return
@@ -152,7 +153,10 @@ class LatentSource:
             crop = item.placement.flipped_crop_ltrb() if flip else item.placement.crop_ltrb
         else:  # on the fly: augmentations differ per step, so nothing is stored
             placement = item.placement
-            if item.subset.random_crop and rng is not None:
+            face = face_from_file_name(item.image_path) if item.subset.face_crop_aug_range else None
+            if face is not None and rng is not None:
+                placement = face_crop_placement(placement, face, item.subset.face_crop_aug_range, rng, item.subset.random_crop)
+            elif item.subset.random_crop and rng is not None:
                 placement = random_crop_placement(placement, rng)
             image, mask = self._load_crop(index, placement)
             if item.subset.color_aug and rng is not None:

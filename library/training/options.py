@@ -100,7 +100,7 @@ _TABLE = [
     Option("weighted_captions", B, False, "dataset_arguments", "read A1111 emphasis in captions: (word:1.2), (word) x1.1, [word] /1.1"),
     Option("color_aug", B, False, "dataset_arguments", "random hue shift or gamma change on a third of the steps (disables latent caching)"),
     Option("flip_aug", B, False, "dataset_arguments", "random horizontal flips"),
-    Option("face_crop_aug_range", PAIR, None, "dataset_arguments", 'face-centred crop scale range "2.0,4.0" (needs face-centred images)', PENDING),
+    Option("face_crop_aug_range", PAIR, None, "dataset_arguments", "face-centred crops: the face spans 1/high..1/low of the image ('2.0,4.0'); face position from <name>_<cx>_<cy>_<w>_<h> file names; no bucketing"),
     Option("random_crop", B, False, "dataset_arguments", "random instead of centre crops (disables latent caching)"),
     Option("alpha_mask", B, False, "dataset_arguments", "use the image alpha channel as the loss mask"),
     Option("cache_latents", B, False, "dataset_arguments", "encode images once and keep latents in memory"),
