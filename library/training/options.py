@@ -217,7 +217,7 @@ _TABLE = [
     Option("metadata_license", S, None, "saving_arguments", "modelspec.license"),
     Option("metadata_tags", S, None, "saving_arguments", "modelspec.tags (comma separated)"),
     Option("metadata_trigger_phrase", S, None, "saving_arguments", "modelspec.trigger_phrase"),
-    Option("metadata_thumbnail", S, None, "saving_arguments", "image file stored as modelspec.thumbnail", PENDING),
+    Option("metadata_thumbnail", S, None, "saving_arguments", "image stored as modelspec.thumbnail (a JPEG data URI, at most 256 px)"),
     # --- [optimizer_arguments] ---------------------------------------------------------------
     Option("optimizer_type", S, "", "optimizer_arguments", "AdamW, AdamW8bit, PagedAdamW8bit, Lion, Lion8bit, SGDNesterov, SGDNesterov8bit, Prodigy, AdaFactor, DAdapt*, *ScheduleFree, or a dotted class path"),
     Option("optimizer_args", LIST, None, "optimizer_arguments", 'optimizer keyword arguments as "key=value" strings'),

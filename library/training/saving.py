@@ -10,6 +10,24 @@ from library.lora.metadata import build_modelspec, build_training_metadata
 from library.training.precision import save_dtype
 
 
+def thumbnail_data_uri(path: str, max_side: int = 256) -> str:
+    """ModelSpec's thumbnail: the image as a JPEG data URI, at most `max_side` pixels a side."""
+    import base64
+    import io
+
+    from library.data.images import ImageSkipped, load_rgb
+    from library.errors import UserError
+
+    try:
+        image = load_rgb(path)
+    except ImageSkipped as error:
+        raise UserError(f"{path}: metadata_thumbnail cannot be read ({error})") from None
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 class NetworkSaver:
     def __init__(self, args, dataset_summary: dict, run_started: float):
         self.args = args
@@ -17,6 +35,7 @@ class NetworkSaver:
         self.summary = dataset_summary
         self.run_started = run_started
         self.extension = ".safetensors" if args.save_model_as == "safetensors" else f".{args.save_model_as}"
+        self.thumbnail = thumbnail_data_uri(args.metadata_thumbnail) if args.metadata_thumbnail else None
         self.extra_metadata = None  # optional callable(path) -> dict, e.g. pivotal tuning's tokens and trigger phrase
 
     def metadata(self, epoch: int, step: int, optimizer_name: str) -> dict[str, str]:
@@ -29,6 +48,8 @@ class NetworkSaver:
             description=args.metadata_description, author=args.metadata_author, license=args.metadata_license,
             tags=args.metadata_tags,
         )
+        if args.metadata_thumbnail:
+            spec["modelspec.thumbnail"] = self.thumbnail
         minimal = {
             "ss_network_module": args.network_module,
             "ss_network_dim": str(args.network_dim),
