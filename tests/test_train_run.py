@@ -123,9 +123,14 @@ def test_samples_logs_and_validation(tiny_single_file, train_dir, tmp_path):
     prompts_toml = tmp_path / "prompts.toml"
     prompts_toml.write_text('[prompt]\nwidth = 64\nheight = 64\nsample_steps = 2\n[[prompt.subset]]\nprompt = "catwomen"\nseed = 11\n'
                             '[[prompt.subset]]\nprompt = "catwomen"\nseed = 11\nsample_sampler = "k_euler"\n')
-    run_training(tmp_path, tiny_single_file, train_dir, name="txt", max_train_steps=3, sample_prompts=str(prompts_txt),
-                 sample_every_n_steps=2, sample_at_first=True, sample_sampler="euler_a", log_with="tensorboard",
-                 logging_dir=str(tmp_path / "logs"), log_prefix="demo_", validation_split=0.25, validate_every_n_steps=1)
+    lora = run_training(tmp_path, tiny_single_file, train_dir, name="txt", max_train_steps=3, sample_prompts=str(prompts_txt),
+                        sample_every_n_steps=2, sample_at_first=True, sample_sampler="euler_a", log_with="tensorboard",
+                        logging_dir=str(tmp_path / "logs"), log_prefix="demo_", validation_split=0.25, validate_every_n_steps=1,
+                        metadata_title="catwomen", metadata_thumbnail=str(next(train_dir.rglob("*.png"))))
+    from library.models.checkpoint_file import read_metadata
+
+    metadata = read_metadata(lora)
+    assert metadata["modelspec.title"] == "catwomen" and metadata["modelspec.thumbnail"].startswith("data:image/jpeg;base64,")
     samples = sorted(p.name for p in (tmp_path / "txt_out" / "sample").glob("*.png"))
     assert samples == ["tiny_lora_000002_00_7.png", "tiny_lora_000002_01_1235.png", "tiny_lora_e000000_00_7.png", "tiny_lora_e000000_01_1235.png"]
     assert Image.open(tmp_path / "txt_out" / "sample" / "tiny_lora_000002_00_7.png").size == (64, 96)

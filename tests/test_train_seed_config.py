@@ -36,7 +36,6 @@ def seed_run(tiny_sdxl_dir, tmp_path_factory):
     config["training_arguments"].update(output_dir=str(root / "out"), max_train_epochs=2, train_batch_size=2)
     config["logging_arguments"].update(logging_dir=str(root / "logs"))
     config["optimizer_arguments"].update(lr_warmup_steps=2)
-    config["saving_arguments"].update(metadata_thumbnail=str(next(images.glob("*.png"))), metadata_title="catwomen")
     path = write_config(root / "config_file.toml", config)
     assert train_main(["--config_file", str(path)]) == 0
     return root
@@ -65,7 +64,6 @@ def test_seed_config_lora_keys_dtype_and_metadata(seed_run):
     frequency = json.loads(metadata["ss_tag_frequency"])
     assert frequency["train"]["catwomen"] == 4 and frequency["train"]["solo"] == 4  # caption + tags from meta_lat.json
     assert len(metadata["sshs_model_hash"]) == 64
-    assert metadata["modelspec.title"] == "catwomen" and metadata["modelspec.thumbnail"].startswith("data:image/jpeg;base64,")
 
 
 def test_seed_config_logs_to_tensorboard(seed_run):
