@@ -14,8 +14,13 @@ class TaskFailed(RuntimeError):
     pass
 
 
+THREADS: int | None = None  # torch intra-op threads of every task (set by tools/bench.py --threads)
+
+
 def run_task(task: str, params: dict, timeout: float = 1800, env: dict | None = None) -> dict:
     """Run one worker task in a fresh Python process; its `BENCH_RESULT` line parsed."""
+    if THREADS and not params.get("threads"):
+        params = {**params, "threads": THREADS}
     command = [sys.executable, "-m", "library.benchmark.worker", task, json.dumps(params)]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", **(env or {})}
     done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)

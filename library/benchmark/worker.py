@@ -10,6 +10,10 @@ import sys
 
 def main(argv: list[str]) -> int:
     task, params = argv[0], json.loads(argv[1])
+    if params.get("threads"):
+        import torch
+
+        torch.set_num_threads(params["threads"])
     if task in ("ours", "reference", "startup", "imports"):
         from library.benchmark import training as module
     elif task in ("caching", "tagging", "indexing"):
