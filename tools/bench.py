@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration_sizes", nargs="*", default=["small"], choices=["tiny", "small"],
                         help="model sizes whose --estimate_memory is checked against allocated bytes")
     parser.add_argument("--quick", action="store_true", help="one calibration case, 1 memory repeat (for tests)")
+    parser.add_argument("--in_process", action="store_true",
+                        help="run every task in this process (fast check of the report; memory/start-up figures not meaningful)")
     parser.add_argument("--workdir", default=None, help="where models, images and caches are kept (reused between runs)")
     parser.add_argument("--output", default=None, help="write the JSON report here (default: print it)")
     return parser
@@ -59,12 +61,13 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     runner.THREADS = args.threads or None
+    runner.ISOLATED = not args.in_process
     opts = {"sizes": args.sizes, "sdxl": args.sdxl, "resolution": args.resolution, "batch_size": args.batch_size, "rank": args.rank,
             "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
             "memory_repeats": 1 if args.quick else max(1, min(args.repeats, 2)), "index_images": args.index_images,
             "caching_images": args.caching_images, "caching_size": args.caching_size,
             "calibration_sizes": args.calibration_sizes, "calibration_cases": DEFAULT_CASES[:1] if args.quick else DEFAULT_CASES,
-            "target_size": "small" if "small" in args.sizes else args.sizes[0]}
+            "target_size": "small" if "small" in args.sizes else args.sizes[0], "isolated": not args.in_process}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir()) / "sdxl_lora_bench"
     report = run_benchmark(opts, workdir, log=lambda message: print(message, file=sys.stderr, flush=True))
     validate_report(report)

@@ -240,7 +240,10 @@ def run_startup(params: dict) -> dict:
     trainer_module.Trainer.optimizer_step = timed
     from sdxl_train_network import main
 
-    main(["--config_file", params["config"]])
+    try:
+        main(["--config_file", params["config"]])
+    finally:
+        trainer_module.Trainer.optimizer_step = original
     modules = [name for name in sys.modules if not name.startswith(("library.benchmark", "__main__"))]
     Path(params["modules_file"]).write_text(json.dumps(modules), encoding="utf-8")
     return {"start_to_first_step": first[0] if first else None, "modules": len(modules)}

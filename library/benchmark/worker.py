@@ -8,12 +8,7 @@ import json
 import sys
 
 
-def main(argv: list[str]) -> int:
-    task, params = argv[0], json.loads(argv[1])
-    if params.get("threads"):
-        import torch
-
-        torch.set_num_threads(params["threads"])
+def run_in_process(task: str, params: dict) -> dict:
     if task in ("ours", "reference", "startup", "imports"):
         from library.benchmark import training as module
     elif task in ("caching", "tagging", "indexing"):
@@ -22,7 +17,16 @@ def main(argv: list[str]) -> int:
         from library.training import memory_estimate as module
     else:
         raise SystemExit(f"unknown task {task}")
-    result = getattr(module, f"run_{task}")(params)
+    return getattr(module, f"run_{task}")(params)
+
+
+def main(argv: list[str]) -> int:
+    task, params = argv[0], json.loads(argv[1])
+    if params.get("threads"):
+        import torch
+
+        torch.set_num_threads(params["threads"])
+    result = run_in_process(task, params)
     sys.stdout.flush()
     print("BENCH_RESULT " + json.dumps(result), flush=True)
     return 0

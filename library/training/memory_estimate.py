@@ -193,21 +193,22 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
 
     unet.set_attn_processor(AttnProcessor2_0())
     counter = AllocationCounter()
-    with torch.device("meta"), counter:
-        latents = torch.empty(batch, 4, height // 8, width // 8, dtype=torch.float32)
+    meta = torch.device("meta")
+    with counter:
+        latents = torch.empty(batch, 4, height // 8, width // 8, dtype=torch.float32, device=meta)
         noise = torch.empty_like(latents)
         if train_text_encoder:
-            ids = torch.zeros(batch, tokens, dtype=torch.long)
+            ids = torch.zeros(batch, tokens, dtype=torch.long, device=meta)
             with torch.set_grad_enabled(True):
                 hidden1 = model.text_encoder1(ids, output_hidden_states=True).hidden_states[-2]
                 out2 = model.text_encoder2(ids, output_hidden_states=True)
                 context = torch.cat([hidden1, out2.hidden_states[-2]], dim=-1)
                 pooled = out2.text_embeds
         else:
-            context = torch.empty(batch, tokens, te1_width + te2_width)
-            pooled = torch.empty(batch, te2_width)
-        time_ids = torch.empty(batch, 6)
-        timesteps = torch.zeros(batch, dtype=torch.long)
+            context = torch.empty(batch, tokens, te1_width + te2_width, device=meta)
+            pooled = torch.empty(batch, te2_width, device=meta)
+        time_ids = torch.empty(batch, 6, device=meta)
+        timesteps = torch.zeros(batch, dtype=torch.long, device=meta)
         noisy = latents * 0.5 + noise * 0.5
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
             prediction = unet(noisy.to(dtype), timesteps, context.to(dtype),
@@ -277,8 +278,12 @@ def print_estimate(args) -> None:
 
 # --- calibration: the same counter on real tensors in a real training process ----------------------
 def run_allocated(params: dict) -> dict:
-    """Train `steps` steps of the config for real (CPU) and count tensor bytes: the static model
-    and network tensors plus the peak of everything allocated while training."""
+    """Train the config (params["config"], or each of params["configs"] in turn) for real on the CPU
+    and count tensor bytes: the static model and network tensors plus the peak of everything
+    allocated while training (the counter sees only what it allocates, so runs do not mix)."""
+    if "configs" in params:
+        single = {key: value for key, value in params.items() if key != "configs"}
+        return {"runs": [run_allocated({**single, "config": config}) for config in params["configs"]]}
     from library.training.config_loader import resolve_config
     from library.training.trainer import Trainer
 

@@ -286,7 +286,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
