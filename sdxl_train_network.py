@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     from library.training.trainer import train
 
     resolved = resolve_config(argv)
+    if resolved.args.estimate_memory:  # shapes only: no weights are loaded
+        from library.training.memory_estimate import print_estimate
+        return print_estimate(resolved.args) or 0
     if resolved.args.output_config:
         print(f"wrote {write_resolved_config(resolved)}")
         return 0

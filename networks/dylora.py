@@ -51,12 +51,12 @@ class DyLoRAModule(LoRAModule):
             down, up = down[: self.eval_rank], up[:, : self.eval_rank]
         return down, up
 
-    def lora_output(self, x: torch.Tensor) -> torch.Tensor:
+    def lora_output(self, x: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
         down, up = self._weights()
         if isinstance(self.lora_down, torch.nn.Conv2d):
             lx = F.conv2d(x, down, stride=self.lora_down.stride, padding=self.lora_down.padding)
-            return F.conv2d(lx, up) * self.scale
-        return F.linear(F.linear(x, down), up) * self.scale
+            return F.conv2d(lx, up) * (self.scale * multiplier)
+        return F.linear(F.linear(x, down), up) * (self.scale * multiplier)
 
     def key_group(self) -> dict:
         """The key group of the rank in use (eval_rank), with alpha kept at the same scale."""

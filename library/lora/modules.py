@@ -58,8 +58,9 @@ class LoRAModule(nn.Module):
             self.org_module[0].forward = self.org_forward
             self.org_forward = None
 
-    def lora_output(self, x: torch.Tensor) -> torch.Tensor:
-        """up(down(x)) * scale, with the training-time dropouts (no multiplier)."""
+    def lora_output(self, x: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
+        """up(down(x)) * scale * multiplier, with the training-time dropouts (one elementwise
+        product: folding the multiplier into the scale saves an op per module, forward and backward)."""
         lx = self.lora_down(x)
         if self.dropout and self.training:
             lx = torch.nn.functional.dropout(lx, p=self.dropout)
@@ -72,7 +73,7 @@ class LoRAModule(nn.Module):
                 mask = mask[:, :, None, None]
             lx = lx * mask
             scale = scale / (1.0 - self.rank_dropout)  # as if the surviving ranks were the whole rank
-        return self.lora_up(lx) * scale
+        return self.lora_up(lx) * (scale * multiplier)
 
     def forward(self, x, *args, **kwargs):
         org_out = self.org_forward(x, *args, **kwargs)
@@ -80,7 +81,7 @@ class LoRAModule(nn.Module):
             return org_out
         if self.module_dropout and self.training and torch.rand(1).item() < self.module_dropout:
             return org_out
-        return org_out + self.lora_output(x) * self.multiplier
+        return org_out + self.lora_output(x, self.multiplier)
 
     def key_group(self) -> dict:
         return {"lora_down.weight": self.lora_down.weight, "lora_up.weight": self.lora_up.weight,

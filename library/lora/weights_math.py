@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import torch
 
-from lycoris.functional import general as lyco_general
-from lycoris.functional import locon as lyco_locon
-from lycoris.functional import loha as lyco_loha
-from lycoris.functional import lokr as lyco_lokr
+
+
+def _lycoris(name: str):
+    """lycoris.functional.<name>, imported on first use: importing lycoris pulls in peft and
+    bitsandbytes (8+ s), which a plain LoRA training run never needs (docs/performance.md)."""
+    import importlib
+
+    return importlib.import_module(f"lycoris.functional.{name}")
 
 _BACKEND = "torch"
 _LORA_KEYS = ("lora_down.weight", "lora_up.weight")
@@ -83,11 +87,11 @@ def delta_weight(group: dict, shape) -> torch.Tensor:
         down, up, mid = g("lora_down.weight"), g("lora_up.weight"), g("lora_mid.weight")
         scale = _alpha_scale(group, down.shape[0])
         # lora_up of a conv is [out, r, 1, 1]; a Linear up/down may pair with a 1x1 conv base.
-        delta = lyco_locon.diff_weight(down, up, mid, gamma=scale, backend=_BACKEND)
+        delta = _lycoris("locon").diff_weight(down, up, mid, gamma=scale, backend=_BACKEND)
     elif algo == "loha":
         w1b = g("hada_w1_b")
         scale = _alpha_scale(group, w1b.shape[0])
-        delta = lyco_loha.diff_weight(w1b, g("hada_w1_a"), g("hada_w2_b"), g("hada_w2_a"),
+        delta = _lycoris("loha").diff_weight(w1b, g("hada_w1_a"), g("hada_w2_b"), g("hada_w2_a"),
                                       g("hada_t1"), g("hada_t2"), gamma=scale, backend=_BACKEND)
     elif algo == "lokr":
         w1, w1a, w1b = g("lokr_w1"), g("lokr_w1_a"), g("lokr_w1_b")
@@ -95,7 +99,7 @@ def delta_weight(group: dict, shape) -> torch.Tensor:
         # The rank is that of the factorised half; with both halves full the scale is 1.
         rank = w1b.shape[0] if w1b is not None else (w2b.shape[0] if w2b is not None else None)
         scale = _alpha_scale(group, rank)
-        delta = lyco_lokr.kron_weight(w1, w1a, w1b, w2, w2a, w2b, t2, scale=scale, backend=_BACKEND)
+        delta = _lycoris("lokr").kron_weight(w1, w1a, w1b, w2, w2a, w2b, t2, scale=scale, backend=_BACKEND)
     else:
         delta = g("diff")
     if delta.numel() != torch.Size(shape).numel():
@@ -112,7 +116,7 @@ def dora_weight(base: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tenso
         scale = scale.reshape(weight.shape[0], *[1] * (weight.dim() - 1))
     else:
         scale = scale.reshape(1, weight.shape[1], *[1] * (weight.dim() - 2))
-    return lyco_general.weight_decompose(weight, scale, 1.0, wd_on_out=on_out, backend=_BACKEND)
+    return _lycoris("general").weight_decompose(weight, scale, 1.0, wd_on_out=on_out, backend=_BACKEND)
 
 
 def apply_group(base: torch.Tensor, group: dict, strength: float = 1.0) -> torch.Tensor:

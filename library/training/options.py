@@ -178,6 +178,7 @@ _TABLE = [
     Option("deepspeed", B, False, "training_arguments", "DeepSpeed", UNSUPPORTED, reason="use plain accelerate multi-GPU (DDP) for LoRA training"),
     Option("output_config", B, False, "training_arguments", "write the resolved config next to the outputs and exit"),
     Option("print_config", B, False, "training_arguments", "validate, summarise the dataset and steps, and exit without training"),
+    Option("estimate_memory", B, False, "training_arguments", "print the expected peak accelerator memory (from shapes only, no weights loaded) and exit"),
     Option("huggingface_repo_id", S, None, "training_arguments", "upload target", UNSUPPORTED, reason=_NO_NETWORK),
     Option("huggingface_repo_type", S, None, "training_arguments", "upload target", UNSUPPORTED, reason=_NO_NETWORK),
     Option("huggingface_path_in_repo", S, None, "training_arguments", "upload target", UNSUPPORTED, reason=_NO_NETWORK),

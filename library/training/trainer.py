@@ -161,6 +161,9 @@ class Trainer:
         if self.autocast_dtype != torch.float32:  # frozen base weights in the half dtype; the VAE too unless no_half_vae
             for module in (self.model.unet, *self.model.text_encoders) + (() if args.no_half_vae else (self.model.vae,)):
                 module.to(dtype=self.autocast_dtype)
+        if self.te_cache is not None and not (args.sample_prompts or self.val_items):  # cached outputs replace them:
+            for encoder in self.model.text_encoders:  # free their weights for the training phase
+                encoder.to("meta")
 
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
@@ -292,7 +295,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

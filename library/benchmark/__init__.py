@@ -1,0 +1,1 @@
+"""Benchmarks of training speed, memory and data preparation (tools/bench.py is the command line)."""

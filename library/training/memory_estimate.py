@@ -1,0 +1,301 @@
+"""`--estimate_memory`: the expected peak accelerator memory of a training run, from shapes only.
+
+The models are built on the meta device from the checkpoint's tensor shapes (no weight is read),
+the configured network is attached, and one training forward and backward pass runs on meta
+tensors under `AllocationCounter`, a dispatch-mode counter that follows every tensor storage the
+pass creates and frees. Its high-water mark is the working memory (activations, recomputation
+with gradient checkpointing, LoRA gradients); the static parts (base weights, LoRA weights,
+optimizer state) are counted from parameter shapes.
+
+Calibrated on the CPU against the same counter run on real tensors in a real training process
+(`run_allocated`, used by tests/test_memory_estimate.py). Accuracy on GPUs is unverified: CUDA
+kernels (attention backends, cuDNN workspaces, the caching allocator's fragmentation) differ.
+"""
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from library.errors import UserError
+
+MIB = 1024 * 1024
+# bytes of optimizer state per trainable parameter (fp32 parameters)
+OPTIMIZER_STATE_BYTES = {
+    "adamw": 8, "adam": 8, "adamw8bit": 2, "pagedadamw8bit": 2, "lion": 4, "lion8bit": 1, "sgdnesterov": 4,
+    "sgdnesterov8bit": 1, "adafactor": 4, "prodigy": 16, "dadaptadam": 12, "dadaptation": 12, "came": 8,
+}
+
+
+class AllocationCounter(TorchDispatchMode):
+    """Live and peak bytes of tensor storages created while the mode is active (views share a
+    storage and count once; a storage counts until its last tensor is gone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._storages: dict[int, int] = {}
+
+    def _free(self, key: int) -> None:
+        self.live -= self._storages.pop(key, 0)
+
+    def _track(self, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+            return
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._storages:
+            return
+        nbytes = storage.nbytes()
+        self._storages[key] = nbytes
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for item in out if isinstance(out, (tuple, list)) else (out,):
+            self._track(item)
+        return out
+
+
+def tensor_bytes(modules) -> int:
+    """Bytes of the distinct parameter and buffer storages of `modules` (shared tensors count once)."""
+    seen, total = set(), 0
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            key = (tensor.device.type, tensor.untyped_storage()._cdata if tensor.device.type != "meta" else id(tensor))
+            if key not in seen:
+                seen.add(key)
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@dataclass
+class MemoryEstimate:
+    base_weights: int
+    lora_weights: int
+    lora_gradients: int
+    optimizer_state: int
+    activations: int
+    caches_host: int
+    details: dict = field(default_factory=dict)
+
+    @property
+    def accelerator_total(self) -> int:
+        return self.base_weights + self.lora_weights + self.optimizer_state + self.lora_gradients + self.activations
+
+    def as_dict(self) -> dict:
+        return {"base_weights": self.base_weights, "lora_weights": self.lora_weights, "lora_gradients": self.lora_gradients,
+                "optimizer_state": self.optimizer_state, "activations": self.activations, "caches_host": self.caches_host,
+                "accelerator_total": self.accelerator_total, **self.details}
+
+    def lines(self) -> list[str]:
+        d = self.details
+        rows = [
+            ("base weights (frozen UNet, text encoders, VAE)", self.base_weights),
+            ("LoRA weights", self.lora_weights),
+            ("LoRA gradients", self.lora_gradients),
+            (f"optimizer state ({d.get('optimizer')})", self.optimizer_state),
+            (f"activations (batch {d.get('batch_size')}, {d.get('resolution')}, checkpointing "
+             f"{'on' if d.get('gradient_checkpointing') else 'off'})", self.activations),
+        ]
+        out = [f"estimated peak accelerator memory: {self.accelerator_total / MIB:,.0f} MiB"]
+        out += [f"  {name:<66} {value / MIB:>10,.1f} MiB" for name, value in rows]
+        out.append(f"  {'caches in host memory (latents, text-encoder outputs)':<66} {self.caches_host / MIB:>10,.1f} MiB")
+        out.append(f"  ({d.get('lora_parameters', 0):,} trainable parameters in {d.get('lora_modules', 0)} modules; "
+                   "estimated from shapes on the meta device; calibrated on CPU, GPU accuracy unverified)")
+        return out
+
+
+# --- models on the meta device -------------------------------------------------------------------
+def _configs(path: Path) -> tuple[dict, dict, dict, dict]:
+    from library.models import sdxl_architecture as arch
+
+    if path.is_dir():
+        def read(name):
+            config_file = path / name / "config.json"
+            if not config_file.is_file():
+                raise UserError(f"{config_file}: not found; --estimate_memory needs the diffusers folder's configs")
+            return {k: v for k, v in json.loads(config_file.read_text(encoding="utf-8")).items() if not k.startswith("_")}
+        return read("unet"), read("text_encoder"), read("text_encoder_2"), read("vae")
+    if path.suffix.lower() != ".safetensors":
+        raise UserError(f"{path}: --estimate_memory reads tensor shapes from a .safetensors file or a diffusers folder")
+    from library.models.checkpoint_file import read_shapes
+
+    groups = arch.split_checkpoint_shapes(read_shapes(path))
+    return (arch.infer_unet_config(groups["unet"]), arch.infer_te1_config(groups["te1"]), arch.infer_te2_config(groups["te2"]),
+            arch.infer_vae_config(groups["vae"]))
+
+
+def meta_models(path: str | Path):
+    """SDXL components on the meta device, shaped as the checkpoint at `path`."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model not found (pretrained_model_name_or_path)")
+    unet_config, te1_config, te2_config, vae_config = _configs(path)
+    with torch.device("meta"), init_empty_weights(include_buffers=True):
+        unet = UNet2DConditionModel(**unet_config)
+        te1 = CLIPTextModel(CLIPTextConfig(**te1_config))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(**te2_config))
+        vae = AutoencoderKL(**vae_config)
+    return SimpleNamespace(unet=unet, text_encoders=[te1, te2], text_encoder1=te1, text_encoder2=te2, vae=vae)
+
+
+def _latent_cache_bytes(args, items: int) -> int:
+    width, height = args.resolution or (1024, 1024)
+    per_image = 4 * (height // 8) * (width // 8) * 4
+    return items * per_image * (2 if args.flip_aug else 1)
+
+
+def _text_cache_bytes(args, items: int, context_width: int, pooled_width: int) -> int:
+    tokens = 77 * max(1, (args.max_token_length or 75) // 75)
+    return items * (tokens * context_width + pooled_width) * 4
+
+
+def count_dataset_items(args) -> int | None:
+    """Training samples (without repeats) the config describes, or None when it cannot be read."""
+    try:
+        from library.data.images import SkipLog
+        from library.training.dataset_config import dataset_specs
+        from library.training.train_items import build_items
+
+        return len(build_items(dataset_specs(args), SkipLog(), []))
+    except Exception:  # the estimate must not fail on a dataset problem; training will report it
+        return None
+
+
+def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, train_text_encoder: bool) -> tuple[int, int]:
+    """(peak bytes of one training forward + backward on meta tensors, bytes of LoRA gradients)."""
+    width, height = args.resolution or (1024, 1024)
+    batch = args.train_batch_size
+    unet = model.unet
+    tokens = 77 * max(1, (args.max_token_length or 75) // 75)
+    te1_width = model.text_encoder1.config.hidden_size
+    te2_width = model.text_encoder2.config.hidden_size
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        unet.train()
+        if train_text_encoder:
+            for encoder in model.text_encoders:
+                encoder.gradient_checkpointing_enable()
+                encoder.train()
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())
+    counter = AllocationCounter()
+    meta = torch.device("meta")
+    with counter:
+        latents = torch.empty(batch, 4, height // 8, width // 8, dtype=torch.float32, device=meta)
+        noise = torch.empty_like(latents)
+        if train_text_encoder:
+            ids = torch.zeros(batch, tokens, dtype=torch.long, device=meta)
+            with torch.set_grad_enabled(True):
+                hidden1 = model.text_encoder1(ids, output_hidden_states=True).hidden_states[-2]
+                out2 = model.text_encoder2(ids, output_hidden_states=True)
+                context = torch.cat([hidden1, out2.hidden_states[-2]], dim=-1)
+                pooled = out2.text_embeds
+        else:
+            context = torch.empty(batch, tokens, te1_width + te2_width, device=meta)
+            pooled = torch.empty(batch, te2_width, device=meta)
+        time_ids = torch.empty(batch, 6, device=meta)
+        timesteps = torch.zeros(batch, dtype=torch.long, device=meta)
+        noisy = latents * 0.5 + noise * 0.5
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            prediction = unet(noisy.to(dtype), timesteps, context.to(dtype),
+                              added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
+        loss = torch.nn.functional.mse_loss(prediction.float(), noise)
+        loss.backward()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in network.parameters() if p.grad is not None)
+    return counter.peak, grads
+
+
+def estimate_memory(args) -> MemoryEstimate:
+    """The estimate for a resolved training config (nothing is loaded but file headers)."""
+    from library.lora.network_modules import import_network_module
+    from library.training.network_setup import network_kwargs
+    from library.training.precision import has_cuda, weight_dtype
+
+    mixed = args.mixed_precision if has_cuda() else "no"
+    dtype = weight_dtype(mixed)
+    model = meta_models(args.pretrained_model_name_or_path)
+    for module in (model.unet, *model.text_encoders, model.vae):
+        module.requires_grad_(False)
+        module.eval()
+    if dtype != torch.float32:
+        for module in (model.unet, *model.text_encoders) + (() if args.no_half_vae else (model.vae,)):
+            module.to(dtype=dtype)
+    train_unet = not args.network_train_text_encoder_only
+    train_text_encoder = not args.network_train_unet_only
+    module = import_network_module(args.network_module or "networks.lora")
+    with torch.device("meta"):
+        network = module.create_network(1.0, args.network_dim or 4, args.network_alpha, model.vae, model.text_encoders, model.unet,
+                                        neuron_dropout=args.network_dropout, **network_kwargs(args))
+        network.apply_to(model.text_encoders, model.unet, train_text_encoder, train_unet)
+    if args.gradient_checkpointing:
+        network.enable_gradient_checkpointing()
+    prepared = network.prepare_optimizer_params(args.text_encoder_lr if train_text_encoder else None, args.unet_lr, args.learning_rate)
+    groups = prepared[0] if isinstance(prepared, tuple) else prepared
+    trainable = [p for group in groups for p in group["params"]]
+    for param in network.parameters():
+        param.requires_grad_(False)
+    for param in trainable:
+        param.requires_grad_(True)
+    lora_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
+    trainable_count = sum(p.numel() for p in trainable)
+    optimizer = (args.optimizer_type or "AdamW").lower().replace("_", "")
+    state_bytes = OPTIMIZER_STATE_BYTES.get(optimizer, 8) * trainable_count
+    base = tensor_bytes([model.unet, *model.text_encoders, model.vae])
+    peak, grads = working_memory(model, network, args, dtype, train_unet, train_text_encoder)
+    items = count_dataset_items(args) or 0
+    caches = 0
+    if args.cache_latents or args.cache_latents_to_disk:
+        caches += _latent_cache_bytes(args, items)
+    if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
+        caches += _text_cache_bytes(args, items, model.text_encoder1.config.hidden_size + model.text_encoder2.config.hidden_size,
+                                    model.text_encoder2.config.projection_dim)
+    width, height = args.resolution or (1024, 1024)
+    details = {"optimizer": args.optimizer_type or "AdamW", "batch_size": args.train_batch_size, "resolution": f"{width}x{height}",
+               "gradient_checkpointing": bool(args.gradient_checkpointing), "precision": mixed,
+               "lora_parameters": trainable_count, "lora_modules": len(getattr(network, "loras", [])) or None,
+               "dataset_items": items}
+    return MemoryEstimate(base, lora_bytes, grads, state_bytes, max(peak - grads, 0), caches, details)
+
+
+def print_estimate(args) -> None:
+    for line in estimate_memory(args).lines():
+        print(line)
+
+
+# --- calibration: the same counter on real tensors in a real training process ----------------------
+def run_allocated(params: dict) -> dict:
+    """Train the config (params["config"], or each of params["configs"] in turn) for real on the CPU
+    and count tensor bytes: the static model and network tensors plus the peak of everything
+    allocated while training (the counter sees only what it allocates, so runs do not mix)."""
+    if "configs" in params:
+        single = {key: value for key, value in params.items() if key != "configs"}
+        return {"runs": [run_allocated({**single, "config": config}) for config in params["configs"]]}
+    from library.training.config_loader import resolve_config
+    from library.training.trainer import Trainer
+
+    resolved = resolve_config(["--config_file", params["config"]])
+    estimate = estimate_memory(resolved.args).as_dict() if params.get("with_estimate") else None
+    trainer = Trainer(resolved)
+    trainer.setup()
+    model = trainer.model
+    base = tensor_bytes([model.unet, *model.text_encoders, model.vae])
+    lora = tensor_bytes([trainer.network])
+    counter = AllocationCounter()
+    with counter:
+        trainer.run()
+    return {"base_weights": base, "lora_weights": lora, "training_peak": counter.peak,
+            "measured_total": base + lora + counter.peak, "estimate": estimate}

@@ -1,0 +1,84 @@
+"""Benchmark training speed, memory and data preparation; print a table and write a JSON report.
+
+    python tools/bench.py                         # tiny and small, 3 interleaved repeats
+    python tools/bench.py --sizes tiny --repeats 1 --quick
+    python tools/bench.py --sdxl /models/sd_xl_base_1.0.safetensors --resolution 1024 --batch_size 1
+
+Every variant runs in its own process; compared variants alternate (ours, reference, ours, ...)
+and the report gives medians, per-pair ratios and spreads. On a shared machine run-to-run spread
+of 20-30% is normal: compare ratios, not absolute times. See docs/performance.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from library.errors import run_cli  # noqa: E402
+
+DEFAULT_CASES = [
+    {"resolution": 256, "batch_size": 2, "gradient_checkpointing": False},
+    {"resolution": 256, "batch_size": 2, "gradient_checkpointing": True},
+    {"resolution": 384, "batch_size": 1, "gradient_checkpointing": False},
+    {"resolution": 128, "batch_size": 4, "gradient_checkpointing": True},
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=["tiny", "small"], help="generated model sizes")
+    parser.add_argument("--sdxl", default=None, help="also benchmark this real SDXL checkpoint (file or diffusers folder)")
+    parser.add_argument("--resolution", type=int, default=256, help="training resolution (square), default 256")
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (network_dim)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each comparison")
+    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps per run (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps not measured at the start of each run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads in every run (default 1: stable on shared machines; 0 = torch's choice)")
+    parser.add_argument("--index_images", type=int, default=10000, help="images generated for the indexing benchmark")
+    parser.add_argument("--caching_images", type=int, default=16, help="images for the latent-caching benchmark")
+    parser.add_argument("--caching_size", default="small", choices=["tiny", "small"])
+    parser.add_argument("--calibration_sizes", nargs="*", default=["small"], choices=["tiny", "small"],
+                        help="model sizes whose --estimate_memory is checked against allocated bytes")
+    parser.add_argument("--quick", action="store_true", help="one calibration case, 1 memory repeat (for tests)")
+    parser.add_argument("--in_process", action="store_true",
+                        help="run every task in this process (fast check of the report; memory/start-up figures not meaningful)")
+    parser.add_argument("--workdir", default=None, help="where models, images and caches are kept (reused between runs)")
+    parser.add_argument("--output", default=None, help="write the JSON report here (default: print it)")
+    return parser
+
+
+def main(argv=None) -> int:
+    from library.benchmark.report import format_table, validate_report
+    from library.benchmark.suite import run_benchmark
+
+    from library.benchmark import runner
+
+    args = build_parser().parse_args(argv)
+    runner.THREADS = args.threads or None
+    runner.ISOLATED = not args.in_process
+    opts = {"sizes": args.sizes, "sdxl": args.sdxl, "resolution": args.resolution, "batch_size": args.batch_size, "rank": args.rank,
+            "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
+            "memory_repeats": 1 if args.quick else max(1, min(args.repeats, 2)), "index_images": args.index_images,
+            "caching_images": args.caching_images, "caching_size": args.caching_size,
+            "calibration_sizes": args.calibration_sizes, "calibration_cases": DEFAULT_CASES[:1] if args.quick else DEFAULT_CASES,
+            "target_size": "small" if "small" in args.sizes else args.sizes[0], "isolated": not args.in_process}
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir()) / "sdxl_lora_bench"
+    report = run_benchmark(opts, workdir, log=lambda message: print(message, file=sys.stderr, flush=True))
+    validate_report(report)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    print(format_table(report), file=sys.stderr if not args.output else sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
