@@ -161,9 +161,8 @@ class Trainer:
         if self.autocast_dtype != torch.float32:  # frozen base weights in the half dtype; the VAE too unless no_half_vae
             for module in (self.model.unet, *self.model.text_encoders) + (() if args.no_half_vae else (self.model.vae,)):
                 module.to(dtype=self.autocast_dtype)
-        if self.te_cache is not None and not (args.sample_prompts or self.val_items):  # cached outputs replace them:
-            for encoder in self.model.text_encoders:  # free their weights for the training phase
-                encoder.to("meta")
+        if self.te_cache is not None and not (args.sample_prompts or self.val_items):
+            self.release_text_encoders()
 
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
@@ -204,8 +203,6 @@ class Trainer:
             if log_with in ("tensorboard", "all"):
                 self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
         self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
-        if self.te_cache is not None and not self.sample_prompts and not self.val_items:
-            self.release_text_encoders()
         if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
             self.notices.append("sample_every_n_* is set but sample_prompts is not; no samples will be made")
 
