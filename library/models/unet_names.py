@@ -141,10 +141,10 @@ class UnmappedKeysError(ValueError):
         super().__init__(f"{len(self.keys)} UNet keys have no mapping, e.g. {self.keys[:5]}")
 
 
-def unet_state_dict_to_sai(state_dict: dict, layout: UNetLayout = SDXL_UNET_LAYOUT) -> dict:
+def _rename_all(state_dict: dict, rename) -> dict:
     out, unmapped = {}, []
     for key, value in state_dict.items():
-        new_key = layout.to_sai(key)
+        new_key = rename(key)
         if new_key is None:
             unmapped.append(key)
         else:
@@ -152,16 +152,11 @@ def unet_state_dict_to_sai(state_dict: dict, layout: UNetLayout = SDXL_UNET_LAYO
     if unmapped:
         raise UnmappedKeysError(unmapped)
     return out
+
+
+def unet_state_dict_to_sai(state_dict: dict, layout: UNetLayout = SDXL_UNET_LAYOUT) -> dict:
+    return _rename_all(state_dict, layout.to_sai)
 
 
 def unet_state_dict_to_diffusers(state_dict: dict, layout: UNetLayout = SDXL_UNET_LAYOUT) -> dict:
-    out, unmapped = {}, []
-    for key, value in state_dict.items():
-        new_key = layout.to_diffusers(key)
-        if new_key is None:
-            unmapped.append(key)
-        else:
-            out[new_key] = value
-    if unmapped:
-        raise UnmappedKeysError(unmapped)
-    return out
+    return _rename_all(state_dict, layout.to_diffusers)
