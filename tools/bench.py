@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="one calibration case, 1 memory repeat (for tests)")
     parser.add_argument("--in_process", action="store_true",
                         help="run every task in this process (fast check of the report; memory/start-up figures not meaningful)")
+    parser.add_argument("--sections", nargs="+", default=None, choices=["training", "startup", "calibration", "preparation"],
+                        help="measure only these sections (default all)")
+    parser.add_argument("--update", default=None,
+                        help="start from this JSON report and replace only the sections measured now (with --sections)")
     parser.add_argument("--workdir", default=None, help="where models, images and caches are kept (reused between runs)")
     parser.add_argument("--output", default=None, help="write the JSON report here (default: print it)")
     return parser
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
             "memory_repeats": 1 if args.quick else max(1, min(args.repeats, 2)), "index_images": args.index_images,
             "caching_images": args.caching_images, "caching_size": args.caching_size,
             "calibration_sizes": args.calibration_sizes, "calibration_cases": DEFAULT_CASES[:1] if args.quick else DEFAULT_CASES,
-            "target_size": "small" if "small" in args.sizes else args.sizes[0], "isolated": not args.in_process}
+            "target_size": "small" if "small" in args.sizes else args.sizes[0], "isolated": not args.in_process,
+            "sections": args.sections, "previous": json.loads(Path(args.update).read_text(encoding="utf-8")) if args.update else None}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir()) / "sdxl_lora_bench"
     report = run_benchmark(opts, workdir, log=lambda message: print(message, file=sys.stderr, flush=True))
     validate_report(report)

@@ -16,6 +16,7 @@ from library.benchmark.models import write_model
 from library.benchmark.runner import run_task
 
 SCHEMA_VERSION = 1
+SECTIONS = ("training", "startup", "calibration", "preparation")
 TARGETS = {
     "step_time_ratio_max": 1.10,
     "peak_memory_ratio_max": 1.15,
@@ -173,15 +174,23 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
     """The JSON report (see validate_report for its shape)."""
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
-    report = {"schema_version": SCHEMA_VERSION, "targets": TARGETS, "environment": environment(),
-              "options": {k: v for k, v in opts.items() if k != "sdxl"}, "training": {}, "memory_estimate": {}}
+    sections = set(opts.get("sections") or SECTIONS)
+    report = opts.get("previous") or {"training": {}, "memory_estimate": {}}  # --update: re-measure some sections
+    report.update({"schema_version": SCHEMA_VERSION, "targets": TARGETS})
+    report.setdefault("runs", []).append({"sections": sorted(sections), "environment": environment(),
+                                          "options": {k: v for k, v in opts.items() if k not in ("sdxl", "previous")}})
+    report["environment"], report["options"] = report["runs"][-1]["environment"], report["runs"][-1]["options"]
     sizes = list(opts["sizes"]) + (["sdxl"] if opts.get("sdxl") else [])
-    for size in sizes:
-        report["training"][size] = bench_training(size, workdir, opts, opts.get("sdxl"), log)
-    report["startup"] = bench_startup(workdir, opts, log)
-    for size in opts["calibration_sizes"]:
-        report["memory_estimate"][size] = bench_calibration(size, workdir, opts["calibration_cases"], log)
-    report["preparation"] = bench_preparation(workdir, opts, log)
+    if "training" in sections:
+        for size in sizes:
+            report["training"][size] = bench_training(size, workdir, opts, opts.get("sdxl"), log)
+    if "startup" in sections:
+        report["startup"] = bench_startup(workdir, opts, log)
+    if "calibration" in sections:
+        for size in opts["calibration_sizes"]:
+            report["memory_estimate"][size] = bench_calibration(size, workdir, opts["calibration_cases"], log)
+    if "preparation" in sections:
+        report["preparation"] = bench_preparation(workdir, opts, log)
     report["fp8"] = fp8_support()
     report["target_checks"] = target_checks(report, opts.get("target_size", "small"))
     report["elapsed_seconds"] = time.time() - started

@@ -64,11 +64,14 @@ class AllocationCounter(TorchDispatchMode):
         return out
 
 
-def tensor_bytes(modules) -> int:
-    """Bytes of the distinct parameter and buffer storages of `modules` (shared tensors count once)."""
+def tensor_bytes(modules, skip_meta: bool = False) -> int:
+    """Bytes of the distinct parameter and buffer storages of `modules` (shared tensors count once;
+    with `skip_meta`, tensors on the meta device, which hold no memory, do not count)."""
     seen, total = set(), 0
     for module in modules:
         for tensor in list(module.parameters()) + list(module.buffers()):
+            if skip_meta and tensor.device.type == "meta":
+                continue
             key = (tensor.device.type, tensor.untyped_storage()._cdata if tensor.device.type != "meta" else id(tensor))
             if key not in seen:
                 seen.add(key)
@@ -87,8 +90,14 @@ class MemoryEstimate:
     details: dict = field(default_factory=dict)
 
     @property
-    def accelerator_total(self) -> int:
+    def training_total(self) -> int:
         return self.base_weights + self.lora_weights + self.optimizer_state + self.lora_gradients + self.activations
+
+    @property
+    def accelerator_total(self) -> int:
+        """The larger of the training phase and the set-up phase (all weights, before the text
+        encoders are freed when their outputs are cached)."""
+        return max(self.training_total, self.details.get("setup_total", 0))
 
     def as_dict(self) -> dict:
         return {"base_weights": self.base_weights, "lora_weights": self.lora_weights, "lora_gradients": self.lora_gradients,
@@ -98,7 +107,7 @@ class MemoryEstimate:
     def lines(self) -> list[str]:
         d = self.details
         rows = [
-            ("base weights (frozen UNet, text encoders, VAE)", self.base_weights),
+            ("base weights (frozen UNet, VAE" + (")" if d.get("text_encoders_freed") else ", text encoders)"), self.base_weights),
             ("LoRA weights", self.lora_weights),
             ("LoRA gradients", self.lora_gradients),
             (f"optimizer state ({d.get('optimizer')})", self.optimizer_state),
@@ -107,6 +116,8 @@ class MemoryEstimate:
         ]
         out = [f"estimated peak accelerator memory: {self.accelerator_total / MIB:,.0f} MiB"]
         out += [f"  {name:<66} {value / MIB:>10,.1f} MiB" for name, value in rows]
+        if d.get("text_encoders_freed"):
+            out.append(f"  (text encoders freed after caching their outputs; set-up phase with them: {d['setup_total'] / MIB:,.1f} MiB)")
         out.append(f"  {'caches in host memory (latents, text-encoder outputs)':<66} {self.caches_host / MIB:>10,.1f} MiB")
         out.append(f"  ({d.get('lora_parameters', 0):,} trainable parameters in {d.get('lora_modules', 0)} modules; "
                    "estimated from shapes on the meta device; calibrated on CPU, GPU accuracy unverified)")
@@ -210,7 +221,7 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
         time_ids = torch.empty(batch, 6, device=meta)
         timesteps = torch.zeros(batch, dtype=torch.long, device=meta)
         noisy = latents * 0.5 + noise * 0.5
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        if True:  # under mixed precision the pass runs wholly in the half dtype (see estimate_memory)
             prediction = unet(noisy.to(dtype), timesteps, context.to(dtype),
                               added_cond_kwargs={"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(dtype)}).sample
         loss = torch.nn.functional.mse_loss(prediction.float(), noise)
@@ -255,7 +266,21 @@ def estimate_memory(args) -> MemoryEstimate:
     optimizer = (args.optimizer_type or "AdamW").lower().replace("_", "")
     state_bytes = OPTIMIZER_STATE_BYTES.get(optimizer, 8) * trainable_count
     base = tensor_bytes([model.unet, *model.text_encoders, model.vae])
+    text_encoder_bytes = tensor_bytes(model.text_encoders)
+    caching_text = bool(args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk)
+    # as Trainer.setup: cached outputs replace the text encoders unless samples or validation need them
+    text_encoders_freed = caching_text and not (args.sample_prompts or args.validation_split)
+    full_half = bool(args.full_fp16 or args.full_bf16) and dtype != torch.float32
+    if dtype != torch.float32:
+        # Meta tensors have no autocast: run the pass in the half dtype (what autocast produces for
+        # matmuls and convolutions); fp32 LoRA gradients are twice the half ones.
+        network.to(dtype)
     peak, grads = working_memory(model, network, args, dtype, train_unet, train_text_encoder)
+    if dtype != torch.float32 and not full_half:
+        peak, grads = peak + grads, grads * 2
+    if full_half:
+        lora_bytes //= 2
+        state_bytes //= 2
     items = count_dataset_items(args) or 0
     caches = 0
     if args.cache_latents or args.cache_latents_to_disk:
@@ -267,8 +292,9 @@ def estimate_memory(args) -> MemoryEstimate:
     details = {"optimizer": args.optimizer_type or "AdamW", "batch_size": args.train_batch_size, "resolution": f"{width}x{height}",
                "gradient_checkpointing": bool(args.gradient_checkpointing), "precision": mixed,
                "lora_parameters": trainable_count, "lora_modules": len(getattr(network, "loras", [])) or None,
-               "dataset_items": items}
-    return MemoryEstimate(base, lora_bytes, grads, state_bytes, max(peak - grads, 0), caches, details)
+               "dataset_items": items, "text_encoders_freed": text_encoders_freed, "setup_total": base + lora_bytes}
+    held = base - text_encoder_bytes if text_encoders_freed else base
+    return MemoryEstimate(held, lora_bytes, grads, state_bytes, max(peak - grads, 0), caches, details)
 
 
 def print_estimate(args) -> None:
@@ -292,8 +318,8 @@ def run_allocated(params: dict) -> dict:
     trainer = Trainer(resolved)
     trainer.setup()
     model = trainer.model
-    base = tensor_bytes([model.unet, *model.text_encoders, model.vae])
-    lora = tensor_bytes([trainer.network])
+    base = tensor_bytes([model.unet, *model.text_encoders, model.vae], skip_meta=True)  # freed encoders hold nothing
+    lora = tensor_bytes([trainer.network], skip_meta=True)
     counter = AllocationCounter()
     with counter:
         trainer.run()
