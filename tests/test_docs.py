@@ -23,15 +23,22 @@ def test_options_reference_is_generated_from_the_code():
     assert main(["--check"]) == 0, "run: python tools/make_options_doc.py"
 
 
+_COMMAND_STARTS = ("python ", "accelerate ", "bash ", "pip ")
+
+
 def shell_commands(path: Path) -> list[str]:
-    """Commands in ```bash blocks, with continuation lines joined and comments dropped."""
+    """Commands in code blocks (```bash, ```sh or untagged), continuation lines joined, comments
+    dropped; untagged blocks contribute only lines that start like a command."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S):
+    for language, block in re.findall(r"```(\w*)\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S):
+        if language not in ("", "bash", "sh", "shell"):
+            continue
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split(" # ")[0].strip()
-            if line and not line.startswith("#"):
-                commands.extend(part.strip() for part in line.split("&&"))
+            if not line or line.startswith("#") or (not language and not line.startswith(_COMMAND_STARTS)):
+                continue
+            commands.extend(part.strip() for part in line.split("&&"))
     return commands
 
 
