@@ -75,8 +75,11 @@ def cover_size(width: int, height: int, bucket: Size) -> Size:
 
 def place_in_bucket(width: int, height: int, bucket: Size) -> BucketPlacement:
     """Resize (width, height) to cover `bucket`, then centre-crop it to the bucket."""
+    return _centre_placement(width, height, bucket, cover_size(width, height, bucket))
+
+
+def _centre_placement(width: int, height: int, bucket: Size, resized: Size) -> BucketPlacement:
     # Rounding can leave the resized side one pixel short of the bucket; never crop past the edge.
-    resized = cover_size(width, height, bucket)
     resized = (max(resized[0], bucket[0]), max(resized[1], bucket[1]))
     return BucketPlacement(
         original_size=(width, height),
@@ -182,15 +185,7 @@ class BucketManager:
             bucket, resized = self._select_predefined(width, height)
         if bucket[0] <= 0 or bucket[1] <= 0:
             raise ValueError(f"{width}x{height} is smaller than one bucket step ({self.reso_steps} px) without upscaling")
-        # Rounding can leave the resized side one pixel short of the bucket; never crop past the edge.
-        resized = (max(resized[0], bucket[0]), max(resized[1], bucket[1]))
-        return BucketPlacement(
-            original_size=(width, height),
-            bucket=bucket,
-            resized_size=resized,
-            crop_ltrb=center_crop_ltrb(resized, bucket),
-            ar_error=bucket[0] / bucket[1] - width / height,
-        )
+        return _centre_placement(width, height, bucket, resized)
 
 
 def resize_and_crop(image: Image.Image, placement: BucketPlacement) -> Image.Image:

@@ -7,6 +7,7 @@ and print them in their summary instead of stopping at the first bad file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -78,10 +79,18 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
             raise ImageSkipped("empty file (0 bytes)")
     except OSError as error:
         raise ImageSkipped(f"cannot read ({error.strerror or error})") from None
-    try:
+    with _broken_file_is_skipped("corrupt or truncated"):
         image = Image.open(path)
         _check_header(image, path, max_pixels)
         image.load()  # decode now, so truncation is found here and not in the VAE loop
+    return image
+
+
+@contextlib.contextmanager
+def _broken_file_is_skipped(what: str):
+    """Turn every exception PIL raises for a broken file into ImageSkipped with a short reason."""
+    try:
+        yield
     except ImageSkipped:
         raise
     except Image.DecompressionBombError:
@@ -89,8 +98,7 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageSkipped("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageSkipped(f"corrupt or truncated ({error})") from None
-    return image
+        raise ImageSkipped(f"{what} ({error})") from None
 
 
 def _sixteen_bit_to_eight(image: Image.Image) -> Image.Image:
@@ -151,7 +159,7 @@ def load_rgb(path: str | os.PathLike, background=WHITE, max_pixels: int = DEFAUL
 def read_image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) as the image will be used (after EXIF rotation), reading only the header."""
     path = Path(path)
-    try:
+    with _broken_file_is_skipped("corrupt or unreadable"):
         if path.stat().st_size == 0:
             raise ImageSkipped("empty file (0 bytes)")
         with Image.open(path) as image:
@@ -161,14 +169,6 @@ def read_image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXEL
                 orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             except (OSError, ValueError, SyntaxError):
                 orientation = 1
-    except ImageSkipped:
-        raise
-    except Image.DecompressionBombError:
-        raise ImageSkipped(f"too large (over PIL's limit of {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP); downscale it") from None
-    except UnidentifiedImageError:
-        raise ImageSkipped("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageSkipped(f"corrupt or unreadable ({error})") from None
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
