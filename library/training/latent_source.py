@@ -26,7 +26,7 @@ from library.data.latent_cache import (
     load_latent_cache,
     save_latent_cache,
 )
-from library.data.latent_encoding import check_finite, encode_latents, seed_from_sha, vae_fingerprint
+from library.data.latent_encoding import check_finite, dtype_name, encode_latents, seed_from_sha, vae_fingerprint
 from library.errors import UserError
 
 
@@ -38,6 +38,16 @@ class LatentSource:
         self.augmenting = any(item.subset.color_aug or item.subset.random_crop or item.subset.face_crop_aug_range for item in items)
         self._sha = [None] * len(items)
         self._memory: dict[int, LatentCache] = {}
+
+    @property
+    def vae_dtype_name(self) -> str:
+        """"fp32", "fp16" or "bf16": part of the cache fingerprint (the caching tools use the same names)."""
+        return dtype_name(next(self.vae.parameters()).dtype)
+
+    @property
+    def needs_vae(self) -> bool:
+        """True while some sample has no cached latents (it is encoded on the fly every step)."""
+        return len(self._memory) < len(self.items)
 
     def sha(self, index: int) -> str:
         if self._sha[index] is None:
@@ -59,7 +69,7 @@ class LatentSource:
         uses_metadata = any(item.subset.metadata_file for item in self.items)
         if not self.items or (not want_cache and not uses_metadata):
             return
-        fingerprint_of_vae = vae_fingerprint(self.vae, "fp32")
+        fingerprint_of_vae = vae_fingerprint(self.vae, self.vae_dtype_name)
         todo, reasons = [], Counter()
         for index, item in enumerate(tqdm(self.items, desc="checking latent caches", disable=len(self.items) < 50)):
             fingerprint = self._fingerprint(index, fingerprint_of_vae)
@@ -134,7 +144,7 @@ class LatentSource:
         caches = []
         for k, index in enumerate(indices):
             item = self.items[index]
-            check_finite(latents[k], item.image_path, "fp32")
+            check_finite(latents[k], item.image_path, self.vae_dtype_name)
             caches.append(LatentCache(latents[k], item.placement.original_size, item.placement.crop_ltrb,
                                       item.placement.resized_size, None if flipped is None else flipped[k], loaded[k][1]))
         return caches
@@ -164,7 +174,7 @@ class LatentSource:
             if flip:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             latents = encode_latents(self.vae, [image], [seed_from_sha(self.sha(index), flip)])[0]
-            check_finite(latents, item.image_path, "fp32")
+            check_finite(latents, item.image_path, self.vae_dtype_name)
             crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
         if mask is not None and flip:
             mask = mask[:, ::-1].copy()

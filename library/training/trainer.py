@@ -30,7 +30,8 @@ from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
-from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
+from library.training.placement import Placement, PrecisionPlan
+from library.training.precision import configure_attention, effective_mixed_precision
 from library.training.saving import NetworkSaver
 from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training.run_control import StopRequest
@@ -42,6 +43,7 @@ from library.training.train_state import Progress, find_state, load_state, prune
 from library.training.validation import fixed_noise_loss
 
 VAE_SCALE = 0.13025
+TEXT_ENCODERS = ("text_encoder1", "text_encoder2")
 
 
 def dataset_summary(items, specs, args) -> dict:
@@ -98,29 +100,43 @@ class Trainer:
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
 
-    # -- setup -------------------------------------------------------------------------------
+    # -- setup: load, place, cache, network, optimizer, trackers ------------------------------
     def setup(self):
+        self.setup_accelerator()
+        self.load_models()
+        self.place_for_caching()
+        self.cache()
+        self.place_for_training()
+        self.build_network()
+        self.build_optimizer()
+        self.init_trackers()
+
+    def setup_accelerator(self) -> None:
         from accelerate import Accelerator
 
         args = self.args
-        mixed = effective_mixed_precision(args, self.notices)
-        check_fp8(args)
-        log_with = args.log_with if args.log_with and args.logging_dir else None
+        self.mixed = effective_mixed_precision(args, self.notices)
+        self.log_with = args.log_with if args.log_with and args.logging_dir else None
         if args.log_with and not args.logging_dir:
             self.notices.append("log_with is set but logging_dir is not; not logging")
         # kohya's run folder: <logging_dir>/<log_prefix><timestamp>/network_train/
-        run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if log_with else None
+        run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if self.log_with else None
         # Without a GPU, accelerate must be told cpu=True or two launched processes never synchronise.
-        self.accelerator = Accelerator(log_with=log_with, project_dir=run_dir, cpu=not torch.cuda.is_available())
+        # Precision is ours (placement + autocast), not accelerate's: "no" whatever `accelerate launch` said.
+        self.accelerator = Accelerator(log_with=self.log_with, project_dir=run_dir, cpu=not torch.cuda.is_available(),
+                                       mixed_precision="no")
         self.device = self.accelerator.device
+        self.placement = Placement(self.device, PrecisionPlan.from_args(args, self.mixed))
+        self.autocast_dtype = self.placement.plan.compute_dtype
         self.seed = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
         args.seed = self.seed
         torch.manual_seed(self.seed)  # the same network initialisation on every process
-        self.mixed = mixed
-        self.autocast_dtype = weight_dtype(mixed)
 
+    def load_models(self) -> None:
+        """load: every component into host memory (fp32); pivotal tokens; the attention backend."""
         from library.models.sdxl_loader import load_sdxl
 
+        args = self.args
         self.model = load_sdxl(args.pretrained_model_name_or_path, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir)
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.requires_grad_(False)
@@ -130,7 +146,20 @@ class Trainer:
         self.attention = configure_attention(self.model.unet, args, self.notices)
         self.train_unet = not args.network_train_text_encoder_only
         self.train_text_encoder = not args.network_train_unet_only
+
+    def place_for_caching(self) -> None:
+        """place: the VAE and the text encoders on the device in their dtypes, before anything is encoded."""
+        self.placement.place("vae", self.model.vae, "cache latents")
+        for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+            self.placement.place(name, encoder, "encode captions")
+
+    def cache(self) -> None:
+        """cache: latents (VAE, batched by vae_batch_size) and text-encoder outputs; then what no
+        later step needs leaves the device."""
+        args = self.args
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        self.placement.use("vae", self.model.vae, "cache latents")
+        # no autocast: the VAE runs in its own dtype (fp32 with no_half_vae), as the caching tools run it
         self.latents = LatentSource(self.items, self.model.vae, args, self.notices)
         self.latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.val_latents = LatentSource(self.val_items, self.model.vae, args, self.notices)
@@ -138,12 +167,26 @@ class Trainer:
         self.caption_options = [item.subset for item in self.items]  # a SubsetSpec is a CaptionOptions
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
+            for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+                self.placement.use(name, encoder, "cache text-encoder outputs")
             self.te_cache = TextEncoderCache(self.model, self.items, args)
             captions = [process_caption(item.caption, opts, random.Random(0)) for item, opts in zip(self.items, self.caption_options)]
-            self.te_cache.prepare(captions, write=self.accelerator.is_main_process)
+            with self.placement.autocast():
+                self.te_cache.prepare(captions, write=self.accelerator.is_main_process)
+        if not (args.sample_prompts or self.latents.needs_vae or self.val_latents.needs_vae):
+            self.placement.release("vae", self.model.vae, "latents cached; no samples")
+        if self.te_cache is not None and not (args.sample_prompts or self.val_items):
+            self.release_text_encoders()
 
+    def place_for_training(self) -> None:
+        """place: the UNet on the device in its dtype (fp8 weights with fp8_base)."""
+        self.placement.place("unet", self.model.unet, "training")
+
+    def build_network(self) -> None:
+        """network: create and attach it, gradient checkpointing, on the device in its dtype."""
+        args = self.args
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
-        torch.manual_seed(self.seed + rank)  # dropout may differ between processes; everything else is per-sample seeded
+        torch.manual_seed(self.seed + self.accelerator.process_index)  # dropout may differ between processes
         if args.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
             self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
@@ -153,17 +196,12 @@ class Trainer:
                     encoder.train()
             self.network.enable_gradient_checkpointing()
         self.network.prepare_grad_etc(self.model.text_encoders, self.model.unet)
-        self.network.to(self.device)
-        if args.full_fp16 or args.full_bf16:  # only reachable with a GPU (see effective_mixed_precision)
-            self.network.to(torch.float16 if args.full_fp16 else torch.bfloat16)
-        for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
-            module.to(self.device)
-        if self.autocast_dtype != torch.float32:  # frozen base weights in the half dtype; the VAE too unless no_half_vae
-            for module in (self.model.unet, *self.model.text_encoders) + (() if args.no_half_vae else (self.model.vae,)):
-                module.to(dtype=self.autocast_dtype)
-        if self.te_cache is not None and not (args.sample_prompts or self.val_items):
-            self.release_text_encoders()
+        # full_fp16 / full_bf16: the trainable weights in the half dtype too (kohya's network.to(weight_dtype))
+        self.network.to(self.device, self.autocast_dtype if (args.full_fp16 or args.full_bf16) else None)
 
+    def build_optimizer(self) -> None:
+        """optimizer: parameter groups, optimizer, step plan, lr schedule, loss scaling, saver."""
+        args = self.args
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
         self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
@@ -181,13 +219,17 @@ class Trainer:
             args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
         self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
-        self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
+
+    def init_trackers(self) -> None:
+        """trackers: TensorBoard / wandb, and the sample prompts."""
+        args = self.args
         self.tensorboard = None
-        if log_with:
+        if self.log_with:
             init_kwargs = {}
             if args.log_tracker_config:
                 import toml
@@ -200,7 +242,7 @@ class Trainer:
             if args.wandb_run_name:
                 init_kwargs.setdefault("wandb", {})["name"] = args.wandb_run_name
             self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=self.tracker_config(), init_kwargs=init_kwargs)
-            if log_with in ("tensorboard", "all"):
+            if self.log_with in ("tensorboard", "all"):
                 self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
         self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
         if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
@@ -209,8 +251,8 @@ class Trainer:
     def release_text_encoders(self) -> None:
         """With cached text-encoder outputs and nothing else needing them (no samples, no validation),
         the encoders' weights leave memory for the rest of the run (moved to the meta device)."""
-        for encoder in self.model.text_encoders:
-            encoder.to("meta")
+        for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+            self.placement.release(name, encoder, "text-encoder outputs cached")
         self.notices.append("text-encoder outputs are cached: the text encoders were released from memory for training")
 
     def tracker_config(self) -> dict | None:
@@ -274,7 +316,7 @@ class Trainer:
     def batch_loss(self, indices, seeds, epoch, step):
         args = self.args
         latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
+        with self.placement.autocast():
             context, pooled = self.conditioning(indices, seeds, epoch, step)
             noise, timesteps, noisy = self.sample_noise(latents, seeds)
             timesteps = timesteps.to(self.device)
@@ -374,7 +416,8 @@ class Trainer:
             self.network.eval()
             written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch, step,
                                     self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
-                                    self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt, base_seed=self.seed)
+                                    self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt, base_seed=self.seed,
+                                    autocast=self.placement.autocast)
             self.network.train()
             if self.tensorboard is not None:
                 import numpy as np
@@ -394,14 +437,16 @@ class Trainer:
             latent, _, _ = self.val_latents.get(index, False)
             latents.append(latent * VAE_SCALE)
             caption = self.pivotal.replace_in_prompt(item.caption)
-            context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
+            with self.placement.autocast():
+                context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
             contexts.append(context)
             pooleds.append(pooled)
             w, h = item.placement.original_size
             ids.append(time_ids([(h, w)], [item.placement.crop_top_left], [(item.bucket[1], item.bucket[0])]))
-        loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
-                                seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
-                                v_parameterization=self.args.v_parameterization)
+        with self.placement.autocast():
+            loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
+                                    seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
+                                    v_parameterization=self.args.v_parameterization)
         self.network.train()
         return loss
 
