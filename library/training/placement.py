@@ -95,7 +95,9 @@ class Placement:
 
             store_in_fp8(module, self.device, self.plan.dtype_of(component))
         else:
-            module.to(self.device, self.plan.dtype_of(component))
+            dtype = self.plan.dtype_of(component)
+            # naming an unchanged dtype only makes diffusers warn about fp32 modules
+            module.to(self.device, None if floating_dtypes(module) == (str(dtype).removeprefix("torch."),) else dtype)
         self._record("place", component, module, purpose)
         return module
 

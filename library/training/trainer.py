@@ -26,6 +26,7 @@ from library.training.caption_processing import process_caption
 from library.training.config_checks import check_combinations
 from library.training.dataset_config import dataset_specs
 from library.training.latent_source import LatentSource
+from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
@@ -209,7 +210,9 @@ class Trainer:
         if not self.param_groups:
             raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
         self.trainable = [p for group in self.param_groups for p in group["params"]]
-        self.optimizer = build_optimizer(args, self.param_groups)
+        # fp16: loss scaling (and with full_fp16 an optimizer over fp32 master copies); None otherwise
+        self.scaler = loss_scaling(self.mixed, args.full_fp16, self.device.type, self.param_groups)
+        self.optimizer = build_optimizer(args, self.scaler.optimizer_groups() if self.scaler else self.param_groups)
         self.summary = dataset_summary(self.items, self.specs, args)
         world = self.accelerator.num_processes
         self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
@@ -219,7 +222,6 @@ class Trainer:
             args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
         self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
@@ -334,10 +336,10 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
+            clipped = self.scaler.optimized if self.scaler is not None else self.trainable
+            torch.nn.utils.clip_grad_norm_(clipped, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
-            self.scaler.update()
         else:
             self.optimizer.step()
         self.lr_scheduler.step()
@@ -347,6 +349,8 @@ class Trainer:
         if self.args.scale_weight_norms:
             scaled, mean_norm, max_norm = self.network.apply_max_norm_regularization(self.args.scale_weight_norms, self.device)
             logs.update({"Keys Scaled": scaled, "Average key norm": mean_norm, "max_norm/max_key_norm": max_norm})
+            if self.scaler is not None:
+                self.scaler.model_to_masters()
         return logs
 
     @torch.no_grad()
