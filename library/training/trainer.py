@@ -20,6 +20,7 @@ from tqdm import tqdm
 from library.data.images import SkipLog
 from library.errors import UserError
 from library.training import loss as loss_lib
+from library.training import data_parallel
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
@@ -124,8 +125,10 @@ class Trainer:
         run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if self.log_with else None
         # Without a GPU, accelerate must be told cpu=True or two launched processes never synchronise.
         # Precision is ours (placement + autocast), not accelerate's: "no" whatever `accelerate launch` said.
+        # So is torch.compile (of the UNet, torch_compile), whatever ACCELERATE_DYNAMO_BACKEND says.
         self.accelerator = Accelerator(log_with=self.log_with, project_dir=run_dir, cpu=not torch.cuda.is_available(),
-                                       mixed_precision="no")
+                                       mixed_precision="no", dynamo_backend="no",
+                                       kwargs_handlers=data_parallel.accelerator_kwargs_handlers(args))
         self.device = self.accelerator.device
         self.placement = Placement(self.device, PrecisionPlan.from_args(args, self.mixed))
         self.autocast_dtype = self.placement.plan.compute_dtype
@@ -226,6 +229,8 @@ class Trainer:
         self.saver = NetworkSaver(args, self.summary, time.time())
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
+        # data parallel: DDP over the trained tensors (the network and pivotal rows); itself with one process
+        self.ddp = data_parallel.prepare(self.accelerator, self.network, self.pivotal.rows)
 
     def init_trackers(self) -> None:
         """trackers: TensorBoard / wandb, and the sample prompts."""
@@ -315,24 +320,33 @@ class Trainer:
             timesteps.append(timestep)
         return torch.cat(noises), torch.cat(timesteps), torch.cat(noisy)
 
-    def batch_loss(self, indices, seeds, epoch, step):
+    def predict(self, indices, seeds, epoch, step, latents, ids):
+        """The forward pass that uses the trained weights, run by DDP (data_parallel.TrainableWeights)."""
+        context, pooled = self.conditioning(indices, seeds, epoch, step)
+        noise, timesteps, noisy = self.sample_noise(latents, seeds)
+        timesteps = timesteps.to(self.device)
+        prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        return prediction, noise, timesteps
+
+    def batch_loss(self, indices, seeds, epoch, step, sync: bool = True):
+        """The batch's loss; `sync` False (inside an accumulation group) skips DDP's gradient all-reduce."""
         args = self.args
         latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
-        with self.placement.autocast():
-            context, pooled = self.conditioning(indices, seeds, epoch, step)
-            noise, timesteps, noisy = self.sample_noise(latents, seeds)
-            timesteps = timesteps.to(self.device)
-            prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        with self.placement.autocast(), data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
+            prediction, noise, timesteps = self.ddp(self.predict, indices, seeds, epoch, step, latents, ids)
         target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
         return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
+
+    def all_finite(self, loss) -> bool:
+        """Whether every process's loss is finite (each must take the same branch, or DDP hangs)."""
+        finite = torch.isfinite(loss.detach()).all().reshape(1).float()
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite.to(self.device), reduction="sum") / self.accelerator.num_processes
+        return bool(finite.item() == 1.0)
 
     # -- optimizer step ----------------------------------------------------------------------
     def optimizer_step(self) -> dict:
         logs = {}
-        if self.accelerator.num_processes > 1:
-            for param in self.trainable:
-                if param.grad is not None:
-                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm:
@@ -344,7 +358,7 @@ class Trainer:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.num_processes > 1:
+        if self.args.ddp_check_sync and self.accelerator.num_processes > 1:
             self.check_ranks_in_sync()
         if self.args.scale_weight_norms:
             scaled, mean_norm, max_norm = self.network.apply_max_norm_regularization(self.args.scale_weight_norms, self.device)
@@ -353,15 +367,9 @@ class Trainer:
                 self.scaler.model_to_masters()
         return logs
 
-    @torch.no_grad()
     def check_ranks_in_sync(self) -> None:
-        """Every process must hold the same network after a step; a mismatch would silently train
-        several different LoRAs, so it stops the run."""
-        checksum = torch.stack([p.detach().double().sum() for p in self.trainable]).sum().reshape(1).to(self.device)
-        gathered = self.accelerator.gather(checksum)
-        if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
-            raise UserError(f"processes hold different network weights after a step ({gathered.tolist()}); "
-                            "launch with accelerate launch --multi_gpu (on CPU too) so gradients are shared")
+        """ddp_check_sync: a mismatch would silently train several different LoRAs, so it stops the run."""
+        data_parallel.check_in_sync(self.accelerator, self.trainable, self.ranks_checked + 1)
         self.ranks_checked += 1
 
     def lr_logs(self) -> dict:
@@ -501,8 +509,8 @@ class Trainer:
             stop.restore()
             bar.close()
         final = self.save_checkpoint("final", progress, with_state=args.save_state or args.save_state_on_train_end)
-        if world > 1 and accelerator.is_main_process:
-            print(f"all {world} processes held identical network weights after each of {self.ranks_checked} steps")
+        if self.ranks_checked and accelerator.is_main_process:
+            print(f"ddp_check_sync: all {world} processes held identical network weights after each of {self.ranks_checked} steps")
         accelerator.end_training()
         return final
 
@@ -517,8 +525,9 @@ class Trainer:
         batches = batches[rank::world]
         pending, group_start = 0, progress.batches_done_in_epoch
         for batch_index in range(progress.batches_done_in_epoch, len(batches)):
-            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step)
-            if not torch.isfinite(loss):
+            will_step = pending + 1 >= args.gradient_accumulation_steps or batch_index == len(batches) - 1
+            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step, sync=will_step)
+            if not self.all_finite(loss):
                 progress.batches_done_in_epoch = group_start
                 self.optimizer.zero_grad(set_to_none=True)
                 self.save_checkpoint("step", progress, with_state=True)
