@@ -177,6 +177,17 @@ def _adopt(network, unet, text_encoders):
     return network
 
 
+def _bypass_for_fp8(kwargs: dict, unet, text_encoders) -> None:
+    """fp8 base weights (fp8_base): LyCORIS must add its output to the base layer's (bypass mode)
+    instead of rebuilding W + dW from the fp8 weight, which it cannot do."""
+    fp8 = any(p.dtype == torch.float8_e4m3fn for model in [unet, *text_encoders] for p in model.parameters())
+    if not fp8:
+        return
+    if str(kwargs.get("bypass_mode", "true")).lower() in ("false", "0", "no"):
+        raise UserError("network_args bypass_mode=false cannot train on fp8 base weights (fp8_base); remove it")
+    kwargs["bypass_mode"] = "true"
+
+
 def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet, neuron_dropout=None, **kwargs):
     import lycoris.kohya as lycoris_kohya
 
@@ -184,6 +195,7 @@ def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, un
     if neuron_dropout is not None:  # kohya's trainer passes network_dropout this way to every module
         kwargs.setdefault("dropout", str(neuron_dropout))
     kwargs = _check_args(kwargs)
+    _bypass_for_fp8(kwargs, unet, _as_list(text_encoder))
     preset = _sdxl_preset(str(kwargs.pop("preset", "full")), unet)
     text_encoders = _as_list(text_encoder)
     with _registered(preset) as preset_name:

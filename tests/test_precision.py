@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from library.errors import UserError
 from tests.test_train_run import logged
-from tests.training_fixtures import base_config, make_concept_images, write_config
+from tests.training_fixtures import base_config, make_concept_images, train_in_process, write_config
 
 CAPTION = "TOK, 1girl, black suit"
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -26,16 +26,8 @@ def images(tmp_path_factory):
 
 
 def _train(tmp_path, model, train_dir, name, **overrides):
-    """Trainer.setup + run in-process; returns the trainer (its placement record) and the final file."""
-    from library.training.config_loader import resolve_config
-    from library.training.trainer import Trainer
-
-    config = base_config(model, train_dir, tmp_path / f"{name}_out", resolution="32,32", min_bucket_reso=32, max_bucket_reso=64,
-                         train_batch_size=1, max_train_steps=2, **overrides)
-    resolved = resolve_config(["--config_file", str(write_config(tmp_path / f"{name}.toml", config))])
-    trainer = Trainer(resolved)
-    trainer.setup()
-    return trainer, trainer.run()
+    return train_in_process(tmp_path, model, train_dir, name, resolution="32,32", min_bucket_reso=32, max_bucket_reso=64,
+                            train_batch_size=1, max_train_steps=2, **overrides)
 
 
 # Each cell: samples, validation and cached latents; cached text-encoder outputs with a LyCORIS

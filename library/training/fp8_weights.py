@@ -28,24 +28,27 @@ FP8_MAX = float(torch.finfo(FP8).max)  # 448
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for x's device, else x's own (meta: no autocast)."""
     device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    if device == "meta" or not torch.is_autocast_enabled(device):
+        return x.dtype
+    return torch.get_autocast_dtype(device)
 
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The layer's weight in `dtype`; scaled in fp32 (a small scale is subnormal in fp16)."""
+    """The layer's weight in `dtype`, multiplied out in fp32 (then rounded once)."""
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    return (weight.float() * scale.view(shape)).to(dtype)
+    return (weight.float() * scale.float().view(shape)).to(dtype)
 
 
-def quantize(weight: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp8 weight on `device`, fp32 per-output-channel scale): weight ~= fp8 * scale."""
+def quantize(weight: torch.Tensor, device, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 weight on `device`, per-output-channel scale in `scale_dtype`): weight ~= fp8 * scale."""
     weight = weight.detach().float()
     amax = weight.abs().reshape(weight.shape[0], -1).amax(dim=1).clamp(min=1e-12)
     scale = amax / FP8_MAX
     shape = (-1,) + (1,) * (weight.dim() - 1)
     stored = (weight / scale.view(shape)).clamp(-FP8_MAX, FP8_MAX).to(device, FP8)
-    return stored, scale.to(device)
+    return stored, scale.to(device, scale_dtype)
 
 
 class _LinearFn(torch.autograd.Function):
@@ -105,10 +108,10 @@ def store_in_fp8(model: nn.Module, device, dtype: torch.dtype) -> nn.Module:
     Each tensor is converted and moved once; the fp32 model never reaches the device."""
     for module in model.modules():
         fp8_class = _FP8_CLASSES.get(type(module))
-        if fp8_class is not None and module.weight.requires_grad is False and module.weight.device.type != "meta":
+        if fp8_class is not None and module.weight.requires_grad is False:
             if fp8_class is Fp8Conv2d and module.padding_mode != "zeros":
                 continue
-            stored, scale = quantize(module.weight, device)
+            stored, scale = quantize(module.weight, device, dtype)
             module.weight = nn.Parameter(stored, requires_grad=False)
             module.register_buffer("weight_scale", scale)
             module.__class__ = fp8_class

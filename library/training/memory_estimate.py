@@ -247,6 +247,11 @@ def estimate_memory(args) -> MemoryEstimate:
     if dtype != torch.float32:
         for module in (model.unet, *model.text_encoders) + (() if args.no_half_vae else (model.vae,)):
             module.to(dtype=dtype)
+    if args.fp8_base or args.fp8_base_unet:  # as placement.py stores them: fp8 Linear/Conv2d weights
+        from library.training.fp8_weights import store_in_fp8
+
+        for module in (model.unet,) + (() if args.fp8_base_unet else tuple(model.text_encoders)):
+            store_in_fp8(module, torch.device("meta"), dtype)
     train_unet = not args.network_train_text_encoder_only
     train_text_encoder = not args.network_train_unet_only
     module = import_network_module(args.network_module or "networks.lora")
@@ -296,7 +301,8 @@ def estimate_memory(args) -> MemoryEstimate:
     details = {"optimizer": args.optimizer_type or "AdamW", "batch_size": args.train_batch_size, "resolution": f"{width}x{height}",
                "gradient_checkpointing": bool(args.gradient_checkpointing), "precision": mixed,
                "lora_parameters": trainable_count, "lora_modules": len(getattr(network, "loras", [])) or None,
-               "dataset_items": items, "text_encoders_freed": text_encoders_freed, "vae_freed": vae_freed, "setup_total": base + lora_bytes}
+               "dataset_items": items, "text_encoders_freed": text_encoders_freed, "vae_freed": vae_freed,
+               "fp8_unet": bool(args.fp8_base or args.fp8_base_unet), "setup_total": base + lora_bytes}
     held = base - (text_encoder_bytes if text_encoders_freed else 0) - (tensor_bytes([model.vae]) if vae_freed else 0)
     return MemoryEstimate(held, lora_bytes, grads, state_bytes, max(peak - grads, 0), caches, details)
 
