@@ -14,9 +14,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from library.data.augmentation import color_augment, face_crop_placement, face_from_file_name, random_crop_placement
-from library.data.buckets import resize_and_crop, resize_and_crop_array
-from library.data.images import ImageSkipped, alpha_of, composite, open_image
 from library.data.latent_cache import (
     CacheFingerprint,
     LatentCache,
@@ -28,6 +25,7 @@ from library.data.latent_cache import (
 )
 from library.data.latent_encoding import check_finite, dtype_name, encode_latents, seed_from_sha, vae_fingerprint
 from library.errors import UserError
+from library.training.pixel_loading import PixelPipeline
 
 
 class LatentSource:
@@ -38,6 +36,7 @@ class LatentSource:
         self.augmenting = any(item.subset.color_aug or item.subset.random_crop or item.subset.face_crop_aug_range for item in items)
         self._sha = [None] * len(items)
         self._memory: dict[int, LatentCache] = {}
+        self.pixels = PixelPipeline(items, self.alpha_mask)  # decoding, crops and augmentation (also in loader workers)
 
     @property
     def vae_dtype_name(self) -> str:
@@ -116,25 +115,8 @@ class LatentSource:
                 progress.update(len(chunk))
         progress.close()
 
-    def _load_crop(self, index: int, placement=None):
-        item = self.items[index]
-        placement = placement or item.placement
-        try:
-            image = open_image(item.image_path)
-        except ImageSkipped as error:
-            raise UserError(f"{item.image_path}: cannot be read any more ({error}); remove it or restore it") from None
-        if image.size != placement.original_size:
-            raise UserError(f"{item.image_path}: changed size since the dataset was scanned; restart training")
-        alpha = alpha_of(image)
-        cropped = resize_and_crop(composite(image), placement)
-        mask = None
-        if self.alpha_mask:
-            w, h = placement.bucket
-            mask = resize_and_crop_array(alpha, placement) if alpha is not None else np.ones((h, w), np.float32)
-        return cropped, mask
-
     def _encode(self, indices: list[int]) -> list[LatentCache]:
-        loaded = [self._load_crop(i) for i in indices]
+        loaded = [self.pixels.load_crop(i) for i in indices]
         images = [image for image, _ in loaded]
         latents = encode_latents(self.vae, images, [seed_from_sha(self.sha(i)) for i in indices])
         flipped = None
@@ -150,9 +132,14 @@ class LatentSource:
         return caches
 
     # --- reading ----------------------------------------------------------------------------
-    def get(self, index: int, flip: bool, rng: random.Random | None = None):
+    @property
+    def cached_indices(self) -> set[int]:
+        return set(self._memory)
+
+    def get(self, index: int, flip: bool, rng: random.Random | None = None, prepared=None):
         """(latents [4, h, w] float32 unscaled, alpha mask [h, w] or None, crop_ltrb applied) of one
-        sample; `rng` drives random_crop and color_aug (only possible without a latent cache)."""
+        sample; `rng` drives random_crop and color_aug (only possible without a latent cache);
+        `prepared` is PixelPipeline.augmented's result for this sample when a loader worker made it."""
         item = self.items[index]
         cache = self._memory.get(index)
         if cache is not None:
@@ -162,20 +149,9 @@ class LatentSource:
             mask = cache.alpha_mask
             crop = item.placement.flipped_crop_ltrb() if flip else item.placement.crop_ltrb
         else:  # on the fly: augmentations differ per step, so nothing is stored
-            placement = item.placement
-            face = face_from_file_name(item.image_path) if item.subset.face_crop_aug_range else None
-            if face is not None and rng is not None:
-                placement = face_crop_placement(placement, face, item.subset.face_crop_aug_range, rng, item.subset.random_crop)
-            elif item.subset.random_crop and rng is not None:
-                placement = random_crop_placement(placement, rng)
-            image, mask = self._load_crop(index, placement)
-            if item.subset.color_aug and rng is not None:
-                image = color_augment(image, rng)
-            if flip:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            image, mask, crop = prepared if prepared is not None else self.pixels.augmented(index, flip, rng)
             latents = encode_latents(self.vae, [image], [seed_from_sha(self.sha(index), flip)])[0]
             check_finite(latents, item.image_path, self.vae_dtype_name)
-            crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
         if mask is not None and flip:
             mask = mask[:, ::-1].copy()
         mask = None if mask is None else torch.from_numpy(np.asarray(mask))

@@ -24,6 +24,8 @@ from library.training import data_parallel
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
+from library.training.checkpointing import enable_unet_checkpointing
+from library.training.compilation import compile_unet
 from library.training.config_checks import check_combinations
 from library.training.dataset_config import dataset_specs
 from library.training.latent_source import LatentSource
@@ -32,6 +34,7 @@ from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
+from library.training.pixel_loading import pixel_loader, sample_randomness
 from library.training.placement import Placement, PrecisionPlan
 from library.training.precision import configure_attention, effective_mixed_precision
 from library.training.saving import NetworkSaver
@@ -169,6 +172,8 @@ class Trainer:
         self.val_latents = LatentSource(self.val_items, self.model.vae, args, self.notices)
         self.val_latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.caption_options = [item.subset for item in self.items]  # a SubsetSpec is a CaptionOptions
+        # uncached samples: decoding and augmentation in max_data_loader_n_workers processes
+        self.pixel_loader = pixel_loader(self.latents.pixels, self.latents.cached_indices, args)
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
             for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
@@ -191,8 +196,11 @@ class Trainer:
         args = self.args
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
         torch.manual_seed(self.seed + self.accelerator.process_index)  # dropout may differ between processes
+        if args.cpu_offload_checkpointing and not args.gradient_checkpointing:
+            self.notices.append("cpu_offload_checkpointing turns gradient_checkpointing on (as in kohya)")
+            args.gradient_checkpointing = True
         if args.gradient_checkpointing:
-            self.model.unet.enable_gradient_checkpointing()
+            enable_unet_checkpointing(self.model.unet, args.cpu_offload_checkpointing, self.device, self.notices)
             self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
             if self.train_text_encoder:
                 for encoder in self.model.text_encoders:
@@ -202,6 +210,7 @@ class Trainer:
         self.network.prepare_grad_etc(self.model.text_encoders, self.model.unet)
         # full_fp16 / full_bf16: the trainable weights in the half dtype too (kohya's network.to(weight_dtype))
         self.network.to(self.device, self.autocast_dtype if (args.full_fp16 or args.full_bf16) else None)
+        self.compiled = compile_unet(self.model.unet, args, self.notices)  # torch_compile: after the network is attached
 
     def build_optimizer(self) -> None:
         """optimizer: parameter groups, optimizer, step plan, lr schedule, loss scaling, saver."""
@@ -284,13 +293,13 @@ class Trainer:
         with torch.set_grad_enabled(self.train_text_encoder or self.pivotal.needs_grad):
             return encode_captions(self.model, captions, self.args.max_token_length, self.args.weighted_captions)
 
-    def batch_inputs(self, indices, seeds):
+    def batch_inputs(self, indices, seeds, pixels=None):
+        """`pixels`: the batch's images prepared by loader workers (pixel_loading.PixelLoader), or None."""
         latents, masks, originals, crops, targets = [], [], [], [], []
-        for index, seed in zip(indices, seeds):
+        for position, (index, seed) in enumerate(zip(indices, seeds)):
             item = self.items[index]
-            augment = random.Random(seed + 1)
-            flip = item.subset.flip_aug and augment.random() < 0.5
-            sample, mask, crop = self.latents.get(index, flip, augment)
+            flip, augment = sample_randomness(item, seed)
+            sample, mask, crop = self.latents.get(index, flip, augment, pixels[position] if pixels else None)
             latents.append(sample)
             masks.append(mask)
             placement = item.placement
@@ -328,10 +337,10 @@ class Trainer:
         prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
         return prediction, noise, timesteps
 
-    def batch_loss(self, indices, seeds, epoch, step, sync: bool = True):
+    def batch_loss(self, indices, seeds, epoch, step, sync: bool = True, pixels=None):
         """The batch's loss; `sync` False (inside an accumulation group) skips DDP's gradient all-reduce."""
         args = self.args
-        latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
+        latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds, pixels)
         with self.placement.autocast(), data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
             prediction, noise, timesteps = self.ddp(self.predict, indices, seeds, epoch, step, latents, ids)
         target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
@@ -524,9 +533,12 @@ class Trainer:
         seeds = self.epoch_seeds(batches, epoch)[rank::world]
         batches = batches[rank::world]
         pending, group_start = 0, progress.batches_done_in_epoch
+        start = progress.batches_done_in_epoch
+        prepared = self.pixel_loader.epoch(batches[start:], seeds[start:]) if self.pixel_loader else None  # loader workers
         for batch_index in range(progress.batches_done_in_epoch, len(batches)):
             will_step = pending + 1 >= args.gradient_accumulation_steps or batch_index == len(batches) - 1
-            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step, sync=will_step)
+            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step, sync=will_step,
+                                   pixels=next(prepared) if prepared else None)
             if not self.all_finite(loss):
                 progress.batches_done_in_epoch = group_start
                 self.optimizer.zero_grad(set_to_none=True)
