@@ -51,8 +51,11 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         raise UserError("train_batch_size and gradient_accumulation_steps must be at least 1")
     if args.lr_warmup_steps and args.lr_scheduler == "constant":
         notices.append("lr_warmup_steps has no effect with lr_scheduler = \"constant\"; use \"constant_with_warmup\"")
-    if args.noise_offset and args.multires_noise_iterations:
-        raise UserError("noise_offset and multires_noise_iterations cannot be combined; choose one")
+    if args.adaptive_noise_scale is not None and args.noise_offset is None:  # as kohya: it scales the offset
+        raise UserError(f"{where('adaptive_noise_scale')}: adaptive_noise_scale adds to noise_offset; set noise_offset too (e.g. 0.0357)")
+    if args.scale_v_pred_loss_like_noise_pred and not args.v_parameterization:  # kohya refuses it too
+        raise UserError(f"{where('scale_v_pred_loss_like_noise_pred')}: scale_v_pred_loss_like_noise_pred only applies to "
+                        "v-prediction models; add v_parameterization = true or remove it")
     if args.v_pred_like_loss and args.v_parameterization:
         raise UserError("v_pred_like_loss is for epsilon models; remove it with v_parameterization")
     if args.save_model_as != "safetensors":
