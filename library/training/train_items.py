@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from library.data.buckets import BucketManager, BucketPlacement, place_in_bucket
-from library.data.captions import caption_path, read_caption
+from library.data.captions import caption_path, read_caption, read_caption_lines
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
 from library.errors import UserError
@@ -82,7 +82,8 @@ def dreambooth_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Sk
         except ImageSkipped as error:
             skipped.add(image, str(error))
             continue
-        caption = read_caption(caption_path(image, subset.caption_extension))
+        read = read_caption_lines if subset.enable_wildcard else read_caption
+        caption = read(caption_path(image, subset.caption_extension))
         if caption is None:
             missing += 1
             caption = subset.class_tokens or ""
@@ -115,6 +116,21 @@ def _find_image(folder: Path, key: str) -> Path | None:
     return None
 
 
+def metadata_caption(entry: dict, separator: str = ",", wildcard: bool = False) -> str:
+    """A fine-tune metadata entry's caption, its tags appended after `separator` (plus a space);
+    with enable_wildcard the tags go on every line of a multi-line caption, as kohya does."""
+    caption, tags = entry.get("caption"), entry.get("tags")
+    if caption is None:
+        return tags or ""
+    if not tags:
+        return caption
+    joiner = f"{separator} "
+    if wildcard:
+        tags = tags.replace("\n", separator)
+        return "\n".join(f"{line}{joiner}{tags}" for line in caption.split("\n") if line.strip())
+    return f"{caption}{joiner}{tags}"
+
+
 def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: SkipLog, notices: list) -> list[TrainItem]:
     metadata = load_metadata(subset.metadata_file)
     folder = Path(subset.image_dir or ".")
@@ -124,11 +140,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
         if image is None:
             not_found.append(key)
             continue
-        caption, tags = entry.get("caption"), entry.get("tags")
-        if caption is None:
-            caption = tags or ""
-        elif tags:
-            caption = f"{caption}{subset.caption_separator} {tags}"
+        caption = metadata_caption(entry, subset.caption_separator, subset.enable_wildcard)
         size = tuple(entry["image_size"]) if entry.get("image_size") else None
         try:
             size = size or read_image_size(image)

@@ -36,7 +36,7 @@ from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training.run_control import StopRequest
 from library.training.sample_prompts import load_sample_prompts
 from library.training.sampling import write_samples
-from library.training.text_conditioning import TextEncoderCache
+from library.training.text_conditioning import TextEncoderCache, cached_captions
 from library.training.train_items import build_items, split_validation
 from library.training.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
 from library.training.validation import fixed_noise_loss
@@ -139,8 +139,7 @@ class Trainer:
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
             self.te_cache = TextEncoderCache(self.model, self.items, args)
-            captions = [process_caption(item.caption, opts, random.Random(0)) for item, opts in zip(self.items, self.caption_options)]
-            self.te_cache.prepare(captions, write=self.accelerator.is_main_process)
+            self.te_cache.prepare(cached_captions(self.items), write=self.accelerator.is_main_process)
 
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
         torch.manual_seed(self.seed + rank)  # dropout may differ between processes; everything else is per-sample seeded
