@@ -113,3 +113,33 @@ def test_trainer_class_token_fallback(tmp_path, name):
                            "--pretrained_model_name_or_path", "m", "--output_dir", "o"]).args
     items = build_items(dataset_specs(args), SkipLog(), [])
     assert [item.caption for item in items] == ["ohwx_woman"] and items[0].subset.num_repeats == 10
+
+
+def test_trainer_validates_bucket_options_as_kohya(tmp_path):
+    from library.data.images import SkipLog
+    from library.errors import UserError
+    from library.training.dataset_config import DatasetSpec, SubsetSpec
+    from library.training.train_items import build_items
+
+    write_image(tmp_path / "1_x" / "a.png", gradient_image(96, 64))
+
+    def build(**values):
+        spec = DatasetSpec(resolution=(128, 128), enable_bucket=True, subsets=[SubsetSpec(image_dir=str(tmp_path / "1_x"))])
+        for key, value in values.items():
+            setattr(spec, key, value)
+        notices = []
+        items = build_items([spec], SkipLog(), notices)
+        return spec, items, notices
+
+    with pytest.raises(UserError, match="bucket_reso_steps = 48: must be a positive multiple of 32"):
+        build(bucket_reso_steps=48, min_bucket_reso=96, max_bucket_reso=192)
+    spec, items, notices = build(bucket_reso_steps=32, min_bucket_reso=100, max_bucket_reso=200)
+    assert (spec.min_bucket_reso, spec.max_bucket_reso) == (96, 224)  # kohya: min rounded down, max up
+    assert any("min_bucket_reso 100" in n for n in notices) and any("max_bucket_reso 200" in n for n in notices)
+    assert items[0].bucket == (160, 96)  # 96x64 (3:2) -> the 3:2 bucket of the 128x128 area, steps 32, min 96
+    with pytest.raises(UserError, match="min_bucket_reso = 160 is larger than the shorter side of resolution 128,128"):
+        build(bucket_reso_steps=32, min_bucket_reso=160, max_bucket_reso=256)
+    with pytest.raises(UserError, match="max_bucket_reso = 96 is smaller than the longer side of resolution 128,128"):
+        build(bucket_reso_steps=32, min_bucket_reso=64, max_bucket_reso=96)
+    spec, _, notices = build(enable_bucket=False, bucket_reso_steps=48, min_bucket_reso=500)
+    assert not any("_bucket_reso" in n for n in notices)  # bucket options are unused (and unchecked, as kohya) without enable_bucket

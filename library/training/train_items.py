@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.data.buckets import BucketManager, BucketPlacement, place_in_bucket
+from library.data.buckets import BucketManager, BucketPlacement, check_bucket_options, place_in_bucket
 from library.data.captions import caption_path, read_caption, read_caption_lines
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
@@ -35,9 +35,10 @@ class TrainItem:
         return self.placement.bucket
 
 
-def _bucket_manager(spec: DatasetSpec) -> BucketManager | None:
+def _bucket_manager(spec: DatasetSpec, notices: list) -> BucketManager | None:
     if not spec.enable_bucket:
         return None
+    check_bucket_options(spec, notices)
     return BucketManager(spec.bucket_no_upscale, spec.resolution, spec.min_bucket_reso, spec.max_bucket_reso, spec.bucket_reso_steps)
 
 
@@ -159,7 +160,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
 def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> list[TrainItem]:
     items = []
     for index, spec in enumerate(specs):
-        manager = _bucket_manager(spec)
+        manager = _bucket_manager(spec, notices)
         for subset in spec.subsets:
             make = metadata_items if subset.metadata_file else dreambooth_items
             for item in make(spec, subset, manager, skipped, notices):
