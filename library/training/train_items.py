@@ -25,6 +25,7 @@ class TrainItem:
     subset: SubsetSpec
     placement: BucketPlacement
     dataset_index: int = 0
+    tags: str | None = None  # fine-tune metadata's tags (kohya's tag frequency counts these)
 
     @property
     def is_reg(self) -> bool:
@@ -149,7 +150,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
         except (ImageSkipped, ValueError) as error:
             skipped.add(image, str(error))
             continue
-        items.append(TrainItem(image, caption.strip(), subset, placement))
+        items.append(TrainItem(image, caption.strip(), subset, placement, tags=entry.get("tags")))
     if not_found:
         notices.append(f"{subset.metadata_file}: {len(not_found)} entries have no image in {folder} (e.g. {not_found[0]!r})")
     if not items:
