@@ -143,3 +143,21 @@ def test_trainer_validates_bucket_options_as_kohya(tmp_path):
         build(bucket_reso_steps=32, min_bucket_reso=64, max_bucket_reso=96)
     spec, _, notices = build(enable_bucket=False, bucket_reso_steps=48, min_bucket_reso=500)
     assert not any("_bucket_reso" in n for n in notices)  # bucket options are unused (and unchecked, as kohya) without enable_bucket
+
+
+def test_notices_for_caption_differences(tmp_path):
+    from library.data.images import SkipLog
+    from library.training.dataset_config import DatasetSpec, SubsetSpec
+    from library.training.train_items import build_items
+
+    write_image(tmp_path / "1_x" / "a.png", gradient_image(32, 32))
+    (tmp_path / "1_x" / "a.caption").write_text("red, , dress,\nblue dress", encoding="utf-8")
+    subset = SubsetSpec(image_dir=str(tmp_path / "1_x"), shuffle_caption=True)
+    notices = []
+    build_items([DatasetSpec(resolution=(32, 32), subsets=[subset])], SkipLog(), notices)
+    assert any("1 caption(s) contain empty tags" in n for n in notices)
+    assert process_caption("red, , dress,", subset, random.Random(0)).count(",") == 1  # ours: no empty tag
+    subset = SubsetSpec(image_dir=str(tmp_path / "1_x"), enable_wildcard=True, caption_prefix="photo of")
+    notices = []
+    build_items([DatasetSpec(resolution=(32, 32), subsets=[subset])], SkipLog(), notices)
+    assert any("multi-line wildcard caption(s) with caption_prefix" in n for n in notices)

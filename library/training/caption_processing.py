@@ -109,3 +109,22 @@ def _shuffled_tags(caption: str, options: CaptionOptions, rng: random.Random, st
 def _split(text: str, separator: str) -> list[str]:
     # Empty tags are dropped (kohya keeps them and can write "a, , b"): docs/kohya_differences.md
     return [tag.strip() for tag in text.split(separator) if tag.strip()]
+
+
+def caption_notices(items) -> list[str]:
+    """Notices for captions where this toolkit deliberately differs from kohya (docs/kohya_differences.md)."""
+    empty = wildcard = 0
+    for item in items:
+        options, caption = item.subset, item.caption
+        if splits_tags(options) and not (options.keep_tokens_separator and options.keep_tokens_separator in caption):
+            empty += any(not tag.strip() for tag in caption.strip().split(options.caption_separator))
+        if options.enable_wildcard and (options.caption_prefix or options.caption_suffix) and "\n" in caption.strip():
+            wildcard += 1
+    notices = []
+    if empty:
+        notices.append(f"{empty} caption(s) contain empty tags (a doubled or trailing separator): they are dropped when tags "
+                       "are split; kohya keeps them and can train on \"a, , b\" (docs/kohya_differences.md)")
+    if wildcard:
+        notices.append(f"{wildcard} multi-line wildcard caption(s) with caption_prefix/caption_suffix: every chosen line gets "
+                       "them; kohya puts the prefix on the first line and the suffix on the last only (docs/kohya_differences.md)")
+    return notices

@@ -15,6 +15,7 @@ from library.data.captions import caption_path, read_caption, read_caption_lines
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
 from library.errors import UserError
+from library.training.caption_processing import caption_notices
 from library.training.dataset_config import DatasetSpec, SubsetSpec
 
 
@@ -167,6 +168,7 @@ def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> li
             for item in make(spec, subset, manager, skipped, notices):
                 item.dataset_index = index
                 items.append(item)
+    notices.extend(caption_notices(items))
     return items
 
 
