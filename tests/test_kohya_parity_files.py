@@ -152,7 +152,7 @@ def test_lokr_tucker_decompose_both_reads_back(_tiny_sdxl_loaded, tmp_path, caps
 
 def test_text_projection_name(_tiny_sdxl_loaded, tmp_path):
     preset = tmp_path / "preset.toml"
-    preset.write_text('enable_conv = false\nunet_target_module = ["Transformer2DModel"]\n'
+    preset.write_text('enable_conv = false\nunet_target_module = []\n'
                       'text_encoder_target_module = ["CLIPAttention"]\ntext_encoder_target_name = ["text_projection"]\n')
     path = tmp_path / "proj.safetensors"
     _, work = build_and_save(_tiny_sdxl_loaded, path, algo="lora", preset=str(preset))
