@@ -42,7 +42,7 @@ from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training.run_control import StopRequest
 from library.training.sample_prompts import load_sample_prompts
 from library.training.sampling import write_samples
-from library.training.text_conditioning import TextEncoderCache
+from library.training.text_conditioning import TextEncoderCache, cached_captions
 from library.training.train_items import build_items, split_validation
 from library.training.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
 from library.training.validation import fixed_noise_loss
@@ -179,9 +179,8 @@ class Trainer:
             for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
                 self.placement.use(name, encoder, "cache text-encoder outputs")
             self.te_cache = TextEncoderCache(self.model, self.items, args)
-            captions = [process_caption(item.caption, opts, random.Random(0)) for item, opts in zip(self.items, self.caption_options)]
             with self.placement.autocast():
-                self.te_cache.prepare(captions, write=self.accelerator.is_main_process)
+                self.te_cache.prepare(cached_captions(self.items), write=self.accelerator.is_main_process)
         if not (args.sample_prompts or self.latents.needs_vae or self.val_latents.needs_vae):
             self.placement.release("vae", self.model.vae, "latents cached; no samples")
         if self.te_cache is not None and not (args.sample_prompts or self.val_items):
@@ -236,6 +235,8 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
+        self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer,
+                                batches_per_epoch=self.summary["batches_per_epoch"] // world, epochs=self.epochs)
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
         # data parallel: DDP over the trained tensors (the network and pivotal rows); itself with one process
@@ -413,7 +414,7 @@ class Trainer:
         path = None
         if accelerator.is_main_process:
             completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
-            path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
+            path = self.saver.save(self.network, completed_epochs, progress.global_step, kind)
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
             self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
             print(f"saved {path}")
