@@ -155,3 +155,27 @@ def test_loss_scaling_keeps_fp16_gradients_that_would_underflow():
     other = loss_scaling("fp16", True, "cpu", [{"params": [torch.nn.Parameter(torch.zeros(4, 16).half())]}])
     other.load_state_dict(state)
     assert other.scaler.get_scale() == scale / 2 and torch.equal(other.optimized[0], master)
+
+
+def test_caching_tools_place_models_as_training_does(tiny_single_file, images, tmp_path):
+    """tools/cache_latents.py and tools/cache_text_encoder_outputs.py in bf16 write the caches a bf16
+    training run then finds fresh (same placement, same dtypes, same fingerprints): it re-encodes nothing."""
+    from tools import cache_latents, cache_text_encoder_outputs
+
+    config = base_config(tiny_single_file, images, tmp_path / "out", resolution="32,32", min_bucket_reso=32, max_bucket_reso=64,
+                         mixed_precision="bf16", cache_latents_to_disk=True, cache_text_encoder_outputs_to_disk=True,
+                         network_train_unet_only=True, train_batch_size=1, max_train_steps=1)
+    path = write_config(tmp_path / "tools.toml", config)
+    assert cache_latents.main(["--config_file", str(path), "--overwrite"]) == 0
+    assert cache_text_encoder_outputs.main(["--config_file", str(path), "--overwrite"]) == 0
+    caches = sorted(images.rglob("*_sdxl.npz")) + sorted(images.rglob("*_te_outputs.npz"))
+    assert len(caches) == 6
+    written = {p: p.stat().st_mtime_ns for p in caches}
+    from library.training.config_loader import resolve_config
+    from library.training.trainer import Trainer
+
+    trainer = Trainer(resolve_config(["--config_file", str(path)]))
+    trainer.setup()
+    assert not [n for n in trainer.notices if n.startswith("cached latents of")]
+    trainer.run()
+    assert {p: p.stat().st_mtime_ns for p in caches} == written
