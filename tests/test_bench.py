@@ -31,7 +31,7 @@ def test_bench_tiny_report_has_every_figure(tmp_path, monkeypatch):
     assert tiny["text_encoder_caching"]["text_encoders_resident_while_training"] == {"cached": False, "not_cached": True}
     assert report["preparation"]["indexing"]["all"]["images"] == 40
     assert report["preparation"]["indexing"]["quarter"]["images"] == 10
-    assert report["fp8"]["supported"] is False
+    assert report["fp8"]["supported"] is True
     assert set(report["target_checks"]) >= {"step_time_ratio", "peak_memory_ratio", "startup_ratio", "caching_ratio",
                                             "indexing_seconds", "checkpointing_reduction", "text_encoders_freed_with_caching"}
     table = format_table(report)

@@ -24,6 +24,14 @@ def hardware_config(model: Path, train_dir: Path, output_dir: Path, resolution: 
         config["sample_prompt_arguments"] = {"sample_prompts": str(prompts), "sample_every_n_steps": max(1, steps - 1)}
         config["training_arguments"].update(validation_split=0.25, validate_every_n_steps=steps)
     for key, value in options.items():
+        if "." in key:  # "section.key": that section's key (None removes it)
+            section, key = key.split(".", 1)
+            config.setdefault(section, {})
+            if value is None:
+                config[section].pop(key, None)
+                continue
+            config[section][key] = value
+            continue
         section = next((name for name, table in config.items() if key in table), None)
         if section is None:
             from library.training.options import OPTIONS
@@ -87,3 +95,103 @@ def run_hardware(params: dict) -> dict:
         "estimate_bytes": estimate, "final": str(final) if final else None,
         "placed": [[e.component, list(e.dtypes)] for e in trainer.placement.where("place")],
     }
+
+
+# --- the bench's "hardware" section (tools/bench.py --sections hardware) -----------------------------
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def bench_hardware(workdir: Path, opts: dict, log=print) -> dict:
+    """Precision, fp8 storage, torch.compile and loader workers, each run in its own process:
+    `small` at opts["resolution"] (interleaved repeats of fp32 / bf16 / bf16 + fp8_base, one fp16
+    and one compiled run), and `tiny` on uncached 512 px photos with 0 and 2 loader workers."""
+    from library.benchmark.measure import summarize
+    from library.benchmark.models import write_model
+    from library.benchmark.preparation import write_photos
+    from library.benchmark.runner import run_task
+
+    model = write_model("small", workdir / "models")
+    train_dir = training.prepare_dataset(workdir, opts["resolution"])
+    steps = opts["warmup"] + opts["steps"] + 1
+
+    def config(name, options, size_model=model, data=train_dir, resolution=opts["resolution"], run_steps=steps):
+        path = workdir / "configs" / f"hardware_{name}.toml"
+        return str(training.write_config(path, hardware_config(size_model, data, workdir / f"out_hardware_{name}", resolution,
+                                                               run_steps, options)))
+
+    variants = {"fp32": {}, "bf16": {"mixed_precision": "bf16"}, "bf16_fp8": {"mixed_precision": "bf16", "fp8_base": True}}
+    runs = {name: [] for name in variants}
+    for repeat in range(opts["repeats"]):
+        for name, options in variants.items():
+            log(f"[small] hardware repeat {repeat + 1}/{opts['repeats']}: {name}")
+            runs[name].append(run_task("hardware", {"config": config(name, options)}))
+    log("[small] hardware: fp16 (slow on CPUs), once")
+    runs["fp16"] = [run_task("hardware", {"config": config("fp16", {"mixed_precision": "fp16"}, run_steps=3)})]
+    log("[small] hardware: torch_compile (inductor), once")
+    runs["bf16_compiled"] = [run_task("hardware", {"config": config(
+        "compiled", {"mixed_precision": "bf16", "torch_compile": True, "dynamo_backend": "inductor"})}, timeout=3600)]
+    precision = {}
+    for name, results in runs.items():
+        precision[name] = {
+            "step_seconds": summarize([r["step_seconds"] for r in results]),
+            "first_step_seconds": summarize([r["first_step_seconds"] for r in results]),
+            "unet_weight_bytes": results[0]["unet_weight_bytes"],
+            "losses": results[0]["losses"],
+            "steps": len(results[0]["losses"]),
+        }
+    bf16, fp8 = precision["bf16"]["losses"], precision["bf16_fp8"]["losses"]
+    loss_difference = [abs(a - b) / abs(b) for a, b in zip(fp8, bf16)]
+    # loader workers: uncached photos decoded, resized and augmented per step
+    tiny = write_model("tiny", workdir / "models")
+    photos_root = workdir / "photos_512_uncached"
+    write_photos(photos_root / "1_bench", 8, (768, 640), caption="bench concept")
+    loader = {0: [], 2: []}
+    for repeat in range(opts["repeats"]):
+        for workers in loader:
+            log(f"[tiny] loader workers {workers}, repeat {repeat + 1}/{opts['repeats']}")
+            options = {"cache_latents": False, "cache_latents_to_disk": False, "flip_aug": True, "max_data_loader_n_workers": workers,
+                       "persistent_data_loader_workers": True}
+            loader[workers].append(run_task("hardware", {"config": config(f"loader{workers}", options, tiny, photos_root, 512)}))
+    zero = [r["step_seconds"] for r in loader[0]]
+    two = [r["step_seconds"] for r in loader[2]]
+    return {
+        "model": "small", "resolution": opts["resolution"], "batch_size": 2, "steps_per_run": steps,
+        "precision": precision,
+        "fp8": {"unet_bytes_fp32": precision["fp32"]["unet_weight_bytes"], "unet_bytes_bf16": precision["bf16"]["unet_weight_bytes"],
+                "unet_bytes_fp8": precision["bf16_fp8"]["unet_weight_bytes"],
+                "fp32_over_fp8": precision["fp32"]["unet_weight_bytes"] / precision["bf16_fp8"]["unet_weight_bytes"],
+                "loss_relative_difference_max": max(loss_difference) if loss_difference else None,
+                "loss_relative_difference_mean": sum(loss_difference) / len(loss_difference) if loss_difference else None},
+        "compile": {"first_step_seconds": precision["bf16_compiled"]["first_step_seconds"]["median"],
+                    "uncompiled_first_step_seconds": precision["bf16"]["first_step_seconds"]["median"],
+                    "step_seconds": precision["bf16_compiled"]["step_seconds"]["median"],
+                    "uncompiled_step_seconds": precision["bf16"]["step_seconds"]["median"]},
+        "loader_workers": {"model": "tiny", "resolution": 512, "images": "8 PNG photos 768x640, uncached, flip_aug",
+                           "step_seconds_0_workers": summarize(zero), "step_seconds_2_workers": summarize(two),
+                           "speedup": summarize([a / b for a, b in zip(zero, two)])},
+    }
+
+
+def format_hardware(section: dict) -> list[str]:
+    from library.benchmark.report import MIB, _fmt_stat
+
+    p, f, c, w = section["precision"], section["fp8"], section["compile"], section["loader_workers"]
+    lines = ["", f"| {section['model']}, {section['resolution']} px, batch {section['batch_size']} | s/step | first step | UNet weights "
+             "| losses |", "|---|---|---|---|---|"]
+    for name, row in p.items():
+        losses = ", ".join(f"{v:.4f}" for v in row["losses"])
+        lines.append(f"| {name} | {_fmt_stat(row['step_seconds'], digits=3)} | {_fmt_stat(row['first_step_seconds'], unit=' s', digits=1)} "
+                     f"| {row['unet_weight_bytes'] / MIB:,.1f} MiB | {losses} |")
+    lines += ["", "| measurement | value |", "|---|---|",
+              f"| UNet weights fp32 / bf16 / fp8_base | {f['unet_bytes_fp32'] / MIB:,.1f} / {f['unet_bytes_bf16'] / MIB:,.1f} / "
+              f"{f['unet_bytes_fp8'] / MIB:,.1f} MiB (fp32 / fp8 = {f['fp32_over_fp8']:.2f}) |",
+              f"| fp8_base loss vs bf16, per step (same seed) | mean {f['loss_relative_difference_mean']:.2%}, max "
+              f"{f['loss_relative_difference_max']:.2%} |",
+              f"| torch_compile (inductor) first step / uncompiled | {c['first_step_seconds']:.1f} s / {c['uncompiled_first_step_seconds']:.1f} s |",
+              f"| torch_compile step / uncompiled | {c['step_seconds']:.3f} s / {c['uncompiled_step_seconds']:.3f} s |",
+              f"| loader: {w['model']}, {w['resolution']} px, {w['images']}: 0 / 2 workers | "
+              f"{_fmt_stat(w['step_seconds_0_workers'], digits=3)} / {_fmt_stat(w['step_seconds_2_workers'], digits=3)} s/step "
+              f"(speed-up {_fmt_stat(w['speedup'])}) |"]
+    return lines
