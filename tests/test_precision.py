@@ -179,3 +179,18 @@ def test_caching_tools_place_models_as_training_does(tiny_single_file, images, t
     assert not [n for n in trainer.notices if n.startswith("cached latents of")]
     trainer.run()
     assert {p: p.stat().st_mtime_ns for p in caches} == written
+
+
+def test_full_fp16_resume_is_bit_exact(tiny_single_file, images, tmp_path):
+    """The grad scaler's scale and the fp32 master weights are part of the state: 2 + 2 steps == 4."""
+    from tests.training_fixtures import lora_tensors
+
+    common = dict(resolution="32,32", min_bucket_reso=32, max_bucket_reso=64, train_batch_size=1, mixed_precision="fp16",
+                  full_fp16=True, save_state_on_train_end=True, network_train_unet_only=True)
+    _, full = train_in_process(tmp_path, tiny_single_file, images, "full", max_train_steps=4, **common)
+    _, half = train_in_process(tmp_path, tiny_single_file, images, "half", max_train_steps=2, **common)
+    trainer, resumed = train_in_process(tmp_path, tiny_single_file, images, "half", max_train_steps=4, resume=str(half.parent),
+                                        **common)
+    assert trainer.scaler.pairs  # fp16 weights with fp32 masters
+    a, b = lora_tensors(full), lora_tensors(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
