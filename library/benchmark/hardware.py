@@ -104,13 +104,14 @@ def _median(values):
 
 
 def bench_hardware(workdir: Path, opts: dict, log=print) -> dict:
-    """Precision, fp8 storage, torch.compile and loader workers, each run in its own process:
-    `small` at opts["resolution"] (interleaved repeats of fp32 / bf16 / bf16 + fp8_base, one fp16
-    and one compiled run), and `tiny` on uncached 512 px photos with 0 and 2 loader workers."""
+    """Precision, fp8 storage, torch.compile and loader workers, each run in its own process: `small`
+    at opts["resolution"] (fp32 repeats, one fp32 run compiled with inductor, one bf16, bf16 +
+    fp8_base and fp16 run of 3 steps), and `tiny` on uncached 512 px photos with 0 and 2 workers."""
     from library.benchmark.measure import summarize
     from library.benchmark.models import write_model
     from library.benchmark.preparation import write_photos
     from library.benchmark.runner import run_task
+    from library.training.precision import cpu_has_half_kernels
 
     model = write_model("small", workdir / "models")
     train_dir = training.prepare_dataset(workdir, opts["resolution"])
@@ -121,17 +122,18 @@ def bench_hardware(workdir: Path, opts: dict, log=print) -> dict:
         return str(training.write_config(path, hardware_config(size_model, data, workdir / f"out_hardware_{name}", resolution,
                                                                run_steps, options)))
 
-    variants = {"fp32": {}, "bf16": {"mixed_precision": "bf16"}, "bf16_fp8": {"mixed_precision": "bf16", "fp8_base": True}}
-    runs = {name: [] for name in variants}
+    runs = {"fp32": [], "fp32_compiled": []}
     for repeat in range(opts["repeats"]):
-        for name, options in variants.items():
-            log(f"[small] hardware repeat {repeat + 1}/{opts['repeats']}: {name}")
-            runs[name].append(run_task("hardware", {"config": config(name, options)}))
-    log("[small] hardware: fp16 (slow on CPUs), once")
-    runs["fp16"] = [run_task("hardware", {"config": config("fp16", {"mixed_precision": "fp16"}, run_steps=3)})]
-    log("[small] hardware: torch_compile (inductor), once")
-    runs["bf16_compiled"] = [run_task("hardware", {"config": config(
-        "compiled", {"mixed_precision": "bf16", "torch_compile": True, "dynamo_backend": "inductor"})}, timeout=3600)]
+        log(f"[small] hardware repeat {repeat + 1}/{opts['repeats']}: fp32")
+        runs["fp32"].append(run_task("hardware", {"config": config("fp32", {})}))
+    log("[small] hardware: fp32 with torch_compile (inductor), once")
+    runs["fp32_compiled"].append(run_task("hardware", {"config": config(
+        "compiled", {"torch_compile": True, "dynamo_backend": "inductor"})}, timeout=3600))
+    # half precision: few steps (on a CPU without bf16/fp16 matrix instructions a step is ~100x fp32's)
+    for name, options in (("bf16", {"mixed_precision": "bf16"}), ("bf16_fp8", {"mixed_precision": "bf16", "fp8_base": True}),
+                          ("fp16", {"mixed_precision": "fp16"})):
+        log(f"[small] hardware: {name}, once, 3 steps")
+        runs[name] = [run_task("hardware", {"config": config(name, options, run_steps=3)}, timeout=3600)]
     precision = {}
     for name, results in runs.items():
         precision[name] = {
@@ -164,10 +166,11 @@ def bench_hardware(workdir: Path, opts: dict, log=print) -> dict:
                 "fp32_over_fp8": precision["fp32"]["unet_weight_bytes"] / precision["bf16_fp8"]["unet_weight_bytes"],
                 "loss_relative_difference_max": max(loss_difference) if loss_difference else None,
                 "loss_relative_difference_mean": sum(loss_difference) / len(loss_difference) if loss_difference else None},
-        "compile": {"first_step_seconds": precision["bf16_compiled"]["first_step_seconds"]["median"],
-                    "uncompiled_first_step_seconds": precision["bf16"]["first_step_seconds"]["median"],
-                    "step_seconds": precision["bf16_compiled"]["step_seconds"]["median"],
-                    "uncompiled_step_seconds": precision["bf16"]["step_seconds"]["median"]},
+        "compile": {"precision": "fp32", "first_step_seconds": precision["fp32_compiled"]["first_step_seconds"]["median"],
+                    "uncompiled_first_step_seconds": precision["fp32"]["first_step_seconds"]["median"],
+                    "step_seconds": precision["fp32_compiled"]["step_seconds"]["median"],
+                    "uncompiled_step_seconds": precision["fp32"]["step_seconds"]["median"]},
+        "cpu_half_kernels": {name: cpu_has_half_kernels(name) for name in ("bf16", "fp16")},
         "loader_workers": {"model": "tiny", "resolution": 512, "images": "8 PNG photos 768x640, uncached, flip_aug",
                            "step_seconds_0_workers": summarize(zero), "step_seconds_2_workers": summarize(two),
                            "speedup": summarize([a / b for a, b in zip(zero, two)])},
@@ -189,8 +192,10 @@ def format_hardware(section: dict) -> list[str]:
               f"{f['unet_bytes_fp8'] / MIB:,.1f} MiB (fp32 / fp8 = {f['fp32_over_fp8']:.2f}) |",
               f"| fp8_base loss vs bf16, per step (same seed) | mean {f['loss_relative_difference_mean']:.2%}, max "
               f"{f['loss_relative_difference_max']:.2%} |",
-              f"| torch_compile (inductor) first step / uncompiled | {c['first_step_seconds']:.1f} s / {c['uncompiled_first_step_seconds']:.1f} s |",
+              f"| torch_compile (inductor, {c['precision']}) first step / uncompiled | {c['first_step_seconds']:.1f} s / "
+              f"{c['uncompiled_first_step_seconds']:.1f} s |",
               f"| torch_compile step / uncompiled | {c['step_seconds']:.3f} s / {c['uncompiled_step_seconds']:.3f} s |",
+              f"| this CPU has bf16 / fp16 matrix instructions | {section['cpu_half_kernels']['bf16']} / {section['cpu_half_kernels']['fp16']} |",
               f"| loader: {w['model']}, {w['resolution']} px, {w['images']}: 0 / 2 workers | "
               f"{_fmt_stat(w['step_seconds_0_workers'], digits=3)} / {_fmt_stat(w['step_seconds_2_workers'], digits=3)} s/step "
               f"(speed-up {_fmt_stat(w['speedup'])}) |"]

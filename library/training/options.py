@@ -130,7 +130,7 @@ _TABLE = [
     Option("seed", I, None, "training_arguments", "random seed (runs are reproducible on CPU)"),
     Option("gradient_checkpointing", B, False, "training_arguments", "recompute activations to save memory"),
     Option("gradient_accumulation_steps", I, 1, "training_arguments", "batches per optimizer step"),
-    Option("mixed_precision", S, "no", "training_arguments", "no, fp16 or bf16: base weights in that dtype, every forward under autocast (on the CPU too; fp16 is slow there)", choices=("no", "fp16", "bf16")),
+    Option("mixed_precision", S, "no", "training_arguments", "no, fp16 or bf16: base weights in that dtype, every forward under autocast (on a CPU too: fast only with AVX-512 BF16/FP16 or AMX)", choices=("no", "fp16", "bf16")),
     Option("full_fp16", B, False, "training_arguments", "keep LoRA weights and gradients in fp16 (loss scaling; the optimizer steps fp32 master copies)"),
     Option("full_bf16", B, False, "training_arguments", "keep LoRA weights and gradients in bf16"),
     Option("fp8_base", B, False, "training_arguments", "store the frozen UNet and text encoders' Linear/Conv2d weights in float8 (per-channel scaled), upcast per layer to the mixed_precision dtype; any device"),

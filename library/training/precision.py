@@ -22,7 +22,7 @@ def has_cuda() -> bool:
 
 def effective_mixed_precision(args, notices: list) -> str:
     """kohya's mixed_precision, checked against full_fp16/full_bf16/fp8_base; it runs as configured on
-    any device (CPU autocast does fp16 and bf16), fp16 on a CPU with a notice that it is slow."""
+    any device (CPU autocast does fp16 and bf16), with a notice on a CPU without kernels for it."""
     requested = args.mixed_precision
     if args.full_fp16 and requested != "fp16":
         raise UserError("full_fp16 needs mixed_precision = \"fp16\"")
@@ -30,10 +30,22 @@ def effective_mixed_precision(args, notices: list) -> str:
         raise UserError("full_bf16 needs mixed_precision = \"bf16\"")
     if (args.fp8_base or args.fp8_base_unet) and requested == "no":
         raise UserError("fp8_base / fp8_base_unet need mixed_precision = \"bf16\" or \"fp16\" (the dtype fp8 weights are computed in)")
-    if requested == "fp16" and not has_cuda():
-        notices.append("mixed_precision = \"fp16\" on the CPU is correct but slow (CPUs have few fp16 kernels); "
-                       "bf16 is the fast half precision on CPUs")
+    if requested != "no" and not has_cuda() and not cpu_has_half_kernels(requested):
+        notices.append(f"mixed_precision = \"{requested}\" on this CPU is correct but slow: it has no {requested} matrix instructions "
+                       f"({_CPU_INSTRUCTIONS[requested]}), so convolutions and matmuls take a path tens of times slower than fp32")
     return requested
+
+
+_CPU_INSTRUCTIONS = {"bf16": "AVX-512 BF16 or AMX", "fp16": "AVX-512 FP16 or AMX-FP16"}
+
+
+def cpu_has_half_kernels(mixed_precision: str) -> bool:
+    """Whether oneDNN runs this half dtype's convolutions and matmuls natively on this CPU."""
+    try:
+        ops = torch.ops.mkldnn
+        return bool(ops._is_mkldnn_bf16_supported() if mixed_precision == "bf16" else ops._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
