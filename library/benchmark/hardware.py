@@ -80,6 +80,7 @@ def run_hardware(params: dict) -> dict:
         return value
 
     trainer.optimizer_step, trainer.batch_loss, trainer.validation_loss = timed_step, recorded_loss, recorded_validation
+    pixel_seconds = _time_pixel_preparation(trainer)
     marks[0] = time.perf_counter()
     final = trainer.run()
     step_times = [b - a for a, b in zip(marks, marks[1:])]
@@ -94,7 +95,43 @@ def run_hardware(params: dict) -> dict:
         "peak_cuda_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "estimate_bytes": estimate, "final": str(final) if final else None,
         "placed": [[e.component, list(e.dtypes)] for e in trainer.placement.where("place")],
+        "main_process_pixel_seconds": pixel_seconds[0],
     }
+
+
+def _time_pixel_preparation(trainer) -> list[float]:
+    """Seconds the main process spends getting uncached samples' pixels: decoding them itself (no
+    loader workers), or waiting for the workers' next batch. A one-element list, filled as it runs."""
+    total = [0.0]
+    pixels = trainer.latents.pixels
+    augmented = pixels.augmented
+
+    def timed_augmented(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return augmented(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - started
+
+    pixels.augmented = timed_augmented
+    loader = trainer.pixel_loader
+    if loader is not None:
+        epoch = loader.epoch
+
+        def timed_epoch(*args):
+            iterator = epoch(*args)
+            while True:
+                started = time.perf_counter()
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                finally:
+                    total[0] += time.perf_counter() - started
+                yield item
+
+        loader.epoch = timed_epoch
+    return total
 
 
 # --- the bench's "hardware" section (tools/bench.py --sections hardware) -----------------------------
@@ -109,7 +146,6 @@ def bench_hardware(workdir: Path, opts: dict, log=print) -> dict:
     fp8_base and fp16 run of 3 steps), and `tiny` on uncached 512 px photos with 0 and 2 workers."""
     from library.benchmark.measure import summarize
     from library.benchmark.models import write_model
-    from library.benchmark.preparation import write_photos
     from library.benchmark.runner import run_task
     from library.training.precision import cpu_has_half_kernels
 
@@ -145,19 +181,6 @@ def bench_hardware(workdir: Path, opts: dict, log=print) -> dict:
         }
     bf16, fp8 = precision["bf16"]["losses"], precision["bf16_fp8"]["losses"]
     loss_difference = [abs(a - b) / abs(b) for a, b in zip(fp8, bf16)]
-    # loader workers: uncached photos decoded, resized and augmented per step
-    tiny = write_model("tiny", workdir / "models")
-    photos_root = workdir / "photos_512_uncached"
-    write_photos(photos_root / "1_bench", 8, (768, 640), caption="bench concept")
-    loader = {0: [], 2: []}
-    for repeat in range(opts["repeats"]):
-        for workers in loader:
-            log(f"[tiny] loader workers {workers}, repeat {repeat + 1}/{opts['repeats']}")
-            options = {"cache_latents": False, "cache_latents_to_disk": False, "flip_aug": True, "max_data_loader_n_workers": workers,
-                       "persistent_data_loader_workers": True}
-            loader[workers].append(run_task("hardware", {"config": config(f"loader{workers}", options, tiny, photos_root, 512)}))
-    zero = [r["step_seconds"] for r in loader[0]]
-    two = [r["step_seconds"] for r in loader[2]]
     return {
         "model": "small", "resolution": opts["resolution"], "batch_size": 2, "steps_per_run": steps,
         "precision": precision,
@@ -171,10 +194,41 @@ def bench_hardware(workdir: Path, opts: dict, log=print) -> dict:
                     "step_seconds": precision["fp32_compiled"]["step_seconds"]["median"],
                     "uncompiled_step_seconds": precision["fp32"]["step_seconds"]["median"]},
         "cpu_half_kernels": {name: cpu_has_half_kernels(name) for name in ("bf16", "fp16")},
-        "loader_workers": {"model": "tiny", "resolution": 512, "images": "8 PNG photos 768x640, uncached, flip_aug",
-                           "step_seconds_0_workers": summarize(zero), "step_seconds_2_workers": summarize(two),
-                           "speedup": summarize([a / b for a, b in zip(zero, two)])},
+        "loader_workers": bench_loader_workers(workdir, opts, log),
     }
+
+
+def bench_loader_workers(workdir: Path, opts: dict, log=print) -> dict:
+    """`tiny` at 512 px on uncached camera-sized photos, 0 vs 2 loader workers, interleaved."""
+    from library.benchmark.measure import summarize
+    from library.benchmark.models import write_model
+    from library.benchmark.preparation import write_photos
+    from library.benchmark.runner import run_task
+
+    def config(name, options, model, data, resolution, run_steps):
+        path = workdir / "configs" / f"hardware_{name}.toml"
+        return str(training.write_config(path, hardware_config(model, data, workdir / f"out_hardware_{name}", resolution,
+                                                               run_steps, options)))
+
+    steps = 8  # all in one epoch of 12 batches: the workers' head start at an epoch's first batch is not the figure
+    tiny = write_model("tiny", workdir / "models")
+    photos_root = workdir / "photos_2048x1536"  # camera-sized sources: decoding and resizing cost what they do for users
+    write_photos(photos_root / "1_bench", 24, (2048, 1536), caption="bench concept")
+    loader = {0: [], 2: []}
+    for repeat in range(opts["repeats"]):
+        for workers in loader:
+            log(f"[tiny] loader workers {workers}, repeat {repeat + 1}/{opts['repeats']}")
+            options = {"cache_latents": False, "cache_latents_to_disk": False, "flip_aug": True, "max_data_loader_n_workers": workers,
+                       "persistent_data_loader_workers": True}
+            loader[workers].append(run_task("hardware", {"config": config(f"loader{workers}", options, tiny, photos_root, 512, steps)}))
+    zero = [r["step_seconds"] for r in loader[0]]
+    two = [r["step_seconds"] for r in loader[2]]
+    per_step = {w: [r["main_process_pixel_seconds"] / max(len(r["losses"]), 1) for r in runs_] for w, runs_ in loader.items()}
+    return {"model": "tiny", "resolution": 512, "images": "24 PNG photos 2048x1536, uncached, flip_aug, 8 steps",
+            "step_seconds_0_workers": summarize(zero), "step_seconds_2_workers": summarize(two),
+            "speedup": summarize([a / b for a, b in zip(zero, two)]),
+            "main_process_pixel_seconds_per_step_0_workers": summarize(per_step[0]),
+            "main_process_pixel_seconds_per_step_2_workers": summarize(per_step[2])}
 
 
 def format_hardware(section: dict) -> list[str]:
@@ -198,5 +252,8 @@ def format_hardware(section: dict) -> list[str]:
               f"| this CPU has bf16 / fp16 matrix instructions | {section['cpu_half_kernels']['bf16']} / {section['cpu_half_kernels']['fp16']} |",
               f"| loader: {w['model']}, {w['resolution']} px, {w['images']}: 0 / 2 workers | "
               f"{_fmt_stat(w['step_seconds_0_workers'], digits=3)} / {_fmt_stat(w['step_seconds_2_workers'], digits=3)} s/step "
-              f"(speed-up {_fmt_stat(w['speedup'])}) |"]
+              f"(speed-up {_fmt_stat(w['speedup'])}) |",
+              f"| loader: main-process seconds per step getting pixels, 0 / 2 workers | "
+              f"{_fmt_stat(w['main_process_pixel_seconds_per_step_0_workers'], digits=3)} / "
+              f"{_fmt_stat(w['main_process_pixel_seconds_per_step_2_workers'], digits=3)} |"]
     return lines

@@ -289,7 +289,10 @@ def estimate_memory(args) -> MemoryEstimate:
         peak, grads = peak + grads, grads * 2
     if full_half:
         lora_bytes //= 2
-        state_bytes //= 2
+        if args.full_fp16:  # the optimizer steps fp32 master copies (library/training/loss_scaling.py): + 4 bytes each
+            state_bytes += 4 * trainable_count
+        else:  # full_bf16: the optimizer's state is bf16 like the weights, as in kohya
+            state_bytes //= 2
     items = count_dataset_items(args) or 0
     caches = 0
     if args.cache_latents or args.cache_latents_to_disk:
