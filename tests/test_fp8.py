@@ -106,3 +106,32 @@ def test_estimate_memory_counts_fp8_weights(tiny_single_file, images, tmp_path):
     # the UNet's share halves again (bf16 -> fp8); nothing else changes
     assert plain.base_weights - fp8.base_weights == pytest.approx(unet_bf16 / 2, rel=0.05)
     assert "fp8 UNet" in "\n".join(fp8.lines())
+
+
+def test_base_weights_merge_into_fp32_weights_before_fp8_storage(tiny_single_file, images, tmp_path):
+    """base_weights are merged into the loaded fp32 weights; fp8 storage then quantizes the merged ones."""
+    from library.lora.merge import merge_base_weights
+    from library.models.sdxl_loader import load_sdxl
+    from library.training.fp8_weights import dequantize, quantize
+    from networks import lora
+
+    model = load_sdxl(tiny_single_file)
+    network = lora.create_network(1.0, 4, 4.0, model.vae, model.text_encoders, model.unet)
+    torch.manual_seed(3)
+    for module in network.unet_loras:
+        nn.init.normal_(module.lora_up.weight, std=0.05)
+    base = tmp_path / "base.safetensors"
+    network.save_weights(str(base), None, {})
+
+    trainer, _ = train_in_process(tmp_path, tiny_single_file, images, "merged", resolution="32,32", min_bucket_reso=32,
+                                  max_bucket_reso=64, train_batch_size=1, max_train_steps=1, mixed_precision="bf16",
+                                  fp8_base_unet=True, base_weights=[str(base)], network_train_unet_only=True)
+    expected = load_sdxl(tiny_single_file)
+    merge_base_weights([str(base)], [1.0], expected.unet, expected.text_encoders, log=lambda *_: None)
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    layer = trainer.model.unet.get_submodule(name)
+    reference = expected.unet.get_submodule(name).weight
+    assert not torch.equal(reference, load_sdxl(tiny_single_file).unet.get_submodule(name).weight)  # the merge changed it
+    stored, scale = quantize(reference, "cpu", torch.bfloat16)
+    assert torch.equal(layer.weight.view(torch.uint8), stored.view(torch.uint8)) and torch.equal(layer.weight_scale, scale)
+    torch.testing.assert_close(dequantize(layer.weight, layer.weight_scale, torch.float32), reference, rtol=0.07, atol=1e-3)

@@ -31,7 +31,7 @@ from library.training.dataset_config import dataset_specs
 from library.training.latent_source import LatentSource
 from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
-from library.training.network_setup import create_training_network
+from library.training.network_setup import create_training_network, merge_configured_base_weights
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
 from library.training.pixel_loading import pixel_loader, sample_randomness
@@ -148,6 +148,7 @@ class Trainer:
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.requires_grad_(False)
             module.eval()
+        merge_configured_base_weights(args, self.model)  # base_weights, into the fp32 weights before placement
         # pivotal tuning: new tokens in both tokenizers/encoders (a no-op object when train_text_encoder_ti is off)
         self.pivotal = setup_pivotal(args, self.model, self.items, self.notices)
         self.attention = configure_attention(self.model.unet, args, self.notices)
