@@ -33,7 +33,8 @@ from library.training.pivotal import setup_pivotal
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
 from library.training.saving import NetworkSaver
 from library.models.sdxl_conditioning import encode_captions, time_ids
-from library.training.run_control import StopRequest
+from library.training import preflight
+from library.training.run_control import RunStopped, StopRequest
 from library.training.sample_prompts import load_sample_prompts
 from library.training.sampling import write_samples
 from library.training.text_conditioning import TextEncoderCache
@@ -446,8 +447,9 @@ class Trainer:
         self.network.train()
         try:
             while progress.global_step < self.max_steps and progress.epoch <= self.epochs:
-                if self.run_epoch(progress, world, rank, bar, stop):
-                    return None  # stopped on request, state saved
+                if self.run_epoch(progress, world, rank, bar, stop):  # stopped on request, state saved
+                    state = Path(args.output_dir) / state_folder_name(args.output_name, step=progress.global_step)
+                    raise RunStopped(stop.exit_code, progress.global_step, state, args.output_dir)
         finally:
             stop.restore()
             bar.close()
@@ -499,7 +501,6 @@ class Trainer:
             bar.update(1)
             if stop.requested:
                 self.save_checkpoint("step", progress, with_state=True)
-                print(f"stopped at step {step}; resume with --resume {args.output_dir}")
                 return True
             if step < self.max_steps:
                 if self.due(args.save_every_n_steps, step):
@@ -561,9 +562,12 @@ def train(resolved) -> Path | None:
             print(f"notice: {notice}")
         print_dataset_summary(summary, resolved.args, per_epoch, total, trainer.skipped)
         return None
-    trainer.setup()
-    for notice in trainer.notices:
-        print(f"notice: {notice}")
-    if trainer.skipped:
-        print("\n".join(trainer.skipped.summary_lines()))
-    return trainer.run()
+    with preflight.output_guard(resolved, trainer.items):  # before any model loads
+        trainer.setup()
+        preflight.check_free_space(trainer.args, trainer.network, trainer.optimizer, trainer.max_steps, trainer.epochs,
+                                   trainer.notices)
+        for notice in trainer.notices:
+            print(f"notice: {notice}")
+        if trainer.skipped:
+            print("\n".join(trainer.skipped.summary_lines()))
+        return trainer.run()
