@@ -25,7 +25,7 @@ from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
 from library.training.config_checks import check_combinations
 from library.training.dataset_config import dataset_specs
-from library.training.latent_source import LatentSource
+from library.training.latent_source import ImageBroken, LatentSource
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
@@ -273,8 +273,17 @@ class Trainer:
         return torch.cat(noises), torch.cat(timesteps), torch.cat(noisy)
 
     def batch_loss(self, indices, seeds, epoch, step):
+        """The batch's loss, or None when every image in it is broken (see LatentSource.usable)."""
         args = self.args
-        latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
+        while True:
+            indices, seeds = self.latents.usable(indices, seeds)  # a broken image leaves the batch, the rest stay as they were
+            if not indices:
+                return None
+            try:
+                latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
+                break
+            except ImageBroken:
+                continue
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
             context, pooled = self.conditioning(indices, seeds, epoch, step)
             noise, timesteps, noisy = self.sample_noise(latents, seeds)
@@ -359,7 +368,7 @@ class Trainer:
                 name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
                                          step=progress.global_step if kind == "step" else None)
                 folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
-                                    extra={"pivotal": self.pivotal.state_dict()})
+                                    extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()})
                 prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
                              epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
                              args.save_every_n_epochs)
@@ -392,7 +401,10 @@ class Trainer:
         latents, contexts, pooleds, ids = [], [], [], []
         self.network.eval()
         for index, item in enumerate(self.val_items[:limit]):
-            latent, _, _ = self.val_latents.get(index, False)
+            try:
+                latent, _, _ = self.val_latents.get(index, False)
+            except ImageBroken:
+                continue
             latents.append(latent * VAE_SCALE)
             caption = self.pivotal.replace_in_prompt(item.caption)
             context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
@@ -400,6 +412,9 @@ class Trainer:
             pooleds.append(pooled)
             w, h = item.placement.original_size
             ids.append(time_ids([(h, w)], [item.placement.crop_top_left], [(item.bucket[1], item.bucket[0])]))
+        if not latents:  # every validation image is broken
+            self.network.train()
+            return None
         loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
                                 seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
                                 v_parameterization=self.args.v_parameterization)
@@ -417,6 +432,7 @@ class Trainer:
             progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
             if extra.get("pivotal"):
                 self.pivotal.load_state_dict(extra["pivotal"])
+            self.latents.restore_broken(extra.get("broken_images"))
             if progress.seed != self.seed:
                 self.notices.append(f"resuming a run trained with seed {progress.seed}; using it (not {self.seed}) for identical data order")
                 self.seed = args.seed = progress.seed
@@ -471,18 +487,21 @@ class Trainer:
         pending, group_start = 0, progress.batches_done_in_epoch
         for batch_index in range(progress.batches_done_in_epoch, len(batches)):
             loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step)
-            if not torch.isfinite(loss):
-                progress.batches_done_in_epoch = group_start
-                self.optimizer.zero_grad(set_to_none=True)
-                self.save_checkpoint("step", progress, with_state=True)
-                raise UserError(
+            if self.latents.too_many_broken():
+                self.stop_with_state(progress, group_start, self.latents.too_many_error("; the last good state was saved"))
+            empty = loss is None
+            if empty:  # every image of the batch is broken: a zero gradient keeps the step plan (and all processes) in step
+                loss = torch.stack([p.sum() for p in self.trainable]).sum() * 0.0
+            elif not torch.isfinite(loss):
+                self.stop_with_state(progress, group_start, UserError(
                     f"loss became {loss.item()} at step {progress.global_step + 1} (epoch {epoch}); the last good state was saved. "
                     "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
-                )
+                ))
             scaled = loss / args.gradient_accumulation_steps
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             pending += 1
-            progress.epoch_losses.append(loss.item())
+            if not empty:
+                progress.epoch_losses.append(loss.item())
             if pending < args.gradient_accumulation_steps and batch_index < len(batches) - 1:
                 continue
             logs = self.optimizer_step()
@@ -490,9 +509,11 @@ class Trainer:
             progress.global_step += 1
             self.pivotal.after_optimizer_step(progress.global_step, self.max_steps)  # pivotal: pull-back; freeze at the pivot
             progress.batches_done_in_epoch = batch_index + 1
-            progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
-            logs.update({"loss/current": loss.item(), "loss/average": sum(progress.recent_losses) / len(progress.recent_losses),
-                         **self.lr_logs()})
+            if not empty:
+                progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
+            current = progress.recent_losses[-1] if empty and progress.recent_losses else loss.item()
+            logs.update({"loss/current": current,
+                         "loss/average": sum(progress.recent_losses) / max(len(progress.recent_losses), 1), **self.lr_logs()})
             step = progress.global_step
             if self.val_items and self.due(args.validate_every_n_steps, step):
                 logs["loss/validation/step_average"] = self.validation_loss()
@@ -512,6 +533,14 @@ class Trainer:
         if progress.batches_done_in_epoch >= len(batches):  # not when the run ended inside the epoch
             self.finish_epoch(progress)
         return False
+
+    def stop_with_state(self, progress: Progress, group_start: int, error: Exception):
+        """Save a resumable state at the last optimizer step (the current group's gradients are
+        dropped), then stop with `error`."""
+        progress.batches_done_in_epoch = group_start
+        self.optimizer.zero_grad(set_to_none=True)
+        self.save_checkpoint("step", progress, with_state=True)
+        raise error
 
     def finish_epoch(self, progress: Progress) -> None:
         args, epoch = self.args, progress.epoch
@@ -570,4 +599,8 @@ def train(resolved) -> Path | None:
             print(f"notice: {notice}")
         if trainer.skipped:
             print("\n".join(trainer.skipped.summary_lines()))
-        return trainer.run()
+        final = trainer.run()
+        if trainer.latents.broken:
+            print(f"{len(trainer.latents.broken)} image(s) could not be read during training and were skipped:")
+            print("\n".join(trainer.latents.broken_lines()))
+        return final
