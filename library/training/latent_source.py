@@ -153,7 +153,10 @@ class LatentSource:
         elif todo:
             self._encode_and_store(todo, to_disk=args.cache_latents_to_disk)
         if todo:
-            self.notices.append(f"cached latents of {len(todo)} images ({_describe(reasons)}); {len(self.items) - len(todo)} were fresh")
+            cached = sum(1 for index, _, _ in todo if index in self._memory)
+            unreadable = f"; {len(todo) - cached} could not be read" if cached < len(todo) else ""
+            self.notices.append(f"cached latents of {cached} images ({_describe(reasons)}); {len(self.items) - len(todo)} were fresh"
+                                + unreadable)
         if self.too_many_broken():
             raise self.too_many_error()
 
