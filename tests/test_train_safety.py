@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from library.errors import UserError
 from library.training.output_lock import LOCK_NAME, OutputLock
@@ -212,3 +213,75 @@ def test_ctrl_c_exits_130_with_a_resumable_state_and_the_lock_stops_a_second_run
     assert state.name == f"tiny_lora-step{step:08d}-state" and not (out / LOCK_NAME).exists()
     assert _main(tmp_path, tiny_single_file, train_dir, output_dir=out, max_train_steps=step + 1, resume=str(out)) == 0
     assert (out / "tiny_lora.safetensors").exists()
+
+
+def _disk_full_under(folder: Path, monkeypatch) -> None:
+    """Writes into `folder` fail as on a full disk (LoRA and state files; samples too)."""
+    import safetensors.torch
+
+    import library.training.train_state as train_state
+
+    real_save_file, real_torch_save = safetensors.torch.save_file, torch.save
+
+    def full(path):
+        return str(path).startswith(str(folder))
+
+    def save_file(tensors, path, *args, **kwargs):
+        if full(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save_file(tensors, path, *args, **kwargs)
+
+    def torch_save(obj, path, *args, **kwargs):
+        if full(path):  # what torch really raises on a full disk: no errno, no mention of space
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_torch_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    monkeypatch.setattr(train_state, "save_file", save_file)
+    monkeypatch.setattr(torch, "save", torch_save)
+
+
+def test_a_failed_save_retries_then_rescues_the_weights_and_exits_non_zero(tiny_single_file, train_dir, tmp_path, monkeypatch):
+    import library.training.save_rescue as save_rescue
+
+    common = dict(max_train_steps=4, save_every_n_steps=2, save_state=True)
+    assert _main(tmp_path, tiny_single_file, train_dir, name="ref", **common) == 0
+    monkeypatch.setattr(save_rescue, "RETRY_DELAY", 0)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "full_out"
+    _disk_full_under(out, monkeypatch)
+    with pytest.raises(save_rescue.SaveFailed, match=rf"saving into {out} failed twice \(no space left on the disk; .* free in "
+                                                     rf"{out}\); the trained weights were saved to {tmp_path}/home/sdxl_lora_rescue/"
+                                                     r"tiny_lora-\d+-\d+/tiny_lora-step00000002\.safetensors instead") as caught:
+        _main(tmp_path, tiny_single_file, train_dir, name="full", **common)
+    monkeypatch.undo()
+    rescued = caught.value.rescued
+    assert sorted(p.name for p in rescued.iterdir()) == ["tiny_lora-step00000002-state", "tiny_lora-step00000002.safetensors"]
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")] and not list(out.glob(".*.tmp"))  # nothing half-written
+    # nothing lost: resuming from the rescued state ends exactly where the uninterrupted run ended
+    assert _main(tmp_path, tiny_single_file, train_dir, name="resumed", resume=str(rescued), **common) == 0
+    a, b = lora_tensors(tmp_path / "ref_out" / "tiny_lora.safetensors"), lora_tensors(tmp_path / "resumed_out" / "tiny_lora.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_retry_succeeds_and_no_fallback_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from library.file_io import WriteFailed
+    from library.training import save_rescue
+
+    monkeypatch.setattr(save_rescue, "RETRY_DELAY", 0)
+    attempts = []
+
+    def flaky(folder):
+        attempts.append(folder)
+        if len(attempts) == 1:
+            raise WriteFailed(folder / "x", "permission denied")
+        return folder / "x"
+
+    assert save_rescue.save_or_rescue(flaky, tmp_path, "x") == tmp_path / "x" and attempts == [tmp_path, tmp_path]
+    assert "retrying in 0 s" in capsys.readouterr().out
+
+    def always(folder):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with pytest.raises(save_rescue.SaveFailed, match=r"failed twice \(Read-only file system\) and no fallback folder could take"):
+        save_rescue.save_or_rescue(always, tmp_path, "x")

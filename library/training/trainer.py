@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from library.data.images import SkipLog
 from library.errors import UserError
+from library.file_io import WriteFailed
 from library.training import loss as loss_lib
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
@@ -31,6 +32,7 @@ from library.training.network_setup import create_training_network
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
+from library.training.save_rescue import save_or_rescue
 from library.training.saving import NetworkSaver
 from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training import preflight
@@ -354,26 +356,33 @@ class Trainer:
     # -- events ------------------------------------------------------------------------------
     def save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None = None) -> Path | None:
         """LoRA file (kind "epoch", "step" or "final") plus, when asked, a resumable state holding
-        `progress` (the position training continues from). `epoch` numbers an epoch save."""
+        `progress` (the position training continues from). `epoch` numbers an epoch save. A save that
+        fails twice goes to a fallback folder and stops the run (save_rescue)."""
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
         if accelerator.is_main_process:
-            completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
-            path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
+            path = save_or_rescue(lambda folder: self.write_checkpoint(folder, kind, progress, with_state, epoch),
+                                  Path(args.output_dir), args.output_name)
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
-            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
-            print(f"saved {path}")
             if with_state:
-                name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
-                                         step=progress.global_step if kind == "step" else None)
-                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
-                                    extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()})
                 prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
                              epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
                              args.save_every_n_epochs)
-                print(f"saved state {folder}")
         accelerator.wait_for_everyone()
+        return path
+
+    def write_checkpoint(self, folder: Path, kind: str, progress: Progress, with_state: bool, epoch: int | None) -> Path:
+        completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
+        path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind, folder)
+        self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
+        print(f"saved {path}")
+        if with_state:
+            name = state_folder_name(self.args.output_name, epoch=epoch if kind == "epoch" else None,
+                                     step=progress.global_step if kind == "step" else None)
+            state = save_state(folder / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
+                               extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()})
+            print(f"saved state {state}")
         return path
 
     def sample(self, epoch: int | None, step: int) -> None:
@@ -382,9 +391,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.network.eval()
-            written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch, step,
-                                    self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
-                                    self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt, base_seed=self.seed)
+            try:
+                written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch,
+                                        step, self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
+                                        self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt,
+                                        base_seed=self.seed)
+            except WriteFailed as error:  # samples are expendable: training goes on (the next save rescues the weights)
+                tqdm.write(f"notice: sample images not written: {error}")
+                written = []
             self.network.train()
             if self.tensorboard is not None:
                 import numpy as np
