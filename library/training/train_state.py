@@ -88,7 +88,7 @@ def find_state(resume: str | Path) -> Path:
 
 
 def _damaged(folder: Path, name: str, error: Exception) -> UserError:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:200]  # torch adds paragraphs
     others = sorted(p.name for p in Path(folder).parent.glob("*-state") if p != Path(folder) and read_progress(p) is not None)
     hint = f"resume from an older state ({', '.join(others[-3:])}) or " if others else ""
     return UserError(f"{Path(folder) / name}: damaged or truncated ({first}); this state cannot be resumed: "
