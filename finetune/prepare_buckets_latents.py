@@ -49,6 +49,12 @@ def main(argv=None) -> int:
     buckets = bucket_manager(args.max_resolution, True, args.bucket_no_upscale, args.min_bucket_reso, args.max_bucket_reso,
                              args.bucket_reso_steps)
     images = keys_for_images(find_images_or_fail(train_dir, args.recursive), args.full_path)
+    if metadata and not set(metadata) & set(images):  # before any latent is computed
+        raise UserError(
+            f"{args.in_json}: none of its {len(metadata)} keys names an image in {train_dir} (it has {next(iter(metadata))!r}, "
+            f"this folder gives {next(iter(images))!r}); it was made on another machine or with --full_path set differently: "
+            f"re-run finetune/merge_all_to_metadata.py on this machine, with --full_path here and there or in neither"
+        )
     vae, vae_fp = load_vae_and_fingerprint(args.model_name_or_path, args.vae, options.dtype_name)
 
     skipped = SkipLog()
