@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from library.data.buckets import extreme_placements_notice  # noqa: E402
 from library.data.images import SkipLog  # noqa: E402
 from library.data.latent_caching import plan_jobs, run_jobs  # noqa: E402
 from library.data.latent_cli import (  # noqa: E402
@@ -77,6 +78,10 @@ def main(argv=None) -> int:
     if output:
         save_metadata(args.out_json, output)
     lines = [f"images: {len(images)}, usable: {len(output)}, skipped: {len(skipped)}"] + report_lines(report)
+    extreme = extreme_placements_notice(train_dir, [(job.image_path.name, job.placement) for job in jobs
+                                                    if job.image_path not in skipped_paths])
+    if extreme:
+        lines.append(extreme)
     if no_entry:
         lines.append(f"images without an entry in {args.in_json} (no caption/tags): {len(no_entry)}")
         lines += [f"  {key}" for key in no_entry]

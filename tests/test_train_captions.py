@@ -71,3 +71,17 @@ def test_metadata_from_another_machine_is_an_error_naming_the_file(tiny_single_f
     trainer = _trainer(tmp_path, tiny_single_file, here, in_json=str(partial))
     assert [n for n in trainer.notices if str(partial) in n] == [
         f"{partial}: 1 entries have no image in {here} (gone) and 1 images have an empty caption (img1.png)"]
+
+
+def test_extreme_images_are_named_in_a_notice(tiny_single_file, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "data" / "1_catwomen"
+    make_concept_images(folder, count=2, sizes=[(64, 64)])
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(folder / "dot.png")
+    Image.new("RGB", (10000, 100), (10, 200, 10)).save(folder / "strip.png")
+    trainer = _trainer(tmp_path, tiny_single_file, tmp_path / "data")
+    assert [n for n in trainer.notices if "enlarged" in n] == [
+        f"{folder}: 2 image(s) are enlarged more than 2x or lose more than half a side to the bucket crop (dot.png 1x1 enlarged "
+        "64.0x to 64x64; strip.png 10000x100: the 128x32 crop keeps 4% of its width); use larger or pre-cropped images, "
+        "or widen min_bucket_reso/max_bucket_reso"]

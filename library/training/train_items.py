@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.data.buckets import BucketManager, BucketPlacement, place_in_bucket
+from library.data.buckets import BucketManager, BucketPlacement, extreme_placements_notice, place_in_bucket
 from library.data.captions import caption_path, read_caption
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
@@ -180,9 +180,14 @@ def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> li
         manager = _bucket_manager(spec)
         for subset in spec.subsets:
             make = metadata_items if subset.metadata_file else dreambooth_items
-            for item in make(spec, subset, manager, skipped, notices):
+            made = make(spec, subset, manager, skipped, notices)
+            for item in made:
                 item.dataset_index = index
                 items.append(item)
+            extreme = extreme_placements_notice(subset.metadata_file or subset.image_dir,
+                                                [(item.image_path.name, item.placement) for item in made])
+            if extreme:
+                notices.append(extreme)
     return items
 
 
