@@ -396,7 +396,7 @@ class Trainer:
                                         step, self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
                                         self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt,
                                         base_seed=self.seed)
-            except WriteFailed as error:  # samples are expendable: training goes on (the next save rescues the weights)
+            except (WriteFailed, OSError) as error:  # samples are expendable: training goes on (the next save rescues the weights)
                 tqdm.write(f"notice: sample images not written: {error}")
                 written = []
             self.network.train()
