@@ -285,3 +285,31 @@ def test_save_retry_succeeds_and_no_fallback_is_a_clear_error(tmp_path, monkeypa
 
     with pytest.raises(save_rescue.SaveFailed, match=r"failed twice \(Read-only file system\) and no fallback folder could take"):
         save_rescue.save_or_rescue(always, tmp_path, "x")
+
+
+def test_free_space_is_checked_before_training_against_what_the_saves_take(tiny_single_file, train_dir, tmp_path, monkeypatch):
+    import library.training.preflight as preflight
+
+    estimates = []
+    real_check = preflight.check_free_space
+    monkeypatch.setattr(preflight, "check_free_space", lambda *a, **k: estimates.append(real_check(*a, **k)) or estimates[-1])
+    common = dict(max_train_steps=4, save_every_n_steps=2, save_state=True)
+    assert _main(tmp_path, tiny_single_file, train_dir, name="sized", **common) == 0
+    out = tmp_path / "sized_out"
+    loras = sorted(out.glob("*.safetensors"))
+    states = sorted(out.glob("*-state"))
+    assert [p.name for p in loras] == ["tiny_lora-step00000002.safetensors", "tiny_lora.safetensors"]
+    assert [p.name for p in states] == ["tiny_lora-state", "tiny_lora-step00000002-state"]
+    estimate = estimates[0]
+    assert (estimate["loras"], estimate["states"]) == (2, 3)  # 2 states kept + 1 being written beside the last
+    lora_size = max(p.stat().st_size for p in loras)
+    state_size = max(sum(f.stat().st_size for f in s.iterdir()) for s in states)
+    assert lora_size <= estimate["lora_bytes"] <= 1.1 * lora_size, (lora_size, estimate)
+    assert state_size <= estimate["state_bytes"] <= 1.1 * state_size, (state_size, estimate)
+
+    monkeypatch.setattr(preflight, "free_bytes", lambda folder: estimate["total"] - 1)
+    with pytest.raises(UserError, match=rf"^output_dir .*short_out has .* free, but this run will write about .* there \(2 LoRA "
+                                        r"file\(s\) of 1\.\d MB and 3 training state\(s\) of \d\.\d MB\); free some space, keep fewer "
+                                        r"saves \(save_last_n_epochs"):
+        _main(tmp_path, tiny_single_file, train_dir, name="short", **common)
+    assert not list((tmp_path / "short_out").glob("*.safetensors")) and not list((tmp_path / "short_out").glob("*-state"))

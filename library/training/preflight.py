@@ -189,12 +189,14 @@ def estimate_output(args, network, optimizer_name: str, max_steps: int, epochs: 
 
     tensors = list(network.state_dict().values())
     dtype = save_dtype(args.save_precision)
+    header = 256 * len(tensors) + 32 * 1024  # safetensors header: ~150-250 bytes a tensor name, plus metadata and hashes
     lora_bytes = sum(t.numel() * (dtype.itemsize if dtype is not None and t.is_floating_point() else t.element_size())
-                     for t in tensors) + 64 * 1024  # header, hashes and metadata (tag frequency)
+                     for t in tensors) + header
     trainable = sum(t.numel() for t in tensors if t.is_floating_point())
     per_param = _OPTIMIZER_STATE_BYTES.get(optimizer_name.lower())
     state_bytes = trainable * (4 + (per_param or 8)) + sum(t.numel() * torch.float32.itemsize for t in tensors if not t.is_floating_point())
-    state_bytes += 64 * 1024  # scheduler, RNG, progress
+    # network header; torch.save's zip entries (~500 bytes per optimizer tensor); scheduler, RNG, progress
+    state_bytes += header + 512 * len(tensors) + 64 * 1024
     epoch_saves = (epochs - 1) // args.save_every_n_epochs if args.save_every_n_epochs else 0
     step_saves = (max_steps - 1) // args.save_every_n_steps if args.save_every_n_steps else 0
     step_keep = args.save_last_n_steps // args.save_every_n_steps + 1 if args.save_last_n_steps and args.save_every_n_steps else None
