@@ -48,14 +48,24 @@ def check_plain_name(value: str | None, option: str, where: str) -> None:
 
 
 # -- collisions between outputs and inputs ----------------------------------------------------------
-def _identity(path: str | os.PathLike) -> set[str]:
-    """The directory entry a path names (real parent folder + name), and the file it finally
-    resolves to: replacing either would change what the path reads."""
-    path = os.path.abspath(path)
-    return {os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)), os.path.realpath(path)}
+class _Identities:
+    """The directory entry a path names (real parent folder + name) and, for a symlink, the file it
+    finally resolves to: replacing either would change what the path reads. Parent folders are
+    resolved once each (a dataset has thousands of files in a few folders)."""
+
+    def __init__(self):
+        self._folders: dict[str, str] = {}
+
+    def __call__(self, path) -> set[str]:
+        path = os.path.abspath(path)
+        folder = os.path.dirname(path)
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        entry = os.path.join(self._folders[folder], os.path.basename(path))
+        return {entry, os.path.realpath(entry)} if os.path.islink(entry) else {entry}
 
 
-def input_files(args, items) -> dict[str, tuple[Path, str]]:
+def input_files(args, items, identity: _Identities) -> dict[str, tuple[Path, str]]:
     """{identity: (path, what it is)} of every existing input file of the run."""
     found: dict[str, tuple[Path, str]] = {}
 
@@ -66,8 +76,8 @@ def input_files(args, items) -> dict[str, tuple[Path, str]]:
                 if child.is_file():
                     add(child, what)
         elif path.exists():
-            for identity in _identity(path):
-                found.setdefault(identity, (path, what))
+            for key in identity(path):
+                found.setdefault(key, (path, what))
 
     for name in _MODEL_INPUTS:
         value = getattr(args, name, None)
@@ -108,9 +118,10 @@ def check_collisions(args, items) -> None:
     candidates = existing_outputs(output_dir, args.output_name)
     if not candidates:
         return
-    inputs = input_files(args, items)
+    identity = _Identities()
+    inputs = input_files(args, items, identity)
     for candidate in candidates:
-        hits = [inputs[i] for i in _identity(candidate) if i in inputs]
+        hits = [inputs[i] for i in identity(candidate) if i in inputs]
         if hits:
             path, what = hits[0]
             raise UserError(f"output_name {args.output_name!r} in output_dir {output_dir} would overwrite {candidate}, "
