@@ -169,3 +169,17 @@ def test_accelerate_launch_quiet_leaves_our_line_last(tiny_single_file, train_di
     assert result.returncode == 1  # accelerate's own code for a failed child when --quiet
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {config} [additional_network_arguments]: network_dim = 0")
+
+
+def test_a_full_disk_anywhere_is_one_line(capsys, tmp_path):
+    def main(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "events.out.tfevents.1"))
+
+    _one_error_line(capsys, run_cli(main, []), rf"error: {tmp_path}/events\.out\.tfevents\.1: cannot write \(no space left on the "
+                                                rf"disk; .* free in {tmp_path}\); free some space or choose another folder, then run again")
+
+    def bug(argv):
+        raise OSError(errno.ENOENT, "No such file or directory")
+
+    with pytest.raises(OSError):  # anything else is a bug and keeps its traceback
+        run_cli(bug, [])
