@@ -141,14 +141,23 @@ def test_lock_holder_is_named_and_files_follow_the_umask(tmp_path):
     from library.file_io import save_safetensors_atomic, write_text_atomic
     import torch
 
+    from library.training.train_state import Progress, save_state
+
+    network = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
     old = os.umask(0o027)
     try:
         write_text_atomic(tmp_path / "a.txt", "x")
         save_safetensors_atomic({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+        state = save_state(tmp_path / "x-state", Progress(), network, optimizer,
+                           torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
     finally:
         os.umask(old)
-    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640  # mkstemp alone would give 0600
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o640
+    assert state.stat().st_mode & 0o777 == 0o750  # mkdtemp alone would give 0700
+    assert {f.name: f.stat().st_mode & 0o777 for f in state.iterdir()} == {
+        name: 0o640 for name in ("network.safetensors", "optimizer.pt", "scheduler.pt", "rng_and_extra.pt", "train_state.json")}
 
 
 def test_sigterm_saves_a_state_that_resumes_exactly_and_exits_143(tiny_single_file, train_dir, tmp_path, monkeypatch, capsys):
