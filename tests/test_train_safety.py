@@ -322,3 +322,23 @@ def test_free_space_is_checked_before_training_against_what_the_saves_take(tiny_
                                         r"saves \(save_last_n_epochs"):
         _main(tmp_path, tiny_single_file, train_dir, name="short", **common)
     assert not list((tmp_path / "short_out").glob("*.safetensors")) and not list((tmp_path / "short_out").glob("*-state"))
+
+
+def test_without_flock_the_pid_decides(tmp_path, monkeypatch):
+    import library.training.output_lock as output_lock
+
+    monkeypatch.setattr(output_lock, "fcntl", None)  # e.g. Windows or a mount without flock
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(f'{{"pid": {alive.pid}, "host": "{os.uname().nodename}"}}')
+        with pytest.raises(UserError, match=rf"another training run is writing to this output_dir \(PID {alive.pid}\)"):
+            OutputLock(tmp_path).acquire()
+    finally:
+        alive.kill()
+        alive.wait()
+    notices = []
+    with OutputLock(tmp_path, notices):
+        assert notices == [f"{tmp_path}: took over the lock of an earlier run (PID {alive.pid}) that is no longer running"]
+    (tmp_path / LOCK_NAME).write_text('{"pid": 1, "host": "another-machine"}')
+    with pytest.raises(UserError, match=r"\(PID 1, on another-machine\); .* \(if that run is gone, delete"):
+        OutputLock(tmp_path).acquire()

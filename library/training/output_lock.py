@@ -4,8 +4,8 @@ Two runs writing the same LoRA and state names would each report success while o
 files survive, so a second run into a folder that a live run holds stops at once, naming that
 run's PID. The holder keeps an exclusive `flock` on the file while it runs; the kernel drops it
 when the process ends in any way (crash, SIGKILL, power loss), so a lock file left behind is
-recognised as stale and taken over with a notice. Where `flock` does not exist (Windows) the PID
-in the file is checked instead.
+recognised as stale and taken over with a notice. Where `flock` does not exist (Windows, some
+network mounts) the PID in the file is checked instead.
 """
 from __future__ import annotations
 
@@ -79,12 +79,16 @@ class OutputLock:
         for _ in range(5):  # retried only when the file was replaced between our open and our lock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
+                flocked = False
                 if fcntl is not None:
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        flocked = True
                     except BlockingIOError:
                         raise self._refuse(self._read(fd)) from None
-                    if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
+                    except OSError:
+                        pass  # a file system without flock (some network/FUSE mounts): the PID check below decides
+                    if flocked and os.fstat(fd).st_ino != os.stat(self.path).st_ino:
                         os.close(fd)  # the holder released (deleted) it meanwhile: lock the new file
                         continue
                 previous = self._read(fd)
@@ -92,7 +96,7 @@ class OutputLock:
                 same_host = previous.get("host") in (None, socket.gethostname())
                 if isinstance(pid, int) and pid != os.getpid():
                     # another machine's run (a shared network folder) can be checked neither by flock nor by PID
-                    if not same_host or (fcntl is None and _pid_alive(pid)):
+                    if not same_host or (not flocked and _pid_alive(pid)):
                         raise self._refuse(previous)
                     self.notices.append(f"{self.path.parent}: took over the lock of an earlier run ({_describe(previous)}) "
                                         "that is no longer running")
