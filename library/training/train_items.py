@@ -10,11 +10,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.data.buckets import BucketManager, BucketPlacement, extreme_placements_notice, place_in_bucket
-from library.data.captions import caption_path, read_caption
+from library.data.buckets import BucketManager, BucketPlacement, check_bucket_options, extreme_placements_notice, place_in_bucket
+from library.data.captions import caption_path, read_caption, read_caption_lines
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
 from library.errors import UserError
+from library.training.caption_processing import caption_notices
 from library.training.dataset_config import DatasetSpec, SubsetSpec
 
 
@@ -25,6 +26,7 @@ class TrainItem:
     subset: SubsetSpec
     placement: BucketPlacement
     dataset_index: int = 0
+    tags: str | None = None  # fine-tune metadata's tags (kohya's tag frequency counts these)
 
     @property
     def is_reg(self) -> bool:
@@ -35,9 +37,10 @@ class TrainItem:
         return self.placement.bucket
 
 
-def _bucket_manager(spec: DatasetSpec) -> BucketManager | None:
+def _bucket_manager(spec: DatasetSpec, notices: list) -> BucketManager | None:
     if not spec.enable_bucket:
         return None
+    check_bucket_options(spec, notices)
     return BucketManager(spec.bucket_no_upscale, spec.resolution, spec.min_bucket_reso, spec.max_bucket_reso, spec.bucket_reso_steps)
 
 
@@ -87,8 +90,9 @@ def dreambooth_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Sk
         except ImageSkipped as error:
             skipped.add(image, str(error))
             continue
-        caption = read_caption(caption_path(image, subset.caption_extension))
-        if not caption:  # no caption file, or an empty one: the class tokens stand in (kohya stops on an empty file)
+        read = read_caption_lines if subset.enable_wildcard else read_caption
+        caption = read(caption_path(image, subset.caption_extension))
+        if caption is None or not caption.strip():  # no file, or an empty one: the class tokens stand in (kohya stops on an empty file)
             (missing if caption is None else empty).append(image)
             caption = subset.class_tokens or ""
         try:
@@ -129,6 +133,21 @@ def _find_image(folder: Path, key: str) -> Path | None:
     return None
 
 
+def metadata_caption(entry: dict, separator: str = ",", wildcard: bool = False) -> str:
+    """A fine-tune metadata entry's caption, its tags appended after `separator` (plus a space);
+    with enable_wildcard the tags go on every line of a multi-line caption, as kohya does."""
+    caption, tags = entry.get("caption"), entry.get("tags")
+    if caption is None:
+        return tags or ""
+    if not tags:
+        return caption
+    joiner = f"{separator} "
+    if wildcard:
+        tags = tags.replace("\n", separator)
+        return "\n".join(f"{line}{joiner}{tags}" for line in caption.split("\n") if line.strip())
+    return f"{caption}{joiner}{tags}"
+
+
 def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: SkipLog, notices: list) -> list[TrainItem]:
     metadata = load_metadata(subset.metadata_file)
     folder = Path(subset.image_dir or ".")
@@ -138,11 +157,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
         if image is None:
             not_found.append(key)
             continue
-        caption, tags = entry.get("caption"), entry.get("tags")
-        if caption is None:
-            caption = tags or ""
-        elif tags:
-            caption = f"{caption}{subset.caption_separator} {tags}"
+        caption = metadata_caption(entry, subset.caption_separator, subset.enable_wildcard)
         size = tuple(entry["image_size"]) if entry.get("image_size") else None
         try:
             size = size or read_image_size(image)
@@ -152,7 +167,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
             continue
         if not caption.strip():
             empty.append(image)
-        items.append(TrainItem(image, caption.strip(), subset, placement))
+        items.append(TrainItem(image, caption.strip(), subset, placement, tags=entry.get("tags")))
     if not items:
         raise UserError(f"{subset.metadata_file}: none of its {len(metadata)} entries matches an image in {folder} "
                         f"(e.g. {next(iter(metadata), '')!r}); check train_data_dir, or re-run finetune/merge_all_to_metadata.py "
@@ -177,7 +192,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
 def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> list[TrainItem]:
     items = []
     for index, spec in enumerate(specs):
-        manager = _bucket_manager(spec)
+        manager = _bucket_manager(spec, notices)
         for subset in spec.subsets:
             make = metadata_items if subset.metadata_file else dreambooth_items
             made = make(spec, subset, manager, skipped, notices)
@@ -188,6 +203,7 @@ def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> li
                                                 [(item.image_path.name, item.placement) for item in made])
             if extreme:
                 notices.append(extreme)
+    notices.extend(caption_notices(items))
     return items
 
 
