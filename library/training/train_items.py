@@ -109,8 +109,11 @@ def dreambooth_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Sk
             other, count = others.most_common(1)[0]
             hint = f"; {count} {other} files are there: set caption_extension = \"{other}\""
         if items and not subset.class_tokens and not any(item.caption for item in items):
-            raise UserError(f"{folder}: none of its {len(images)} images has a caption (no {ext} files with text, and the folder "
-                            f"name gives no class token){hint or f'; write {ext} files next to the images or name the folder <repeats>_<class tokens>'}")
+            # kohya trains such a folder on "" without a word; say it plainly (a notice: unconditional training is legitimate)
+            notices.append(f"{folder}: none of its {len(images)} images has a caption (no {ext} files with text, and no class "
+                           f"token in the folder name): every image trains on an empty caption"
+                           f"{hint or f'; write {ext} files next to the images or name the folder <repeats>_<class tokens>'}")
+            return items
         parts = []
         if missing:
             parts.append(f"{len(missing)} of {len(images)} images have no {ext} file ({_examples(missing)})")
