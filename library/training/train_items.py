@@ -25,6 +25,7 @@ class TrainItem:
     subset: SubsetSpec
     placement: BucketPlacement
     dataset_index: int = 0
+    mask_path: Path | None = None  # conditioning_data_dir mask (condition_masks.py)
 
     @property
     def is_reg(self) -> bool:

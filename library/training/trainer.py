@@ -23,7 +23,9 @@ from library.training import loss as loss_lib
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
+from library.training.condition_masks import attach_masks
 from library.training.config_checks import check_combinations
+from library.training.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
 from library.training.dataset_config import dataset_specs
 from library.training.latent_source import LatentSource
 from library.training.lr_schedulers import build_lr_scheduler
@@ -32,6 +34,7 @@ from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
 from library.training.saving import NetworkSaver
+from library.training.schedule_free import ScheduleFreeModes
 from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training.run_control import StopRequest
 from library.training.sample_prompts import load_sample_prompts
@@ -92,8 +95,14 @@ class Trainer:
         self.sources, self.notices = resolved.sources, resolved.notices
         self.specs = dataset_specs(args)
         check_combinations(args, self.sources, self.notices, [s for spec in self.specs for s in spec.subsets])
+        check_fp8(args)  # before any model loads, --print_config included
         self.skipped = SkipLog()
         all_items = build_items(self.specs, self.skipped, self.notices)
+        attach_masks(all_items, args.masked_loss, self.notices)  # conditioning_data_dir masks
+        self.multipliers = dataset_multipliers(self.specs)  # per-dataset network_multiplier, None when all 1.0
+        if unused_attribute_keys(self.specs):
+            self.notices.append(f"custom_attributes {', '.join(unused_attribute_keys(self.specs))}: carried as in kohya, "
+                                "but only diff_output_preservation changes training")
         split_seed = args.validation_seed if args.validation_seed is not None else (args.seed or 0)
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
@@ -172,6 +181,8 @@ class Trainer:
             raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
         self.trainable = [p for group in self.param_groups for p in group["params"]]
         self.optimizer = build_optimizer(args, self.param_groups)
+        self.schedule_free = ScheduleFreeModes(self.optimizer)  # train mode for steps, eval mode to sample/validate/save
+        self.schedule_free.train()
         self.summary = dataset_summary(self.items, self.specs, args)
         world = self.accelerator.num_processes
         self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
@@ -180,7 +191,7 @@ class Trainer:
         if args.save_n_epoch_ratio:  # kohya: about N saves over the run
             args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
-        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
+        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps, self.notices)
         self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
@@ -274,12 +285,27 @@ class Trainer:
     def batch_loss(self, indices, seeds, epoch, step):
         args = self.args
         latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
-            context, pooled = self.conditioning(indices, seeds, epoch, step)
-            noise, timesteps, noisy = self.sample_noise(latents, seeds)
-            timesteps = timesteps.to(self.device)
-            prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
-        target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+        multiplier = self.multipliers[self.items[indices[0]].dataset_index] if self.multipliers else 1.0
+        if self.multipliers:  # a batch never mixes datasets
+            self.network.set_multiplier(multiplier)
+        try:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
+                context, pooled = self.conditioning(indices, seeds, epoch, step)
+                noise, timesteps, noisy = self.sample_noise(latents, seeds)
+                timesteps = timesteps.to(self.device)
+
+                def predict(rows=slice(None)):
+                    return self.model.unet(noisy[rows], timesteps[rows], context[rows],
+                                           added_cond_kwargs={"text_embeds": pooled[rows], "time_ids": ids[rows]}).sample
+
+                prediction = predict()
+                target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+                rows = preservation_rows(self.items, indices)  # custom_attributes diff_output_preservation
+                if rows:
+                    target = preserved_target(self.network, multiplier, target, rows, predict)
+        finally:
+            if self.multipliers:
+                self.network.set_multiplier(1.0)  # samples and validation use the LoRA at full strength
         return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
 
     # -- optimizer step ----------------------------------------------------------------------
@@ -345,6 +371,10 @@ class Trainer:
     def save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None = None) -> Path | None:
         """LoRA file (kind "epoch", "step" or "final") plus, when asked, a resumable state holding
         `progress` (the position training continues from). `epoch` numbers an epoch save."""
+        with self.schedule_free.evaluating():  # schedule-free: save the averaged weights
+            return self._save_checkpoint(kind, progress, with_state, epoch)
+
+    def _save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None) -> Path | None:
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
@@ -369,6 +399,10 @@ class Trainer:
     def sample(self, epoch: int | None, step: int) -> None:
         if not self.sample_prompts:
             return
+        with self.schedule_free.evaluating():
+            self._sample(epoch, step)
+
+    def _sample(self, epoch: int | None, step: int) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.network.eval()
@@ -383,10 +417,14 @@ class Trainer:
                     self.tensorboard.writer.add_image(f"sample/{index:02d}", np.asarray(image), step, dataformats="HWC")
         self.accelerator.wait_for_everyone()
 
-    @torch.no_grad()
     def validation_loss(self) -> float | None:
         if not self.val_items:
             return None
+        with self.schedule_free.evaluating():
+            return self._validation_loss()
+
+    @torch.no_grad()
+    def _validation_loss(self) -> float | None:
         limit = self.args.max_validation_steps or len(self.val_items)
         latents, contexts, pooleds, ids = [], [], [], []
         self.network.eval()
@@ -413,7 +451,9 @@ class Trainer:
         args = self.args
         if args.resume:
             folder = find_state(args.resume)
+            self.schedule_free.eval()  # states hold the averaged weights (saved in eval mode)
             progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            self.schedule_free.train()
             if extra.get("pivotal"):
                 self.pivotal.load_state_dict(extra["pivotal"])
             if progress.seed != self.seed:
