@@ -60,6 +60,7 @@ class Option:
     choices: tuple | None = None
     reason: str = ""  # why an UNSUPPORTED/IGNORED/INERT option is not used
     refused_choices: dict | None = None  # value -> why it is refused (the option itself is supported)
+    requires: str = ""  # what the machine needs for a supported option to work (an error names it otherwise)
 
 
 _NO_NETWORK = "this toolkit never uses the network; upload or download files yourself"
@@ -155,7 +156,7 @@ _TABLE = [
     Option("lowram", B, False, "training_arguments", "load models straight to the GPU to save system RAM", IGNORED, reason='models are loaded tensor by tensor and moved once; there is nothing to tune'),
     Option("highvram", B, False, "training_arguments", "skip memory-saving cache clears", IGNORED, reason='models are loaded tensor by tensor and moved once; there is nothing to tune'),
     Option("mem_eff_attn", B, False, "training_arguments", "memory-efficient attention (mapped to PyTorch SDPA)"),
-    Option("xformers", B, False, "training_arguments", "xformers attention (needs a CUDA GPU and the xformers package)"),
+    Option("xformers", B, False, "training_arguments", "xformers attention", requires="a CUDA GPU and the xformers package"),
     Option("sdpa", B, False, "training_arguments", "PyTorch scaled-dot-product attention (the default)"),
     Option("torch_compile", B, False, "training_arguments", "torch.compile the UNet", PENDING),
     Option("dynamo_backend", S, "inductor", "training_arguments", "torch.compile backend", INERT, reason="read only with torch_compile, as in kohya", choices=(
@@ -217,7 +218,7 @@ _TABLE = [
     Option("async_upload", B, False, "training_arguments", "upload in the background", INERT, reason=_UPLOAD),
     # --- [logging_arguments] -----------------------------------------------------------------
     Option("logging_dir", S, None, "logging_arguments", "TensorBoard log folder"),
-    Option("log_with", S, None, "logging_arguments", "tensorboard, wandb or all", choices=("tensorboard", "wandb", "all")),
+    Option("log_with", S, None, "logging_arguments", "tensorboard, wandb or all", choices=("tensorboard", "wandb", "all"), requires="the wandb package for wandb and all"),
     Option("log_prefix", S, None, "logging_arguments", "prefix of the run folder name"),
     Option("log_tracker_name", S, None, "logging_arguments", "tracker (project) name"),
     Option("log_tracker_config", S, None, "logging_arguments", "TOML with tracker init arguments"),
