@@ -114,7 +114,8 @@ def _class_for(name: str):
 
 def is_schedule_free(optimizer) -> bool:
     """schedulefree's optimizers and its ScheduleFreeWrapper (train()/eval() switch the weights)."""
-    return hasattr(optimizer, "train") and hasattr(optimizer, "eval") and type(optimizer).__module__.startswith("schedulefree")
+    return (hasattr(optimizer, "train") and hasattr(optimizer, "eval")
+            and any(cls.__module__.startswith("schedulefree") for cls in type(optimizer).__mro__))
 
 
 def is_adaptive(optimizer) -> bool:

@@ -3,8 +3,8 @@ schedulefree.ScheduleFreeWrapper via optimizer_schedulefree_wrapper).
 
 They keep two points: steps are taken at y ("train" mode) and the averaged weights x ("eval" mode)
 are the ones to sample, validate and save. As in kohya the trainer switches to train mode for
-steps and to eval mode around sampling, validation and saving (the saved LoRA and a saved state
-hold x); a resumed state is loaded in eval mode and switched back to train. The learning-rate
+steps and to eval mode around sampling, validation and saving the LoRA (the file holds x); a
+training state is saved in train mode, so a resumed run continues exactly. The learning-rate
 schedule is constant, as kohya's dummy scheduler: these optimizers warm up themselves
 (optimizer_args "warmup_steps=...").
 """
@@ -23,14 +23,59 @@ def wrap_schedule_free(optimizer, args):
     optimizer is not schedule-free already)."""
     if not args.optimizer_schedulefree_wrapper or is_schedule_free(optimizer):
         return optimizer
-    import schedulefree
-
     kwargs = parse_kwargs(args.schedulefree_wrapper_args, "schedulefree_wrapper_args")
     try:
-        return schedulefree.ScheduleFreeWrapper(optimizer, **kwargs)
+        return _wrapper_class()(optimizer, **kwargs)
     except TypeError as error:
         raise UserError(f"schedulefree_wrapper_args: {error} (ScheduleFreeWrapper takes momentum, weight_decay_at_y, "
                         "weight_lr_power, r)") from None
+
+
+def _wrapper_class():
+    import schedulefree
+
+    class OwnStateScheduleFreeWrapper(schedulefree.ScheduleFreeWrapper):
+        """ScheduleFreeWrapper keeping its `z` buffers in a state of its own.
+
+        The stock wrapper stores `z` in the wrapped optimizer's per-parameter state, so torch's
+        AdamW (which initialises a parameter's state only when it is empty) never creates its
+        moments and fails at the first step (KeyError 'exp_avg'). state_dict() carries both
+        states, so a saved training state resumes.
+        """
+
+        def __init__(self, base, **kwargs):
+            super().__init__(base, **kwargs)
+            self._own_state: dict = {}
+
+        @property
+        def state(self):
+            return _DefaultDict(self._own_state)
+
+        def _params(self):
+            return [p for group in self.param_groups for p in group["params"]]
+
+        def state_dict(self):
+            z = [self._own_state.get(p, {}).get("z") for p in self._params()]
+            return {"base": self.base.state_dict(), "z": z, "train_mode": self.train_mode}
+
+        def load_state_dict(self, state_dict):
+            self.base.load_state_dict(state_dict["base"])
+            for p, z in zip(self._params(), state_dict["z"]):
+                if z is not None:
+                    self._own_state[p] = {"z": z.to(device=p.device, dtype=p.dtype)}
+            self.train_mode = state_dict["train_mode"]
+
+    return OwnStateScheduleFreeWrapper
+
+
+class _DefaultDict:
+    """dict view creating {} for a missing parameter, as an optimizer's state does."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    def __getitem__(self, key):
+        return self.data.setdefault(key, {})
 
 
 def constant_schedule(optimizer):
@@ -54,9 +99,21 @@ class ScheduleFreeModes:
 
     @contextmanager
     def evaluating(self):
-        """Eval mode (the averaged weights) inside the block, train mode again after it."""
-        self.eval()
+        """Eval mode (the averaged weights) inside the block, train mode again after it.
+
+        Switching back is a lerp that rounds; the train-mode weights are restored exactly instead,
+        so a run that samples or saves follows the same trajectory as one that does not (and a
+        resumed run the same as an uninterrupted one)."""
+        if self.optimizer is None:
+            yield
+            return
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        snapshot = [p.detach().clone() for p in params]
+        self.optimizer.eval()
         try:
             yield
         finally:
-            self.train()
+            self.optimizer.train()
+            with torch.no_grad():
+                for param, saved in zip(params, snapshot):
+                    param.copy_(saved)

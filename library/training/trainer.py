@@ -371,28 +371,25 @@ class Trainer:
     def save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None = None) -> Path | None:
         """LoRA file (kind "epoch", "step" or "final") plus, when asked, a resumable state holding
         `progress` (the position training continues from). `epoch` numbers an epoch save."""
-        with self.schedule_free.evaluating():  # schedule-free: save the averaged weights
-            return self._save_checkpoint(kind, progress, with_state, epoch)
-
-    def _save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None) -> Path | None:
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
-        if accelerator.is_main_process:
-            completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
-            path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
-            self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
-            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
-            print(f"saved {path}")
-            if with_state:
-                name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
-                                         step=progress.global_step if kind == "step" else None)
-                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
-                                    extra={"pivotal": self.pivotal.state_dict()})
-                prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
-                             epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
-                             args.save_every_n_epochs)
-                print(f"saved state {folder}")
+        with self.schedule_free.evaluating():  # schedule-free: the LoRA file holds the averaged weights
+            if accelerator.is_main_process:
+                completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
+                path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
+                self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
+                self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
+                print(f"saved {path}")
+        if with_state and accelerator.is_main_process:  # in train mode, so a resumed run continues exactly
+            name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
+                                     step=progress.global_step if kind == "step" else None)
+            folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
+                                extra={"pivotal": self.pivotal.state_dict()})
+            prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
+                         epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
+                         args.save_every_n_epochs)
+            print(f"saved state {folder}")
         accelerator.wait_for_everyone()
         return path
 
@@ -451,9 +448,8 @@ class Trainer:
         args = self.args
         if args.resume:
             folder = find_state(args.resume)
-            self.schedule_free.eval()  # states hold the averaged weights (saved in eval mode)
             progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
-            self.schedule_free.train()
+            self.schedule_free.train()  # our states are saved in train mode; one saved in eval mode is switched back
             if extra.get("pivotal"):
                 self.pivotal.load_state_dict(extra["pivotal"])
             if progress.seed != self.seed:
