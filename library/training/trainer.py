@@ -514,7 +514,8 @@ class Trainer:
                     "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
                 )
             scaled = loss / args.gradient_accumulation_steps
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if scaled.requires_grad:  # not when a dataset trains at network_multiplier 0 (the LoRA is off)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             pending += 1
             progress.epoch_losses.append(loss.item())
             if pending < args.gradient_accumulation_steps and batch_index < len(batches) - 1:
