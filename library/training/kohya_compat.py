@@ -57,3 +57,13 @@ def _uploads(args, sources: dict, notices: list) -> None:
         target = f" to {args.huggingface_repo_id}" if args.huggingface_repo_id else ""
         notices.append(f"{sources[wanted[0]]}: {', '.join(wanted)}: uploading{target} is not done by this toolkit; "
                        "the LoRA files stay in output_dir, upload them yourself")
+
+
+def dataset_difference_notices(args, specs, notices: list) -> None:
+    """Where a dataset option trains differently from kohya's current sdxl_train_network, say so."""
+    if any(spec.network_multiplier != 1.0 for spec in specs):
+        notices.append("network_multiplier: each dataset trains with the LoRA at its multiplier (kohya's design; kohya's "
+                       "current train_network.py accepts the option but no longer applies it)")
+    if args.masked_loss and args.conditioning_data_dir and not args.dataset_config:
+        notices.append("conditioning_data_dir with train_data_dir: the masks apply to the DreamBooth folders (kohya reads "
+                       "conditioning_data_dir only from a dataset config and would train these folders without masks)")

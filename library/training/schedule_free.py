@@ -84,36 +84,41 @@ def constant_schedule(optimizer):
 
 
 class ScheduleFreeModes:
-    """train()/eval() of a schedule-free optimizer; does nothing for any other optimizer."""
+    """train()/eval() of a schedule-free optimizer; does nothing for any other optimizer.
+
+    Switching back to train mode is a lerp that rounds; the train-mode weights saved by eval() are
+    restored exactly instead, so a run that samples or saves follows the same trajectory as one
+    that does not, every process stays identical, and a resumed run matches an uninterrupted one.
+    """
 
     def __init__(self, optimizer):
         self.optimizer = optimizer if is_schedule_free(optimizer) else None
+        self._train_weights = None
 
-    def train(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.train()
+    def _params(self):
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def eval(self) -> None:
-        if self.optimizer is not None:
-            self.optimizer.eval()
+        if self.optimizer is None or self._train_weights is not None:
+            return
+        self._train_weights = [p.detach().clone() for p in self._params()]
+        self.optimizer.eval()
+
+    def train(self) -> None:
+        if self.optimizer is None:
+            return
+        self.optimizer.train()
+        if self._train_weights is not None:
+            with torch.no_grad():
+                for param, saved in zip(self._params(), self._train_weights):
+                    param.copy_(saved)
+            self._train_weights = None
 
     @contextmanager
     def evaluating(self):
-        """Eval mode (the averaged weights) inside the block, train mode again after it.
-
-        Switching back is a lerp that rounds; the train-mode weights are restored exactly instead,
-        so a run that samples or saves follows the same trajectory as one that does not (and a
-        resumed run the same as an uninterrupted one)."""
-        if self.optimizer is None:
-            yield
-            return
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        snapshot = [p.detach().clone() for p in params]
-        self.optimizer.eval()
+        """Eval mode (the averaged weights) inside the block, train mode again after it."""
+        self.eval()
         try:
             yield
         finally:
-            self.optimizer.train()
-            with torch.no_grad():
-                for param, saved in zip(params, snapshot):
-                    param.copy_(saved)
+            self.train()

@@ -27,6 +27,7 @@ from library.training.condition_masks import attach_masks
 from library.training.config_checks import check_combinations
 from library.training.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
 from library.training.dataset_config import dataset_specs
+from library.training.kohya_compat import dataset_difference_notices
 from library.training.latent_source import LatentSource
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
@@ -100,6 +101,7 @@ class Trainer:
         all_items = build_items(self.specs, self.skipped, self.notices)
         attach_masks(all_items, args.masked_loss, self.notices)  # conditioning_data_dir masks
         self.multipliers = dataset_multipliers(self.specs)  # per-dataset network_multiplier, None when all 1.0
+        dataset_difference_notices(args, self.specs, self.notices)
         if unused_attribute_keys(self.specs):
             self.notices.append(f"custom_attributes {', '.join(unused_attribute_keys(self.specs))}: carried as in kohya, "
                                 "but only diff_output_preservation changes training")
@@ -374,38 +376,36 @@ class Trainer:
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
-        with self.schedule_free.evaluating():  # schedule-free: the LoRA file holds the averaged weights
-            if accelerator.is_main_process:
-                completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
+        if accelerator.is_main_process:
+            completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
+            with self.schedule_free.evaluating():  # schedule-free: files hold the averaged weights (states: train mode)
                 path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
-                self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
                 self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
-                print(f"saved {path}")
-        if with_state and accelerator.is_main_process:  # in train mode, so a resumed run continues exactly
-            name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
-                                     step=progress.global_step if kind == "step" else None)
-            folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
-                                extra={"pivotal": self.pivotal.state_dict()})
-            prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
-                         epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
-                         args.save_every_n_epochs)
-            print(f"saved state {folder}")
+            self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
+            print(f"saved {path}")
+            if with_state:
+                name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
+                                         step=progress.global_step if kind == "step" else None)
+                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
+                                    extra={"pivotal": self.pivotal.state_dict()})
+                prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
+                             epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
+                             args.save_every_n_epochs)
+                print(f"saved state {folder}")
         accelerator.wait_for_everyone()
         return path
 
     def sample(self, epoch: int | None, step: int) -> None:
         if not self.sample_prompts:
             return
-        with self.schedule_free.evaluating():
-            self._sample(epoch, step)
-
-    def _sample(self, epoch: int | None, step: int) -> None:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.network.eval()
+            self.schedule_free.eval()  # schedule-free: sample the averaged weights
             written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch, step,
                                     self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
                                     self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt, base_seed=self.seed)
+            self.schedule_free.train()
             self.network.train()
             if self.tensorboard is not None:
                 import numpy as np
@@ -414,17 +414,14 @@ class Trainer:
                     self.tensorboard.writer.add_image(f"sample/{index:02d}", np.asarray(image), step, dataformats="HWC")
         self.accelerator.wait_for_everyone()
 
+    @torch.no_grad()
     def validation_loss(self) -> float | None:
         if not self.val_items:
             return None
-        with self.schedule_free.evaluating():
-            return self._validation_loss()
-
-    @torch.no_grad()
-    def _validation_loss(self) -> float | None:
         limit = self.args.max_validation_steps or len(self.val_items)
         latents, contexts, pooleds, ids = [], [], [], []
         self.network.eval()
+        self.schedule_free.eval()  # schedule-free: validate the averaged weights
         for index, item in enumerate(self.val_items[:limit]):
             latent, _, _ = self.val_latents.get(index, False)
             latents.append(latent * VAE_SCALE)
@@ -437,6 +434,7 @@ class Trainer:
         loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
                                 seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
                                 v_parameterization=self.args.v_parameterization)
+        self.schedule_free.train()
         self.network.train()
         return loss
 
