@@ -221,3 +221,35 @@ def test_strict_config_rejects_an_ignored_key(machine, tmp_path):
     path.write_text(toml.dumps(config))
     with pytest.raises(UserError, match=r"strict_config = true"):
         print_config(path)
+
+
+def test_a_config_with_every_option_issue_15_lists_validates(machine, tmp_path):
+    """conditioning_data_dir, dataset network_multiplier, cache_info, custom_attributes, the
+    metadata_* and DeepSpeed options, scheduler names and classes, schedule-free wrapping."""
+    dataset = tmp_path / "dataset.toml"
+    dataset.write_text(toml.dumps({"datasets": [{
+        "resolution": 64, "network_multiplier": 0.8,
+        "subsets": [{"image_dir": str(machine["images"]), "conditioning_data_dir": str(machine["masks"]), "cache_info": True,
+                     "custom_attributes": {"diff_output_preservation": False}}]}]}))
+    config = tmp_path / "every.toml"
+    config.write_text(toml.dumps({
+        "model": {"pretrained_model_name_or_path": str(machine["model"])},
+        "dataset": {"dataset_config": str(dataset), "cache_info": True},
+        "train": {"masked_loss": True, "deepspeed": True, "zero_stage": 3, "offload_optimizer_device": "cpu",
+                  "offload_optimizer_nvme_path": "/nvme", "offload_param_device": "cpu", "offload_param_nvme_path": "/nvme",
+                  "zero3_init_flag": False, "zero3_save_16bit_model": True, "fp16_master_weights_and_gradients": False,
+                  "dynamo_backend": "no", "async_upload": True, "huggingface_repo_id": "", "huggingface_token": ""},
+        "optimizer": {"optimizer_type": "AdamW", "optimizer_schedulefree_wrapper": True,
+                      "schedulefree_wrapper_args": ["momentum=0.9"], "lr_scheduler": "cosine_warmup_with_min_lr",
+                      "lr_scheduler_type": "", "lr_scheduler_args": []},
+        "metadata": {"metadata_usage_hint": "say ohwx", "metadata_merged_from": "a", "metadata_preprocessor": "none",
+                     "metadata_is_negative_embedding": "false"},
+        "network": {"network_module": "networks.lora", "network_dim": 4},
+    }))
+    from library.training.config_loader import resolve_config as resolve
+
+    resolved = resolve(["--config_file", str(config)])
+    assert resolved.args.zero_stage == 3 and resolved.args.metadata_usage_hint == "say ohwx"
+    assert any("deepspeed, zero_stage" in n and "DDP" in n for n in resolved.notices)
+    out = print_config(config)
+    assert "images: 2 training" in out and "network_multiplier: each dataset trains" in out
