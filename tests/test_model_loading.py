@@ -63,8 +63,11 @@ def test_outputs_match_between_layouts(from_diffusers, from_single_file):
         posterior = model.vae.encode(image).latent_dist.mean
         decoded = model.vae.decode(posterior).sample
         outputs.append((context, pooled, unet_out, posterior, decoded))
+    # The weights are bit-identical (tested above); outputs may differ in the last bit because the
+    # GEMM kernel chosen depends on the weights' memory alignment (mmapped diffusers shards vs
+    # tensors read from one file): 1e-6 seen on AMX machines.
     for a, b in zip(*outputs):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     assert outputs[0][2].abs().sum() > 0  # the UNet really computed something
 
 
