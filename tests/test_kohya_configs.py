@@ -68,7 +68,7 @@ def localised(name: str, machine: dict, out: Path) -> Path:
         "logging_dir": str(out / "logs"),
         "sample_prompts": str(machine["prompts"]),
         "tokenizer_cache_dir": str(machine["model"].parent / "diffusers"),
-        "dataset_config": str(localised_dataset(DATASETS[0], machine, out)),
+        "dataset_config": str(localised_dataset(paired_dataset(name), machine, out)),
     }
 
     # services leave the image folder empty and pass it at run time; optional paths stay unset when empty
@@ -89,6 +89,12 @@ def localised(name: str, machine: dict, out: Path) -> Path:
     target = out / name
     target.write_text(toml.dumps(data), encoding="utf-8")
     return target
+
+
+def paired_dataset(name: str) -> str:
+    """The dataset config published next to a training config (same repository), else the first."""
+    owner = name.split("_")[0]
+    return next((d for d in DATASETS if d.split("_")[0] == owner), DATASETS[0])
 
 
 def localised_dataset(name: str, machine: dict, out: Path) -> Path:

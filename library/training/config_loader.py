@@ -179,7 +179,7 @@ def resolve_config(argv=None) -> ResolvedConfig:
         values[name] = _parse_value(OPTIONS[name], raw, "command line:")
         sources[name] = "command line"
     if unknown is not None:  # after the command line: --strict_config applies to the file too
-        unknown.resolve(list(OPTIONS) + list(NETWORK_ARG_KEYS), values["strict_config"], notices)
+        unknown.resolve([*OPTIONS, *NETWORK_ARG_KEYS, *DATASET_ONLY_KEYS], values["strict_config"], notices)
     if forwarded:
         values["network_args"] = _merge_network_args(values["network_args"], forwarded, str(config_path))
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 # Keys written by GUIs, other trainers and service templates, with what they mean and which
 # option does it here. "{value}" is replaced by the key's value in the notice.
 EXPLAINED = {
-    "epoch": "kohya_ss GUI's epoch count, which the GUI passes to kohya as max_train_epochs; set max_train_epochs = {value} to train {value} epochs",
-    "epochs": "not a kohya option; set max_train_epochs = {value} to train {value} epochs",
+    "epoch": "kohya_ss GUI's epoch count, which the GUI passes to kohya as max_train_epochs; set max_train_epochs = {value} for that",
+    "epochs": "not a kohya option; set max_train_epochs = {value} for that",
     "noise_offset_type": "kohya_ss GUI's choice between noise_offset (\"Original\") and multires_noise_iterations (\"Multires\"); those options do it",
     "weight_decay": "kohya reads weight decay only from optimizer_args; write optimizer_args = [\"weight_decay={value}\"] (or adam_weight_decay = {value})",
     "trigger_word": "not a kohya option; metadata_trigger_phrase stores a trigger phrase in the LoRA",
