@@ -36,8 +36,8 @@ def test_conditioning_mask_is_placed_exactly_like_an_alpha_mask(tmp_path, tiny_s
     mask tensor for every sample, flipped or not: both follow the image's resize and crop."""
     from library.models.sdxl_loader import load_sdxl
 
-    rgb = np.asarray(make_concept_images(tmp_path / "src", count=1, sizes=[(96, 48)])[0] and
-                     Image.open(tmp_path / "src" / "img0.png").convert("RGB"))
+    source_image = make_concept_images(tmp_path / "src", count=1, sizes=[(96, 48)])[0]
+    rgb = np.asarray(Image.open(source_image).convert("RGB"))
     mask = pattern(96, 48)
     alpha_dir, cond_dir, mask_dir = tmp_path / "alpha" / "1_a", tmp_path / "cond" / "1_a", tmp_path / "masks"
     for folder in (alpha_dir, cond_dir, mask_dir):
