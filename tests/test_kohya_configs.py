@@ -20,11 +20,8 @@ from tests.training_fixtures import make_concept_images
 CORPUS = Path(__file__).resolve().parent / "data" / "kohya_configs"
 TRAINING = sorted(p.name for p in CORPUS.glob("*.toml") if not p.name.endswith(".dataset.toml"))
 DATASETS = sorted(p.name for p in CORPUS.glob("*.dataset.toml"))
-# noise_offset together with multires_noise_iterations: kohya applies both; the parity branch makes
-# ours do the same (until then config_checks refuses the pair)
 # the kohya_ss GUI passed these on the command line next to the issue's config file
 GUI_COMMAND_LINE = {"issue_bmaltais_kohya_ss_1641.toml": ["--resolution", "1024,1024"]}
-NEEDS_NOISE_PARITY = {"issue_bmaltais_kohya_ss_3164.toml"}
 # kohya refuses these too (sdxl_train_network's assert_extra_args), with the same reason
 REFUSED_BY_KOHYA = {"NurlanBoranbay_Fine-tuning-diffusion-model-with-LoRA_training_config.toml":
                     r"cache_text_encoder_outputs needs network_train_unet_only = true"}
@@ -118,11 +115,7 @@ def print_config(config: Path, *extra: str) -> str:
     return stdout.getvalue()
 
 
-_PARITY = pytest.mark.xfail(strict=True, raises=UserError, reason="noise_offset with multires_noise_iterations: kohya applies "
-                            "both; the parity branch makes ours do so (remove this mark then)")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_PARITY) if n in NEEDS_NOISE_PARITY else n for n in TRAINING])
+@pytest.mark.parametrize("name", TRAINING)
 def test_published_config_validates_with_only_paths_changed(name, machine, tmp_path):
     config = localised(name, machine, tmp_path)
     if name in REFUSED_BY_KOHYA:

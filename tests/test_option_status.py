@@ -64,6 +64,9 @@ def sample_values(option, machine) -> list[str | list[str]]:
 # Options that only make sense together with others (as kohya requires too).
 COMPANIONS = {
     "cache_text_encoder_outputs": ["--network_train_unet_only"],
+    "enable_bucket": ["--min_bucket_reso", "32", "--max_bucket_reso", "128", "--bucket_reso_steps", "32"],
+    "adaptive_noise_scale": ["--noise_offset", "0.05"],
+    "scale_v_pred_loss_like_noise_pred": ["--v_parameterization"],
     "cache_text_encoder_outputs_to_disk": ["--network_train_unet_only"],
     "train_text_encoder_ti": ["--network_train_unet_only"],
     "full_fp16": ["--mixed_precision", "fp16"],

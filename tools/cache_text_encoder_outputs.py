@@ -1,7 +1,9 @@
 """Pre-cache SDXL text-encoder outputs (<stem>_te_outputs.npz) for the captions of a training config.
 
-Only valid when captions are the same every step: shuffle_caption, caption dropout and token
-warm-up are refused. Fresh caches (same caption, same text encoders) are reused.
+The dataset and each caption come from the trainer's own code (same folders, class tokens,
+prefix/suffix), so the trainer with cache_text_encoder_outputs_to_disk reuses these files. Only
+valid when captions are the same every step: shuffle_caption, caption dropout, tag dropout, token
+warm-up and wildcards are refused. Fresh caches (same caption, same text encoders) are reused.
 """
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.data.caching_config import read_caching_config  # noqa: E402
-from library.data.dataset_images import dreambooth_images, finetune_images, metadata_caption  # noqa: E402
-from library.data.script_support import existing_folder, print_summary, progress  # noqa: E402
+from library.data.script_support import print_summary, progress  # noqa: E402
 from library.data.text_encoder_cache import (  # noqa: E402
     encode_caption,
     save_te_cache,
@@ -37,15 +38,15 @@ def main(argv=None) -> int:
     if config.caption_randomisers:
         raise UserError(f"{args.config_file}: {', '.join(config.caption_randomisers)} change captions every step, so their "
                         "text-encoder outputs cannot be cached; remove them or do not cache text-encoder outputs")
-    train_dir = existing_folder(config.train_data_dir)
-    if config.in_json:
-        images, metadata = finetune_images(train_dir, config.in_json)
-        captions = {key: metadata_caption(metadata[key]) for key in images}
-    else:
-        images, captions = dreambooth_images(train_dir, config.caption_extension)
     import torch
 
     from library.models.sdxl_loader import load_sdxl
+    from library.training.text_conditioning import cached_captions
+
+    for notice in config.notices:
+        print(f"note: {notice}")
+    images = {str(item.image_path): item.image_path for item in config.items}
+    captions = dict(zip(images, cached_captions(config.items)))
 
     model = load_sdxl(config.pretrained_model_name_or_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
              f"states per caption: {2 + 75 * ((config.max_token_length or 75) // 75)}"]
     if empty:
         lines.append(f"warning: {empty} image(s) have an empty caption")
-    print_summary("cache_text_encoder_outputs summary", lines)
+    print_summary("cache_text_encoder_outputs summary", lines, config.skipped)
     return 0
 
 

@@ -104,6 +104,31 @@ def validate_bucket_options(max_reso: Size, min_size: int, max_size: int, reso_s
         )
 
 
+def check_bucket_options(spec, notices: list) -> None:
+    """The trainer's bucket checks, as kohya's dataset makes them (enable_bucket only): for SDXL
+    bucket_reso_steps must be a multiple of 32; min/max_bucket_reso that are not multiples of it are
+    rounded (min down, max up) with a notice; the resolution must lie within [min, max]. `spec` is a
+    DatasetSpec (resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps), adjusted in place."""
+    steps = spec.bucket_reso_steps
+    if steps <= 0 or steps % 32:
+        raise UserError(f"bucket_reso_steps = {steps}: must be a positive multiple of 32 for SDXL (64 is usual)")
+    if spec.min_bucket_reso % steps:
+        adjusted = spec.min_bucket_reso - spec.min_bucket_reso % steps
+        notices.append(f"min_bucket_reso {spec.min_bucket_reso} is not a multiple of bucket_reso_steps {steps}: using {adjusted} (as kohya)")
+        spec.min_bucket_reso = adjusted
+    if spec.max_bucket_reso % steps:
+        adjusted = spec.max_bucket_reso + steps - spec.max_bucket_reso % steps
+        notices.append(f"max_bucket_reso {spec.max_bucket_reso} is not a multiple of bucket_reso_steps {steps}: using {adjusted} (as kohya)")
+        spec.max_bucket_reso = adjusted
+    width, height = spec.resolution
+    if min(width, height) < spec.min_bucket_reso:
+        raise UserError(f"min_bucket_reso = {spec.min_bucket_reso} is larger than the shorter side of resolution {width},{height}; "
+                        "lower min_bucket_reso or raise resolution")
+    if max(width, height) > spec.max_bucket_reso:
+        raise UserError(f"max_bucket_reso = {spec.max_bucket_reso} is smaller than the longer side of resolution {width},{height}; "
+                        "raise max_bucket_reso or lower resolution")
+
+
 def parse_resolution(text: str, option: str = "--max_resolution") -> Size:
     """"1024" or "1024,1024" -> (1024, 1024)."""
     try:

@@ -2,7 +2,7 @@
 
 `read_groups(path)` reads a file, refuses anything that is not a LoRA-family file with a one-line
 reason (a checkpoint, an embedding file, an unknown key family), normalises module names to the
-canonical `lora_unet_<SAI path>` / `lora_te{1,2}_text_model_...` spelling and returns
+canonical `lora_unet_<SAI path>` / `lora_te{1,2}_text_model_...` (`lora_te2_text_projection`) spelling and returns
 {module name: {suffix: tensor}}. Files already in canonical spelling need no model; other
 spellings (diffusers UNet names, PEFT keys, TE names without `text_model_`) are mapped through an
 empty (meta-device) SDXL model, built only when needed.
@@ -26,7 +26,7 @@ from library.lora.naming import group_by_module, normalise_suffix, split_key
 
 _CANONICAL_NAME = re.compile(
     r"^(lora_unet_(input_blocks|middle_block|output_blocks|time_embed|label_emb|out)_"
-    r"|lora_te[12]_text_model_)")
+    r"|lora_te[12]_text_model_(?!text_projection$)|lora_te2_text_projection$)")
 _FAMILY_SUFFIXES = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up", "hada_", "lokr_",
                     "diff")
 HISTORY_KEY = "ss_lora_tools_history"

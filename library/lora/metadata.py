@@ -39,6 +39,28 @@ def model_hash_of_file(path: str | os.PathLike) -> str:
         return _payload_hash(stream)
 
 
+def legacy_model_hash(path: str | os.PathLike) -> str:
+    """kohya's model_hash (A1111's old checkpoint hash): the first 8 hex digits of SHA-256 over the
+    64 KiB at offset 1 MiB; "IsADirectory" for a folder (a diffusers model), as kohya writes it."""
+    if os.path.isdir(path):
+        return "IsADirectory"
+    with open(path, "rb") as stream:
+        stream.seek(0x100000)
+        return hashlib.sha256(stream.read(0x10000)).hexdigest()[:8]
+
+
+def model_file_sha256(path: str | os.PathLike) -> str:
+    """kohya's calculate_sha256 (A1111's new checkpoint hash): SHA-256 of the whole file;
+    "IsADirectory" for a folder. A multi-GB checkpoint takes some seconds: computed once per run."""
+    if os.path.isdir(path):
+        return "IsADirectory"
+    sha = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(_BLOCK), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
 def compute_hashes(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> tuple[str, str]:
     """(sshs_model_hash, sshs_legacy_hash) of the file these tensors will make.
 

@@ -11,6 +11,12 @@ _CAPTION_CHANGERS = ("shuffle_caption", "caption_dropout_rate", "caption_tag_dro
                      "token_warmup_step", "enable_wildcard")
 
 
+def caption_changers(args, subsets=()) -> tuple[str, ...]:
+    """The options (of the config or any subset) that change a caption from step to step, which
+    cached text-encoder outputs cannot follow; shared with tools/cache_text_encoder_outputs.py."""
+    return tuple(name for name in _CAPTION_CHANGERS if getattr(args, name) or any(getattr(s, name) for s in subsets))
+
+
 def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
     def where(name):
         return sources.get(name, "command line")
@@ -29,13 +35,11 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
                 f"{where('cache_text_encoder_outputs')}: cache_text_encoder_outputs needs network_train_unet_only = true "
                 "(cached outputs cannot train the text-encoder LoRA)"
             )
-        for name in _CAPTION_CHANGERS:
-            values = [getattr(args, name)] + [getattr(s, name) for s in subsets]
-            if any(values):
-                raise UserError(
-                    f"{where(name)}: {name} changes captions every step, which cache_text_encoder_outputs cannot follow; "
-                    "disable one of them"
-                )
+        for name in caption_changers(args, subsets)[:1]:
+            raise UserError(
+                f"{where(name)}: {name} changes captions every step, which cache_text_encoder_outputs cannot follow; "
+                "disable one of them"
+            )
         if args.train_text_encoder_ti:
             raise UserError("pivotal tuning (train_text_encoder_ti) cannot use cache_text_encoder_outputs: the new tokens change the outputs")
     if (args.face_crop_aug_range or any(s.face_crop_aug_range for s in subsets)) and args.enable_bucket:
@@ -51,8 +55,11 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         raise UserError("train_batch_size and gradient_accumulation_steps must be at least 1")
     if args.lr_warmup_steps and args.lr_scheduler == "constant":
         notices.append("lr_warmup_steps has no effect with lr_scheduler = \"constant\"; use \"constant_with_warmup\"")
-    if args.noise_offset and args.multires_noise_iterations:
-        raise UserError("noise_offset and multires_noise_iterations cannot be combined; choose one")
+    if args.adaptive_noise_scale is not None and args.noise_offset is None:  # as kohya: it scales the offset
+        raise UserError(f"{where('adaptive_noise_scale')}: adaptive_noise_scale adds to noise_offset; set noise_offset too (e.g. 0.0357)")
+    if args.scale_v_pred_loss_like_noise_pred and not args.v_parameterization:  # kohya refuses it too
+        raise UserError(f"{where('scale_v_pred_loss_like_noise_pred')}: scale_v_pred_loss_like_noise_pred only applies to "
+                        "v-prediction models; add v_parameterization = true or remove it")
     if args.v_pred_like_loss and args.v_parameterization:
         raise UserError("v_pred_like_loss is for epsilon models; remove it with v_parameterization")
     if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask or s.conditioning_data_dir for s in subsets)):

@@ -7,7 +7,6 @@ DreamBooth folders are named `<repeats>_<class tokens>` (e.g. `10_catwomen`).
 from __future__ import annotations
 
 import difflib
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -61,7 +60,6 @@ DATASET_OPTIONS = {
 }
 # training-config names that feed the dataset options above
 TRAINING_ALIASES = {"batch_size": "train_batch_size"}
-_DREAMBOOTH_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
 @dataclass
@@ -130,6 +128,17 @@ def _build(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def parse_dreambooth_folder(name: str) -> tuple[int, str] | None:
+    """(repeats, class tokens) of a DreamBooth folder name `<repeats>_<class tokens>`, as kohya reads
+    it: the text after the first underscore, kept as written (`10_ohwx_woman` -> 10, "ohwx_woman");
+    None for a folder kohya ignores (no leading number, or fewer than 1 repeat).
+    The one parser of these names: the trainer and the caching tools both get folders from here."""
+    repeats, _, class_tokens = name.partition("_")
+    if not repeats.isdecimal() or int(repeats) < 1:
+        return None
+    return int(repeats), class_tokens
+
+
 def dreambooth_subsets(folder: str, is_reg: bool, base: dict) -> list[SubsetSpec]:
     """One subset per `<repeats>_<class tokens>` sub-folder; a clear error when there is none."""
     root = Path(folder)
@@ -138,12 +147,11 @@ def dreambooth_subsets(folder: str, is_reg: bool, base: dict) -> list[SubsetSpec
         raise UserError(f"{root}: {option} folder not found")
     subsets, ignored = [], []
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        match = _DREAMBOOTH_FOLDER.match(child.name)
-        if not match:
+        parsed = parse_dreambooth_folder(child.name)
+        if parsed is None:
             ignored.append(child.name)
             continue
-        values = {**base, "image_dir": str(child), "num_repeats": int(match.group(1)), "is_reg": is_reg,
-                  "class_tokens": match.group(2).replace("_", " ").strip() or None}
+        values = {**base, "image_dir": str(child), "num_repeats": parsed[0], "is_reg": is_reg, "class_tokens": parsed[1] or None}
         subsets.append(_build(SubsetSpec, values))
     if not subsets:
         found = f"sub-folders found: {', '.join(ignored[:5])}" if ignored else "it has no sub-folders"

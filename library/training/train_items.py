@@ -10,12 +10,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from library.data.buckets import BucketManager, BucketPlacement, place_in_bucket
-from library.data.captions import caption_path, read_caption
+from library.data.buckets import BucketManager, BucketPlacement, check_bucket_options, place_in_bucket
+from library.data.captions import caption_path, read_caption, read_caption_lines
 from library.data.image_info_cache import load_image_info, save_image_info
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
 from library.errors import UserError
+from library.training.caption_processing import caption_notices
 from library.training.dataset_config import DatasetSpec, SubsetSpec
 
 
@@ -27,6 +28,7 @@ class TrainItem:
     placement: BucketPlacement
     dataset_index: int = 0
     mask_path: Path | None = None  # conditioning_data_dir mask (condition_masks.py)
+    tags: str | None = None  # fine-tune metadata's tags (kohya's tag frequency counts these)
 
     @property
     def is_reg(self) -> bool:
@@ -37,9 +39,10 @@ class TrainItem:
         return self.placement.bucket
 
 
-def _bucket_manager(spec: DatasetSpec) -> BucketManager | None:
+def _bucket_manager(spec: DatasetSpec, notices: list) -> BucketManager | None:
     if not spec.enable_bucket:
         return None
+    check_bucket_options(spec, notices)
     return BucketManager(spec.bucket_no_upscale, spec.resolution, spec.min_bucket_reso, spec.max_bucket_reso, spec.bucket_reso_steps)
 
 
@@ -89,7 +92,8 @@ def dreambooth_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Sk
             except ImageSkipped as error:
                 skipped.add(image, str(error))
                 continue
-            caption = read_caption(caption_path(image, subset.caption_extension))
+            read = read_caption_lines if subset.enable_wildcard else read_caption
+            caption = read(caption_path(image, subset.caption_extension))
             if caption is None:
                 missing += 1
                 caption = subset.class_tokens or ""
@@ -125,6 +129,21 @@ def _find_image(folder: Path, key: str) -> Path | None:
     return None
 
 
+def metadata_caption(entry: dict, separator: str = ",", wildcard: bool = False) -> str:
+    """A fine-tune metadata entry's caption, its tags appended after `separator` (plus a space);
+    with enable_wildcard the tags go on every line of a multi-line caption, as kohya does."""
+    caption, tags = entry.get("caption"), entry.get("tags")
+    if caption is None:
+        return tags or ""
+    if not tags:
+        return caption
+    joiner = f"{separator} "
+    if wildcard:
+        tags = tags.replace("\n", separator)
+        return "\n".join(f"{line}{joiner}{tags}" for line in caption.split("\n") if line.strip())
+    return f"{caption}{joiner}{tags}"
+
+
 def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: SkipLog, notices: list) -> list[TrainItem]:
     metadata = load_metadata(subset.metadata_file)
     folder = Path(subset.image_dir or ".")
@@ -134,11 +153,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
         if image is None:
             not_found.append(key)
             continue
-        caption, tags = entry.get("caption"), entry.get("tags")
-        if caption is None:
-            caption = tags or ""
-        elif tags:
-            caption = f"{caption}{subset.caption_separator} {tags}"
+        caption = metadata_caption(entry, subset.caption_separator, subset.enable_wildcard)
         size = tuple(entry["image_size"]) if entry.get("image_size") else None
         try:
             size = size or read_image_size(image)
@@ -146,7 +161,7 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
         except (ImageSkipped, ValueError) as error:
             skipped.add(image, str(error))
             continue
-        items.append(TrainItem(image, caption.strip(), subset, placement))
+        items.append(TrainItem(image, caption.strip(), subset, placement, tags=entry.get("tags")))
     if not_found:
         notices.append(f"{subset.metadata_file}: {len(not_found)} entries have no image in {folder} (e.g. {not_found[0]!r})")
     if not items:
@@ -157,12 +172,13 @@ def metadata_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Skip
 def build_items(specs: list[DatasetSpec], skipped: SkipLog, notices: list) -> list[TrainItem]:
     items = []
     for index, spec in enumerate(specs):
-        manager = _bucket_manager(spec)
+        manager = _bucket_manager(spec, notices)
         for subset in spec.subsets:
             make = metadata_items if subset.metadata_file else dreambooth_items
             for item in make(spec, subset, manager, skipped, notices):
                 item.dataset_index = index
                 items.append(item)
+    notices.extend(caption_notices(items))
     return items
 
 

@@ -40,7 +40,7 @@ from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training.run_control import StopRequest
 from library.training.sample_prompts import load_sample_prompts
 from library.training.sampling import write_samples
-from library.training.text_conditioning import TextEncoderCache
+from library.training.text_conditioning import TextEncoderCache, cached_captions
 from library.training.train_items import build_items, split_validation
 from library.training.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
 from library.training.validation import fixed_noise_loss
@@ -150,8 +150,7 @@ class Trainer:
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
             self.te_cache = TextEncoderCache(self.model, self.items, args)
-            captions = [process_caption(item.caption, opts, random.Random(0)) for item, opts in zip(self.items, self.caption_options)]
-            self.te_cache.prepare(captions, write=self.accelerator.is_main_process)
+            self.te_cache.prepare(cached_captions(self.items), write=self.accelerator.is_main_process)
 
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
         torch.manual_seed(self.seed + rank)  # dropout may differ between processes; everything else is per-sample seeded
@@ -197,6 +196,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
+        self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer,
+                                batches_per_epoch=self.summary["batches_per_epoch"] // world, epochs=self.epochs)
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
         self.tensorboard = None
@@ -379,7 +380,7 @@ class Trainer:
         if accelerator.is_main_process:
             completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
             with self.schedule_free.evaluating():  # schedule-free: files hold the averaged weights (states: train mode)
-                path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
+                path = self.saver.save(self.network, completed_epochs, progress.global_step, kind)
                 self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
             print(f"saved {path}")
