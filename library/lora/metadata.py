@@ -171,6 +171,9 @@ def build_modelspec(
     tags: str | None = None,
     usage_hint: str | None = None,
     architecture: str = MODELSPEC_ARCHITECTURE_LORA,
+    merged_from: str | None = None,
+    preprocessor: str | None = None,
+    is_negative_embedding: str | None = None,
 ) -> dict[str, str]:
     """ModelSpec 1.0.1 keys for an SDXL LoRA; optional keys are left out when not given."""
     date = date or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -188,5 +191,8 @@ def build_modelspec(
         "modelspec.license": license,
         "modelspec.tags": tags,
         "modelspec.usage_hint": usage_hint,
+        "modelspec.merged_from": merged_from,
+        "modelspec.preprocessor": preprocessor,
+        "modelspec.is_negative_embedding": is_negative_embedding,
     }
     return {k: v for k, v in spec.items() if v}

@@ -63,12 +63,12 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
                         "v-prediction models; add v_parameterization = true or remove it")
     if args.v_pred_like_loss and args.v_parameterization:
         raise UserError("v_pred_like_loss is for epsilon models; remove it with v_parameterization")
-    if args.save_model_as != "safetensors":
-        raise UserError(f"{where('save_model_as')}: save_model_as = \"{args.save_model_as}\": LoRA files are saved as safetensors only "
-                        "(pickles can run code when loaded, and every UI reads safetensors); remove the option")
-    if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask for s in subsets)):
-        raise UserError(f"{where('masked_loss')}: masked_loss needs alpha_mask = true (masks come from the images' alpha channel; "
-                        "conditioning_data_dir masks are not supported)")
+    if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask or s.conditioning_data_dir for s in subsets)):
+        raise UserError(f"{where('masked_loss')}: masked_loss needs masks: alpha_mask = true (the images' alpha channel) or "
+                        "conditioning_data_dir (a folder of mask images)")
+    for subset in subsets:
+        if subset.alpha_mask and subset.conditioning_data_dir and args.masked_loss:
+            raise UserError(f"{subset.image_dir}: alpha_mask and conditioning_data_dir both give loss masks; keep one")
     if args.log_with in ("wandb", "all"):
         import importlib.util
 

@@ -55,6 +55,7 @@ class LatentSource:
         self._sha = [None] * len(items)
         self._memory: dict[int, LatentCache] = {}
         self.broken: dict[int, str] = {}  # item index -> why it cannot be read; skipped for the rest of the run
+        self._condition_masks: dict[int, np.ndarray] = {}  # conditioning_data_dir masks at the item's own placement
 
     def sha(self, index: int) -> str:
         if self._sha[index] is None:
@@ -240,6 +241,7 @@ class LatentSource:
                 raise UserError(f"{item.image_path}: latent cache has no flipped latents; re-cache with flip_aug")
             mask = cache.alpha_mask
             crop = item.placement.flipped_crop_ltrb() if flip else item.placement.crop_ltrb
+            placement = item.placement
         else:  # on the fly: augmentations differ per step, so nothing is stored
             placement = item.placement
             face = face_from_file_name(item.image_path) if item.subset.face_crop_aug_range else None
@@ -255,10 +257,22 @@ class LatentSource:
             latents = encode_latents(self.vae, [image], [seed_from_sha(self.sha(index), flip)])[0]
             check_finite(latents, item.image_path, "fp32")
             crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
+        if item.mask_path is not None:  # a mask file, placed like this sample's image
+            mask = self._condition_mask(index, placement)
         if mask is not None and flip:
             mask = mask[:, ::-1].copy()
         mask = None if mask is None else torch.from_numpy(np.asarray(mask))
         return torch.from_numpy(np.asarray(latents, dtype=np.float32)), mask, tuple(crop)
+
+    def _condition_mask(self, index: int, placement) -> np.ndarray:
+        from library.training.condition_masks import load_mask
+
+        item = self.items[index]
+        if placement is not item.placement:  # random or face crop: a placement of this step only
+            return load_mask(item.mask_path, placement)
+        if index not in self._condition_masks:
+            self._condition_masks[index] = load_mask(item.mask_path, placement)
+        return self._condition_masks[index]
 
 
 def _describe(reasons: Counter) -> str:

@@ -58,7 +58,8 @@ class NetworkSaver:
         spec = build_modelspec(
             title=args.metadata_title or args.output_name, resolution=resolution, trigger_phrase=args.metadata_trigger_phrase,
             description=args.metadata_description, author=args.metadata_author, license=args.metadata_license,
-            tags=args.metadata_tags,
+            tags=args.metadata_tags, usage_hint=args.metadata_usage_hint, merged_from=args.metadata_merged_from,
+            preprocessor=args.metadata_preprocessor, is_negative_embedding=args.metadata_is_negative_embedding,
         )
         if args.metadata_thumbnail:
             spec["modelspec.thumbnail"] = self.thumbnail

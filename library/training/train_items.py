@@ -12,6 +12,7 @@ from pathlib import Path
 
 from library.data.buckets import BucketManager, BucketPlacement, check_bucket_options, extreme_placements_notice, place_in_bucket
 from library.data.captions import caption_path, read_caption, read_caption_lines
+from library.data.image_info_cache import load_image_info, save_image_info
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
 from library.errors import UserError
@@ -26,6 +27,7 @@ class TrainItem:
     subset: SubsetSpec
     placement: BucketPlacement
     dataset_index: int = 0
+    mask_path: Path | None = None  # conditioning_data_dir mask (condition_masks.py)
     tags: str | None = None  # fine-tune metadata's tags (kohya's tag frequency counts these)
 
     @property
@@ -84,23 +86,31 @@ def dreambooth_items(spec: DatasetSpec, subset: SubsetSpec, manager, skipped: Sk
     if not images:
         raise _no_images_error(folder)
     items, missing, empty = [], [], []
+    cached = load_image_info(folder, images, subset.caption_extension) if subset.cache_info else None
+    records = {}  # what cache_info writes
     for image in images:
-        try:
-            size = read_image_size(image)
-        except ImageSkipped as error:
-            skipped.add(image, str(error))
-            continue
-        read = read_caption_lines if subset.enable_wildcard else read_caption
-        caption = read(caption_path(image, subset.caption_extension))
-        if caption is None or not caption.strip():  # no file, or an empty one: the class tokens stand in (kohya stops on an empty file)
-            (missing if caption is None else empty).append(image)
-            caption = subset.class_tokens or ""
+        if cached is not None:  # kohya's cache_info: sizes and captions without opening the files
+            size, caption = cached[image.name]
+        else:
+            try:
+                size = read_image_size(image)
+            except ImageSkipped as error:
+                skipped.add(image, str(error))
+                continue
+            read = read_caption_lines if subset.enable_wildcard else read_caption
+            caption = read(caption_path(image, subset.caption_extension))
+            if caption is None or not caption.strip():  # no file, or an empty one: the class tokens stand in (kohya stops on an empty file)
+                (missing if caption is None else empty).append(image)
+                caption = subset.class_tokens or ""
+            records[image] = (size, caption)
         try:
             placement = _place(spec, manager, size)
         except ValueError as error:
             skipped.add(image, str(error))
             continue
         items.append(TrainItem(image, caption, subset, placement))
+    if subset.cache_info and cached is None:
+        save_image_info(folder, records)
     if missing or empty:
         ext = subset.caption_extension
         others = _other_caption_extensions(folder, images, ext)

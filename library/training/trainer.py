@@ -24,8 +24,11 @@ from library.training import loss as loss_lib
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
+from library.training.condition_masks import attach_masks
 from library.training.config_checks import check_combinations
+from library.training.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
 from library.training.dataset_config import dataset_specs
+from library.training.kohya_compat import dataset_difference_notices
 from library.training.latent_source import ImageBroken, LatentSource
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network
@@ -34,6 +37,7 @@ from library.training.pivotal import setup_pivotal
 from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
 from library.training.save_rescue import save_or_rescue
 from library.training.saving import NetworkSaver
+from library.training.schedule_free import ScheduleFreeModes
 from library.models.sdxl_conditioning import encode_captions, time_ids
 from library.training import preflight
 from library.training.run_control import RunStopped, StopRequest
@@ -95,8 +99,15 @@ class Trainer:
         self.sources, self.notices = resolved.sources, resolved.notices
         self.specs = dataset_specs(args)
         check_combinations(args, self.sources, self.notices, [s for spec in self.specs for s in spec.subsets])
+        check_fp8(args)  # before any model loads, --print_config included
         self.skipped = SkipLog()
         all_items = build_items(self.specs, self.skipped, self.notices)
+        attach_masks(all_items, args.masked_loss, self.notices)  # conditioning_data_dir masks
+        self.multipliers = dataset_multipliers(self.specs)  # per-dataset network_multiplier, None when all 1.0
+        dataset_difference_notices(args, self.specs, self.notices)
+        if unused_attribute_keys(self.specs):
+            self.notices.append(f"custom_attributes {', '.join(unused_attribute_keys(self.specs))}: carried as in kohya, "
+                                "but only diff_output_preservation changes training")
         split_seed = args.validation_seed if args.validation_seed is not None else (args.seed or 0)
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
@@ -174,6 +185,8 @@ class Trainer:
             raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
         self.trainable = [p for group in self.param_groups for p in group["params"]]
         self.optimizer = build_optimizer(args, self.param_groups)
+        self.schedule_free = ScheduleFreeModes(self.optimizer)  # train mode for steps, eval mode to sample/validate/save
+        self.schedule_free.train()
         self.summary = dataset_summary(self.items, self.specs, args)
         world = self.accelerator.num_processes
         self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
@@ -182,7 +195,7 @@ class Trainer:
         if args.save_n_epoch_ratio:  # kohya: about N saves over the run
             args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
-        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
+        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps, self.notices)
         self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
@@ -287,12 +300,27 @@ class Trainer:
                 break
             except ImageBroken:
                 continue
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
-            context, pooled = self.conditioning(indices, seeds, epoch, step)
-            noise, timesteps, noisy = self.sample_noise(latents, seeds)
-            timesteps = timesteps.to(self.device)
-            prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
-        target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+        multiplier = self.multipliers[self.items[indices[0]].dataset_index] if self.multipliers else 1.0
+        if self.multipliers:  # a batch never mixes datasets
+            self.network.set_multiplier(multiplier)
+        try:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
+                context, pooled = self.conditioning(indices, seeds, epoch, step)
+                noise, timesteps, noisy = self.sample_noise(latents, seeds)
+                timesteps = timesteps.to(self.device)
+
+                def predict(rows=slice(None)):
+                    return self.model.unet(noisy[rows], timesteps[rows], context[rows],
+                                           added_cond_kwargs={"text_embeds": pooled[rows], "time_ids": ids[rows]}).sample
+
+                prediction = predict()
+                target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+                rows = preservation_rows(self.items, indices)  # custom_attributes diff_output_preservation
+                if rows:
+                    target = preserved_target(self.network, multiplier, target, rows, predict)
+        finally:
+            if self.multipliers:
+                self.network.set_multiplier(1.0)  # samples and validation use the LoRA at full strength
         return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
 
     # -- optimizer step ----------------------------------------------------------------------
@@ -375,8 +403,9 @@ class Trainer:
 
     def write_checkpoint(self, folder: Path, kind: str, progress: Progress, with_state: bool, epoch: int | None) -> Path:
         completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
-        path = self.saver.save(self.network, completed_epochs, progress.global_step, kind, folder)
-        self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
+        with self.schedule_free.evaluating():  # schedule-free: files hold the averaged weights (states: train mode)
+            path = self.saver.save(self.network, completed_epochs, progress.global_step, kind, folder)
+            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
         print(f"saved {path}")
         if with_state:
             name = state_folder_name(self.args.output_name, epoch=epoch if kind == "epoch" else None,
@@ -392,6 +421,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.network.eval()
+            self.schedule_free.eval()  # schedule-free: sample the averaged weights
             try:
                 written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch,
                                         step, self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
@@ -400,6 +430,8 @@ class Trainer:
             except (WriteFailed, OSError) as error:  # samples are expendable: training goes on (the next save rescues the weights)
                 tqdm.write(f"notice: sample images not written: {error}")
                 written = []
+            finally:
+                self.schedule_free.train()
             self.network.train()
             if self.tensorboard is not None:
                 import numpy as np
@@ -415,6 +447,7 @@ class Trainer:
         limit = self.args.max_validation_steps or len(self.val_items)
         latents, contexts, pooleds, ids = [], [], [], []
         self.network.eval()
+        self.schedule_free.eval()  # schedule-free: validate the averaged weights
         for index, item in enumerate(self.val_items[:limit]):
             try:
                 latent, _, _ = self.val_latents.get(index, False)
@@ -428,11 +461,13 @@ class Trainer:
             w, h = item.placement.original_size
             ids.append(time_ids([(h, w)], [item.placement.crop_top_left], [(item.bucket[1], item.bucket[0])]))
         if not latents:  # every validation image is broken
+            self.schedule_free.train()
             self.network.train()
             return None
         loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
                                 seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
                                 v_parameterization=self.args.v_parameterization)
+        self.schedule_free.train()
         self.network.train()
         return loss
 
@@ -445,6 +480,7 @@ class Trainer:
         if args.resume:
             folder = find_state(args.resume)
             progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            self.schedule_free.train()  # our states are saved in train mode; one saved in eval mode is switched back
             if extra.get("pivotal"):
                 self.pivotal.load_state_dict(extra["pivotal"])
             self.latents.restore_broken(extra.get("broken_images"))
@@ -513,7 +549,8 @@ class Trainer:
                     "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
                 ))
             scaled = loss / args.gradient_accumulation_steps
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if scaled.requires_grad:  # not when a dataset trains at network_multiplier 0 (the LoRA is off)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             pending += 1
             if not empty:
                 progress.epoch_losses.append(loss.item())
