@@ -24,6 +24,35 @@ MODELSPEC_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 _BLOCK = 1 << 20
 
 
+# One metadata value can be huge (a 50 MB header was seen in the wild: an embedded dataset or image).
+PRINT_LIMIT = 2000  # characters of one value that tools print
+COPY_LIMIT = 1 << 20  # bytes of one value that tools copy into a file they derive
+
+
+def value_bytes(value: str) -> int:
+    return len(value.encode("utf-8"))
+
+
+def shorten(value: str, limit: int = PRINT_LIMIT) -> str:
+    """`value`, or its first `limit` characters followed by "... (N bytes)"."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}... ({value_bytes(value):,} bytes)"
+
+
+def cut_large_values(metadata: dict, notices: list | None = None) -> dict:
+    """A copy of `metadata` whose values above COPY_LIMIT bytes are shortened (and named in `notices`)."""
+    out = {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value_bytes(value) > COPY_LIMIT:
+            if notices is not None:
+                notices.append(f"metadata {key} ({value_bytes(value):,} bytes) is cut to its first {PRINT_LIMIT:,} characters "
+                               "in the new file")
+            value = shorten(value)
+        out[key] = value
+    return out
+
+
 def _payload_hash(stream: io.BufferedIOBase) -> str:
     header_len = int.from_bytes(stream.read(8), "little")
     stream.seek(8 + header_len)

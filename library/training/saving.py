@@ -68,15 +68,15 @@ class NetworkSaver:
             metadata = {k: v for k, v in metadata.items() if k in MINIMUM_KEYS}
         return {**metadata, **spec}
 
-    def save(self, network, epoch: int, step: int, kind: str) -> Path:
-        """kind: "epoch" (-000001), "step" (-step00000500) or "final"."""
+    def save(self, network, epoch: int, step: int, kind: str, folder: Path | None = None) -> Path:
+        """kind: "epoch" (-000001), "step" (-step00000500) or "final"; into `folder` (default output_dir)."""
         name = output_file_name(
             self.args.output_name,
             epoch=epoch if kind == "epoch" else None,
             step=step if kind == "step" else None,
             ext=self.extension,
         )
-        path = self.output_dir / name
+        path = Path(folder or self.output_dir) / name
         metadata = self.metadata(epoch, step)
         if self.extra_metadata is not None:
             metadata.update(self.extra_metadata(path))
