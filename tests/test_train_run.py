@@ -79,34 +79,6 @@ def test_interrupted_state_save_is_never_picked(tiny_single_file, train_dir, tmp
         find_state(broken)
 
 
-def test_stop_request_saves_a_state_that_resumes_exactly(tiny_single_file, train_dir, tmp_path, monkeypatch):
-    import library.training.trainer as trainer_module
-
-    class StopAfterFirstCheck:
-        checks = 0
-
-        def install(self):
-            return self
-
-        def restore(self):
-            pass
-
-        @property
-        def requested(self):
-            StopAfterFirstCheck.checks += 1
-            return StopAfterFirstCheck.checks >= 3  # after the third optimizer step
-
-    reference = _run(tmp_path, tiny_single_file, train_dir, "ref", 6)
-    monkeypatch.setattr(trainer_module, "StopRequest", StopAfterFirstCheck)
-    assert _run(tmp_path, tiny_single_file, train_dir, "stopped", 6).exists() is False  # no final file: it stopped
-    out = tmp_path / "stopped_out"
-    assert (out / "tiny_lora-step00000003.safetensors").exists() and (out / "tiny_lora-step00000003-state").is_dir()
-    monkeypatch.undo()
-    resumed = _run(tmp_path, tiny_single_file, train_dir, "stopped", 6, resume=str(out))
-    a, b = lora_tensors(reference), lora_tensors(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_nan_loss_stops_with_advice_and_saves_last_good_state(tiny_single_file, train_dir, tmp_path):
     with pytest.raises(UserError, match=r"loss became nan at step \d+ .*last good state was saved.*Lower the learning rate"):
         run_training(tmp_path, tiny_single_file, train_dir, name="nan", max_train_steps=6, learning_rate=1e30,

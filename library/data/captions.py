@@ -21,6 +21,9 @@ def normalize_extension(extension: str) -> str:
     extension = extension.strip()
     if not extension:
         raise UserError("caption extension is empty; use e.g. --caption_extension .caption")
+    if "/" in extension or "\\" in extension:
+        raise UserError(f"caption extension {extension!r} contains a folder separator; it is only the file ending, "
+                        "e.g. .caption or .txt")
     return extension if extension.startswith(".") else "." + extension
 
 

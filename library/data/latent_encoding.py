@@ -94,7 +94,9 @@ def load_vae_for_caching(model: str | os.PathLike, vae: str | os.PathLike | None
         if not keys and any(k.startswith(arch.UNET_PREFIX) for k in shapes):
             raise UserError(f"{source}: checkpoint has no VAE (first_stage_model.*); pass one with --vae")
         keys = keys or list(shapes)  # a VAE-only file
-        with safe_open(str(source), framework="pt", device="cpu") as handle:
+        from library.models.checkpoint_file import safetensors_errors
+
+        with safetensors_errors(source), safe_open(str(source), framework="pt", device="cpu") as handle:
             state = {k: handle.get_tensor(k) for k in keys}
         model_vae = vae_from_ldm_state_dict(state, source, torch.float32)
     model_vae = model_vae.to(device, dtype)  # one move: no fp32 copy on the device

@@ -22,6 +22,7 @@ from pathlib import Path
 from library.errors import UserError
 from library.lora import weights_math
 from library.lora.file_io import read_lora
+from library.lora.metadata import cut_large_values
 from library.lora.naming import group_by_module, normalise_suffix, split_key
 
 _CANONICAL_NAME = re.compile(
@@ -129,7 +130,10 @@ def derived_metadata(metadata: dict, operation: str, details: dict | None = None
     """Metadata for a file derived from `metadata`: hashes dropped (save_lora recomputes them),
     ss_* updates applied, and the operation appended to ss_lora_tools_history (a JSON list) and
     to ss_training_comment."""
-    out = {k: v for k, v in (metadata or {}).items() if not k.startswith("sshs_")}
+    notices: list[str] = []
+    out = {k: v for k, v in cut_large_values(metadata or {}, notices).items() if not k.startswith("sshs_")}
+    for notice in notices:
+        print(f"notice: {notice}")
     for key, value in ss_updates.items():
         if value is not None:
             out[key] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) \

@@ -18,7 +18,7 @@ import torch
 from library.errors import UserError
 from library.file_io import save_safetensors_atomic
 from library.models import sdxl_architecture as arch
-from library.models.checkpoint_file import PICKLE_SUFFIXES, load_weights, read_shapes
+from library.models.checkpoint_file import PICKLE_SUFFIXES, load_weights, read_shapes, safetensors_errors
 from library.models.model_build import assign_weights, empty_text_encoder, empty_unet, empty_vae
 from library.models.text_encoder_names import (
     TE1_PREFIX,
@@ -58,12 +58,17 @@ class _TensorSource:
 
             self.shapes = read_shapes(path)
             self._tensors = None
-            self._handle = safe_open(str(path), framework="pt", device="cpu")
+            with safetensors_errors(path):
+                self._handle = safe_open(str(path), framework="pt", device="cpu")
 
     def get(self, keys, dtype: torch.dtype | None) -> dict:
         out = {}
         for key in keys:
-            tensor = self._tensors[key] if self._tensors is not None else self._handle.get_tensor(key)
+            if self._tensors is not None:
+                tensor = self._tensors[key]
+            else:
+                with safetensors_errors(self.path):
+                    tensor = self._handle.get_tensor(key)
             out[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         return out
 

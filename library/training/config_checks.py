@@ -25,6 +25,7 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         raise UserError("pretrained_model_name_or_path is not set; give the local SDXL .safetensors file or diffusers folder")
     if not args.output_dir and not args.print_config:
         raise UserError("output_dir is not set; add output_dir = \"...\" under [training_arguments]")
+    check_values(args, where)
     if args.network_train_unet_only and args.network_train_text_encoder_only:
         raise UserError("network_train_unet_only and network_train_text_encoder_only together train nothing; keep one")
     check_pivotal_options(args, sources, notices)
@@ -62,12 +63,12 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
                         "v-prediction models; add v_parameterization = true or remove it")
     if args.v_pred_like_loss and args.v_parameterization:
         raise UserError("v_pred_like_loss is for epsilon models; remove it with v_parameterization")
-    if args.save_model_as != "safetensors":
-        raise UserError(f"{where('save_model_as')}: save_model_as = \"{args.save_model_as}\": LoRA files are saved as safetensors only "
-                        "(pickles can run code when loaded, and every UI reads safetensors); remove the option")
-    if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask for s in subsets)):
-        raise UserError(f"{where('masked_loss')}: masked_loss needs alpha_mask = true (masks come from the images' alpha channel; "
-                        "conditioning_data_dir masks are not supported)")
+    if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask or s.conditioning_data_dir for s in subsets)):
+        raise UserError(f"{where('masked_loss')}: masked_loss needs masks: alpha_mask = true (the images' alpha channel) or "
+                        "conditioning_data_dir (a folder of mask images)")
+    for subset in subsets:
+        if subset.alpha_mask and subset.conditioning_data_dir and args.masked_loss:
+            raise UserError(f"{subset.image_dir}: alpha_mask and conditioning_data_dir both give loss masks; keep one")
     if args.log_with in ("wandb", "all"):
         import importlib.util
 
@@ -77,3 +78,24 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         value = getattr(args, name)
         if value and not Path(value).exists():
             raise UserError(f"{where(name)}: {name} {value!r}: file or folder not found")
+
+
+def check_values(args, where) -> None:
+    """Values that would otherwise fail deep inside torch or the network with a traceback."""
+    for name in ("learning_rate", "unet_lr", "text_encoder_lr"):
+        value = getattr(args, name)
+        for number in value if isinstance(value, (list, tuple)) else [value]:
+            if number is not None and (number < 0 or number != number):
+                raise UserError(f"{where(name)}: {name} = {number}: a learning rate cannot be negative; "
+                                "use e.g. 1e-4 (0 turns that part's training off)")
+    if args.network_dim is not None and args.network_dim < 1:
+        raise UserError(f"{where('network_dim')}: network_dim = {args.network_dim}: the LoRA rank must be at least 1 "
+                        "(typical values 4 to 128)")
+    if args.network_alpha is not None and args.network_alpha < 0:
+        raise UserError(f"{where('network_alpha')}: network_alpha = {args.network_alpha} must not be negative "
+                        "(the scale is alpha / rank; 0 means alpha = rank)")
+    for name in ("caption_extension", "caption_extention"):
+        value = getattr(args, name)
+        if value and ("/" in value or "\\" in value):
+            raise UserError(f"{where(name)}: {name} = {value!r} contains a folder separator; it is only the file ending "
+                            "of the caption files next to the images, e.g. \".caption\" or \".txt\"")

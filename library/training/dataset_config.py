@@ -42,6 +42,9 @@ SUBSET_OPTIONS = {
     "random_crop": (T.parse_bool, False),
     "alpha_mask": (T.parse_bool, False),
     "resize_interpolation": (T.parse_str, None),
+    "conditioning_data_dir": (T.parse_str, None),
+    "cache_info": (T.parse_bool, False),
+    "custom_attributes": (T.parse_table, None),
 }
 DATASET_OPTIONS = {
     "resolution": (T.parse_resolution, None),
@@ -53,6 +56,7 @@ DATASET_OPTIONS = {
     "bucket_no_upscale": (T.parse_bool, False),
     "validation_seed": (T.parse_int, None),
     "validation_split": (T.parse_float, 0.0),
+    "network_multiplier": (T.parse_float, 1.0),
 }
 # training-config names that feed the dataset options above
 TRAINING_ALIASES = {"batch_size": "train_batch_size"}
@@ -74,6 +78,9 @@ class SubsetSpec(CaptionOptions):
     random_crop: bool = False
     alpha_mask: bool = False
     resize_interpolation: str | None = None
+    conditioning_data_dir: str | None = None  # loss masks for masked_loss (condition_masks.py)
+    cache_info: bool = False  # metadata_cache.json of DreamBooth folders (library/data/image_info_cache.py)
+    custom_attributes: dict | None = None  # kohya's per-subset attributes (diff_output_preservation)
 
 
 @dataclass
@@ -87,6 +94,7 @@ class DatasetSpec:
     bucket_no_upscale: bool = False
     validation_seed: int | None = None
     validation_split: float = 0.0
+    network_multiplier: float = 1.0  # LoRA strength while training on this dataset, as kohya's dataset option
     subsets: list[SubsetSpec] = field(default_factory=list)
 
 
@@ -167,7 +175,10 @@ def specs_from_args(args) -> list[DatasetSpec]:
         raise UserError("no dataset: set train_data_dir (with in_json or <repeats>_<class> folders) or dataset_config")
     subsets = dreambooth_subsets(args.train_data_dir, False, base)
     if args.reg_data_dir:
-        subsets += dreambooth_subsets(args.reg_data_dir, True, base)
+        reg_subsets = dreambooth_subsets(args.reg_data_dir, True, base)
+        for subset in reg_subsets:  # the training config's mask folder is for the training images
+            subset.conditioning_data_dir = None
+        subsets += reg_subsets
     return [_build(DatasetSpec, {**base, "subsets": subsets})]
 
 

@@ -5,7 +5,7 @@ image, its alpha mask and the crop applied: random / face crops, colour augmenta
 are drawn from `sample_randomness(item, seed)`, so the result is the same wherever it is computed.
 `PixelLoader` runs it ahead of the training loop in `max_data_loader_n_workers` processes (a
 torch DataLoader whose sampler yields whole batches as (index, seed) lists) and hands the results
-to the main process, which only runs the VAE. Cached samples cost the workers nothing (None).
+to the main process, which only runs the VAE. Cached samples cost the workers nothing.
 Workers get the pipeline (item list and flags), never the models.
 """
 from __future__ import annotations
@@ -19,7 +19,15 @@ from PIL import Image
 from library.data.augmentation import color_augment, face_crop_placement, face_from_file_name, random_crop_placement
 from library.data.buckets import resize_and_crop, resize_and_crop_array
 from library.data.images import ImageSkipped, alpha_of, composite, open_image
-from library.errors import UserError
+
+
+class PixelsUnreadable(Exception):
+    """An image that cannot be read any more (the main process records it as broken); a loader
+    worker returns it instead of the sample's pixels."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def sample_randomness(item, seed: int) -> tuple[bool, random.Random]:
@@ -40,9 +48,10 @@ class PixelPipeline:
         try:
             image = open_image(item.image_path)
         except ImageSkipped as error:
-            raise UserError(f"{item.image_path}: cannot be read any more ({error}); remove it or restore it") from None
+            raise PixelsUnreadable(str(error)) from None
         if image.size != placement.original_size:
-            raise UserError(f"{item.image_path}: changed size since the dataset was scanned; restart training")
+            w, h = placement.original_size
+            raise PixelsUnreadable(f"changed size since the dataset was scanned ({w}x{h} -> {image.size[0]}x{image.size[1]})")
         alpha = alpha_of(image)
         cropped = resize_and_crop(composite(image), placement)
         mask = None
@@ -52,7 +61,8 @@ class PixelPipeline:
         return cropped, mask
 
     def augmented(self, index: int, flip: bool, rng: random.Random | None):
-        """(image, mask, crop_ltrb) of one training sample as the step sees it (crop, colour, flip)."""
+        """(image, mask, crop_ltrb, placement) of one training sample as the step sees it (crop,
+        colour, flip); PixelsUnreadable when the image cannot be read any more."""
         item = self.items[index]
         placement = item.placement
         face = face_from_file_name(item.image_path) if item.subset.face_crop_aug_range else None
@@ -66,23 +76,26 @@ class PixelPipeline:
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
-        return image, mask, tuple(crop)
+        return image, mask, tuple(crop), placement
 
 
 class _Batches:
-    """The DataLoader's dataset: a key is one batch, ((index, seed), ...); cached samples give None."""
+    """The DataLoader's dataset: a key is one batch, ((index, seed), ...); the value maps each
+    uncached (index, seed) to its prepared pixels (or the PixelsUnreadable that stopped them)."""
 
     def __init__(self, pipeline: PixelPipeline, cached: frozenset):
         self.pipeline, self.cached = pipeline, cached
 
     def __getitem__(self, key):
-        out = []
+        out = {}
         for index, seed in key:
             if index in self.cached:
-                out.append(None)
                 continue
             flip, rng = sample_randomness(self.pipeline.items[index], seed)
-            out.append(self.pipeline.augmented(index, flip, rng))
+            try:
+                out[(index, seed)] = self.pipeline.augmented(index, flip, rng)
+            except PixelsUnreadable as error:
+                out[(index, seed)] = error
         return out
 
 
@@ -104,7 +117,7 @@ def _as_is(batch):
 
 
 class PixelLoader:
-    """Prepared pixels of each batch, in order, from worker processes (None where latents are cached)."""
+    """Prepared pixels of each batch, in order, from worker processes: {(index, seed): pixels}."""
 
     def __init__(self, pipeline: PixelPipeline, cached: set, workers: int, persistent: bool):
         from torch.utils.data import DataLoader

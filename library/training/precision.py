@@ -20,9 +20,8 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def effective_mixed_precision(args, notices: list) -> str:
-    """kohya's mixed_precision, checked against full_fp16/full_bf16/fp8_base; it runs as configured on
-    any device (CPU autocast does fp16 and bf16), with a notice on a CPU without kernels for it."""
+def check_precision(args) -> None:
+    """The precision options that only work together; before any model loads (--print_config too)."""
     requested = args.mixed_precision
     if args.full_fp16 and requested != "fp16":
         raise UserError("full_fp16 needs mixed_precision = \"fp16\"")
@@ -30,6 +29,13 @@ def effective_mixed_precision(args, notices: list) -> str:
         raise UserError("full_bf16 needs mixed_precision = \"bf16\"")
     if (args.fp8_base or args.fp8_base_unet) and requested == "no":
         raise UserError("fp8_base / fp8_base_unet need mixed_precision = \"bf16\" or \"fp16\" (the dtype fp8 weights are computed in)")
+
+
+def effective_mixed_precision(args, notices: list) -> str:
+    """kohya's mixed_precision, checked against full_fp16/full_bf16/fp8_base; it runs as configured on
+    any device (CPU autocast does fp16 and bf16), with a notice on a CPU without kernels for it."""
+    requested = args.mixed_precision
+    check_precision(args)
     if requested != "no" and not has_cuda() and not cpu_has_half_kernels(requested):
         notices.append(f"mixed_precision = \"{requested}\" on this CPU is correct but slow: it has no {requested} matrix instructions "
                        f"({_CPU_INSTRUCTIONS[requested]}), so convolutions and matmuls take a path tens of times slower than fp32")

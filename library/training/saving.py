@@ -58,7 +58,8 @@ class NetworkSaver:
         spec = build_modelspec(
             title=args.metadata_title or args.output_name, resolution=resolution, trigger_phrase=args.metadata_trigger_phrase,
             description=args.metadata_description, author=args.metadata_author, license=args.metadata_license,
-            tags=args.metadata_tags,
+            tags=args.metadata_tags, usage_hint=args.metadata_usage_hint, merged_from=args.metadata_merged_from,
+            preprocessor=args.metadata_preprocessor, is_negative_embedding=args.metadata_is_negative_embedding,
         )
         if args.metadata_thumbnail:
             spec["modelspec.thumbnail"] = self.thumbnail
@@ -67,15 +68,15 @@ class NetworkSaver:
             metadata = {k: v for k, v in metadata.items() if k in MINIMUM_KEYS}
         return {**metadata, **spec}
 
-    def save(self, network, epoch: int, step: int, kind: str) -> Path:
-        """kind: "epoch" (-000001), "step" (-step00000500) or "final"."""
+    def save(self, network, epoch: int, step: int, kind: str, folder: Path | None = None) -> Path:
+        """kind: "epoch" (-000001), "step" (-step00000500) or "final"; into `folder` (default output_dir)."""
         name = output_file_name(
             self.args.output_name,
             epoch=epoch if kind == "epoch" else None,
             step=step if kind == "step" else None,
             ext=self.extension,
         )
-        path = self.output_dir / name
+        path = Path(folder or self.output_dir) / name
         metadata = self.metadata(epoch, step)
         if self.extra_metadata is not None:
             metadata.update(self.extra_metadata(path))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from library.data.images import SkipLog
 from library.errors import UserError
+from library.file_io import WriteFailed
 from library.training import loss as loss_lib
 from library.training import data_parallel
 from library.training import noise as noise_lib
@@ -26,9 +27,12 @@ from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
 from library.training.checkpointing import enable_unet_checkpointing
 from library.training.compilation import compile_unet
+from library.training.condition_masks import attach_masks
 from library.training.config_checks import check_combinations
+from library.training.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
 from library.training.dataset_config import dataset_specs
-from library.training.latent_source import LatentSource
+from library.training.kohya_compat import dataset_difference_notices
+from library.training.latent_source import ImageBroken, LatentSource
 from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.network_setup import create_training_network, merge_configured_base_weights
@@ -36,10 +40,13 @@ from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
 from library.training.pixel_loading import pixel_loader, sample_randomness
 from library.training.placement import Placement, PrecisionPlan
-from library.training.precision import configure_attention, effective_mixed_precision
+from library.training.precision import check_precision, configure_attention, effective_mixed_precision
+from library.training.save_rescue import save_or_rescue
 from library.training.saving import NetworkSaver
+from library.training.schedule_free import ScheduleFreeModes
 from library.models.sdxl_conditioning import encode_captions, time_ids
-from library.training.run_control import StopRequest
+from library.training import preflight
+from library.training.run_control import RunStopped, StopRequest
 from library.training.sample_prompts import load_sample_prompts
 from library.training.sampling import write_samples
 from library.training.text_conditioning import TextEncoderCache, cached_captions
@@ -99,8 +106,15 @@ class Trainer:
         self.sources, self.notices = resolved.sources, resolved.notices
         self.specs = dataset_specs(args)
         check_combinations(args, self.sources, self.notices, [s for spec in self.specs for s in spec.subsets])
+        check_precision(args)  # before any model loads, --print_config included
         self.skipped = SkipLog()
         all_items = build_items(self.specs, self.skipped, self.notices)
+        attach_masks(all_items, args.masked_loss, self.notices)  # conditioning_data_dir masks
+        self.multipliers = dataset_multipliers(self.specs)  # per-dataset network_multiplier, None when all 1.0
+        dataset_difference_notices(args, self.specs, self.notices)
+        if unused_attribute_keys(self.specs):
+            self.notices.append(f"custom_attributes {', '.join(unused_attribute_keys(self.specs))}: carried as in kohya, "
+                                "but only diff_output_preservation changes training")
         split_seed = args.validation_seed if args.validation_seed is not None else (args.seed or 0)
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
@@ -225,6 +239,9 @@ class Trainer:
         # fp16: loss scaling (and with full_fp16 an optimizer over fp32 master copies); None otherwise
         self.scaler = loss_scaling(self.mixed, args.full_fp16, self.device.type, self.param_groups)
         self.optimizer = build_optimizer(args, self.scaler.optimizer_groups() if self.scaler else self.param_groups)
+        # train mode for steps, eval mode to sample/validate/save (the fp16 weights follow fp32 masters)
+        self.schedule_free = ScheduleFreeModes(self.optimizer, on_change=self.scaler.masters_to_model if self.scaler else None)
+        self.schedule_free.train()
         self.summary = dataset_summary(self.items, self.specs, args)
         world = self.accelerator.num_processes
         self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
@@ -233,7 +250,7 @@ class Trainer:
         if args.save_n_epoch_ratio:  # kohya: about N saves over the run
             args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
-        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
+        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps, self.notices)
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
         self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer,
@@ -332,21 +349,55 @@ class Trainer:
         return torch.cat(noises), torch.cat(timesteps), torch.cat(noisy)
 
     def predict(self, indices, seeds, epoch, step, latents, ids):
-        """The forward pass that uses the trained weights, run by DDP (data_parallel.TrainableWeights)."""
+        """The forward pass that uses the trained weights, run by DDP (data_parallel.TrainableWeights):
+        (prediction, noise, timesteps, noisy latents, context, pooled)."""
         context, pooled = self.conditioning(indices, seeds, epoch, step)
         noise, timesteps, noisy = self.sample_noise(latents, seeds)
         timesteps = timesteps.to(self.device)
         prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
-        return prediction, noise, timesteps
+        if self.multipliers and self.accelerator.num_processes > 1:  # a dataset at network_multiplier 0 uses no trained tensor:
+            prediction = prediction + 0.0 * torch.stack([p.sum() for p in self.trainable]).sum()  # zeros, so DDP's backward still runs
+        return prediction, noise, timesteps, noisy, context, pooled
 
     def batch_loss(self, indices, seeds, epoch, step, sync: bool = True, pixels=None):
-        """The batch's loss; `sync` False (inside an accumulation group) skips DDP's gradient all-reduce."""
+        """The batch's loss, or None when every image in it is broken (see LatentSource.usable).
+        `sync` False (inside an accumulation group) skips DDP's gradient all-reduce; `pixels` are
+        the batch's images prepared by loader workers."""
         args = self.args
-        latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds, pixels)
-        with self.placement.autocast(), data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
-            prediction, noise, timesteps = self.ddp(self.predict, indices, seeds, epoch, step, latents, ids)
-        target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+        while True:
+            indices, seeds = self.latents.usable(indices, seeds)  # a broken image leaves the batch, the rest stay as they were
+            if not indices:
+                return None
+            try:
+                latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds, pixels)
+                break
+            except ImageBroken:
+                continue
+        multiplier = self.multipliers[self.items[indices[0]].dataset_index] if self.multipliers else 1.0
+        if self.multipliers:  # a batch never mixes datasets
+            self.network.set_multiplier(multiplier)
+        try:
+            with self.placement.autocast():
+                with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
+                    prediction, noise, timesteps, noisy, context, pooled = self.ddp(self.predict, indices, seeds, epoch, step, latents, ids)
+
+                def predict(rows=slice(None)):
+                    return self.model.unet(noisy[rows], timesteps[rows], context[rows],
+                                           added_cond_kwargs={"text_embeds": pooled[rows], "time_ids": ids[rows]}).sample
+
+                target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+                rows = preservation_rows(self.items, indices)  # custom_attributes diff_output_preservation
+                if rows:
+                    target = preserved_target(self.network, multiplier, target, rows, predict)
+        finally:
+            if self.multipliers:
+                self.network.set_multiplier(1.0)  # samples and validation use the LoRA at full strength
         return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
+
+    def zero_loss(self, sync: bool):
+        """0 x every trained tensor, through DDP like a real batch, so its gradients (zeros) are all-reduced."""
+        with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
+            return self.ddp(lambda: torch.stack([p.sum() for p in self.trainable]).sum() * 0.0)
 
     def all_finite(self, loss) -> bool:
         """Whether every process's loss is finite (each must take the same branch, or DDP hangs)."""
@@ -409,26 +460,34 @@ class Trainer:
     # -- events ------------------------------------------------------------------------------
     def save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None = None) -> Path | None:
         """LoRA file (kind "epoch", "step" or "final") plus, when asked, a resumable state holding
-        `progress` (the position training continues from). `epoch` numbers an epoch save."""
+        `progress` (the position training continues from). `epoch` numbers an epoch save. A save that
+        fails twice goes to a fallback folder and stops the run (save_rescue)."""
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
         if accelerator.is_main_process:
-            completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
-            path = self.saver.save(self.network, completed_epochs, progress.global_step, kind)
+            path = save_or_rescue(lambda folder: self.write_checkpoint(folder, kind, progress, with_state, epoch),
+                                  Path(args.output_dir), args.output_name)
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
-            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
-            print(f"saved {path}")
             if with_state:
-                name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
-                                         step=progress.global_step if kind == "step" else None)
-                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
-                                    extra={"pivotal": self.pivotal.state_dict()})
                 prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
                              epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
                              args.save_every_n_epochs)
-                print(f"saved state {folder}")
         accelerator.wait_for_everyone()
+        return path
+
+    def write_checkpoint(self, folder: Path, kind: str, progress: Progress, with_state: bool, epoch: int | None) -> Path:
+        completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
+        with self.schedule_free.evaluating():  # schedule-free: files hold the averaged weights (states: train mode)
+            path = self.saver.save(self.network, completed_epochs, progress.global_step, kind, folder)
+            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
+        print(f"saved {path}")
+        if with_state:
+            name = state_folder_name(self.args.output_name, epoch=epoch if kind == "epoch" else None,
+                                     step=progress.global_step if kind == "step" else None)
+            state = save_state(folder / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
+                               extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()})
+            print(f"saved state {state}")
         return path
 
     def sample(self, epoch: int | None, step: int) -> None:
@@ -437,10 +496,17 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.network.eval()
-            written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch, step,
-                                    self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
-                                    self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt, base_seed=self.seed,
-                                    autocast=self.placement.autocast)
+            self.schedule_free.eval()  # schedule-free: sample the averaged weights
+            try:
+                written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch,
+                                        step, self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
+                                        self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt,
+                                        base_seed=self.seed, autocast=self.placement.autocast)
+            except (WriteFailed, OSError) as error:  # samples are expendable: training goes on (the next save rescues the weights)
+                tqdm.write(f"notice: sample images not written: {error}")
+                written = []
+            finally:
+                self.schedule_free.train()
             self.network.train()
             if self.tensorboard is not None:
                 import numpy as np
@@ -456,8 +522,12 @@ class Trainer:
         limit = self.args.max_validation_steps or len(self.val_items)
         latents, contexts, pooleds, ids = [], [], [], []
         self.network.eval()
+        self.schedule_free.eval()  # schedule-free: validate the averaged weights
         for index, item in enumerate(self.val_items[:limit]):
-            latent, _, _ = self.val_latents.get(index, False)
+            try:
+                latent, _, _ = self.val_latents.get(index, False)
+            except ImageBroken:
+                continue
             latents.append(latent * VAE_SCALE)
             caption = self.pivotal.replace_in_prompt(item.caption)
             with self.placement.autocast():
@@ -466,10 +536,15 @@ class Trainer:
             pooleds.append(pooled)
             w, h = item.placement.original_size
             ids.append(time_ids([(h, w)], [item.placement.crop_top_left], [(item.bucket[1], item.bucket[0])]))
+        if not latents:  # every validation image is broken
+            self.schedule_free.train()
+            self.network.train()
+            return None
         with self.placement.autocast():
             loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
                                     seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
                                     v_parameterization=self.args.v_parameterization)
+        self.schedule_free.train()
         self.network.train()
         return loss
 
@@ -482,8 +557,10 @@ class Trainer:
         if args.resume:
             folder = find_state(args.resume)
             progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            self.schedule_free.train()  # our states are saved in train mode; one saved in eval mode is switched back
             if extra.get("pivotal"):
                 self.pivotal.load_state_dict(extra["pivotal"])
+            self.latents.restore_broken(extra.get("broken_images"))
             if progress.seed != self.seed:
                 self.notices.append(f"resuming a run trained with seed {progress.seed}; using it (not {self.seed}) for identical data order")
                 self.seed = args.seed = progress.seed
@@ -514,8 +591,9 @@ class Trainer:
         self.network.train()
         try:
             while progress.global_step < self.max_steps and progress.epoch <= self.epochs:
-                if self.run_epoch(progress, world, rank, bar, stop):
-                    return None  # stopped on request, state saved
+                if self.run_epoch(progress, world, rank, bar, stop):  # stopped on request, state saved
+                    state = Path(args.output_dir) / state_folder_name(args.output_name, step=progress.global_step)
+                    raise RunStopped(stop.exit_code, progress.global_step, state, args.output_dir)
         finally:
             stop.restore()
             bar.close()
@@ -541,18 +619,22 @@ class Trainer:
             will_step = pending + 1 >= args.gradient_accumulation_steps or batch_index == len(batches) - 1
             loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step, sync=will_step,
                                    pixels=next(prepared) if prepared else None)
+            if self.latents.too_many_broken():
+                self.stop_with_state(progress, group_start, self.latents.too_many_error("; the last good state was saved"))
+            empty = loss is None
+            if empty:  # every image of the batch is broken: a zero gradient keeps the step plan (and all processes) in step
+                loss = self.zero_loss(sync=will_step)
             if not self.all_finite(loss):
-                progress.batches_done_in_epoch = group_start
-                self.optimizer.zero_grad(set_to_none=True)
-                self.save_checkpoint("step", progress, with_state=True)
-                raise UserError(
+                self.stop_with_state(progress, group_start, UserError(
                     f"loss became {loss.item()} at step {progress.global_step + 1} (epoch {epoch}); the last good state was saved. "
                     "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
-                )
+                ))
             scaled = loss / args.gradient_accumulation_steps
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if scaled.requires_grad:  # not when a dataset trains at network_multiplier 0 (the LoRA is off)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             pending += 1
-            progress.epoch_losses.append(loss.item())
+            if not empty:
+                progress.epoch_losses.append(loss.item())
             if pending < args.gradient_accumulation_steps and batch_index < len(batches) - 1:
                 continue
             logs = self.optimizer_step()
@@ -560,9 +642,11 @@ class Trainer:
             progress.global_step += 1
             self.pivotal.after_optimizer_step(progress.global_step, self.max_steps)  # pivotal: pull-back; freeze at the pivot
             progress.batches_done_in_epoch = batch_index + 1
-            progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
-            logs.update({"loss/current": loss.item(), "loss/average": sum(progress.recent_losses) / len(progress.recent_losses),
-                         **self.lr_logs()})
+            if not empty:
+                progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
+            current = progress.recent_losses[-1] if empty and progress.recent_losses else loss.item()
+            logs.update({"loss/current": current,
+                         "loss/average": sum(progress.recent_losses) / max(len(progress.recent_losses), 1), **self.lr_logs()})
             step = progress.global_step
             if self.val_items and self.due(args.validate_every_n_steps, step):
                 logs["loss/validation/step_average"] = self.validation_loss()
@@ -571,7 +655,6 @@ class Trainer:
             bar.update(1)
             if stop.requested:
                 self.save_checkpoint("step", progress, with_state=True)
-                print(f"stopped at step {step}; resume with --resume {args.output_dir}")
                 return True
             if step < self.max_steps:
                 if self.due(args.save_every_n_steps, step):
@@ -583,6 +666,14 @@ class Trainer:
         if progress.batches_done_in_epoch >= len(batches):  # not when the run ended inside the epoch
             self.finish_epoch(progress)
         return False
+
+    def stop_with_state(self, progress: Progress, group_start: int, error: Exception):
+        """Save a resumable state at the last optimizer step (the current group's gradients are
+        dropped), then stop with `error`."""
+        progress.batches_done_in_epoch = group_start
+        self.optimizer.zero_grad(set_to_none=True)
+        self.save_checkpoint("step", progress, with_state=True)
+        raise error
 
     def finish_epoch(self, progress: Progress) -> None:
         args, epoch = self.args, progress.epoch
@@ -633,9 +724,16 @@ def train(resolved) -> Path | None:
             print(f"notice: {notice}")
         print_dataset_summary(summary, resolved.args, per_epoch, total, trainer.skipped)
         return None
-    trainer.setup()
-    for notice in trainer.notices:
-        print(f"notice: {notice}")
-    if trainer.skipped:
-        print("\n".join(trainer.skipped.summary_lines()))
-    return trainer.run()
+    with preflight.output_guard(resolved, trainer.items):  # before any model loads
+        trainer.setup()
+        preflight.check_free_space(trainer.args, trainer.network, trainer.optimizer, trainer.max_steps, trainer.epochs,
+                                   trainer.notices)
+        for notice in trainer.notices:
+            print(f"notice: {notice}")
+        if trainer.skipped:
+            print("\n".join(trainer.skipped.summary_lines()))
+        final = trainer.run()
+        if trainer.latents.broken:
+            print(f"{len(trainer.latents.broken)} image(s) could not be read during training and were skipped:")
+            print("\n".join(trainer.latents.broken_lines()))
+        return final
