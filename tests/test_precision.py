@@ -116,9 +116,8 @@ def test_half_precision_on_a_cpu_without_its_kernels_says_so_and_full_needs_its_
         assert slow == ['mixed_precision = "fp16" on this CPU is correct but slow: it has no fp16 matrix instructions '
                         '(AVX-512 FP16 or AMX-FP16), so convolutions and matmuls take a path tens of times slower than fp32']
     config = base_config(tiny_single_file, images, tmp_path / "out", mixed_precision="bf16", full_fp16=True)
-    trainer = Trainer(resolve_config(["--config_file", str(write_config(tmp_path / "b.toml", config))]))
-    with pytest.raises(UserError, match=r'full_fp16 needs mixed_precision = "fp16"'):
-        trainer.setup_accelerator()
+    with pytest.raises(UserError, match=r'full_fp16 needs mixed_precision = "fp16"'):  # before any model loads
+        Trainer(resolve_config(["--config_file", str(write_config(tmp_path / "b.toml", config))]))
 
 
 def test_loss_scaling_keeps_fp16_gradients_that_would_underflow():

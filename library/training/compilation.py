@@ -2,9 +2,9 @@
 
 The UNet is compiled in place (nn.Module.compile) after the network is attached, so the LoRA
 modules patched into its layers are traced with it; the first step pays for compilation (and a
-sample or a new bucket shape may recompile once), later steps run the compiled graphs. kohya's
-backend names are accepted in any case ("INDUCTOR", "inductor"); accelerate's own compilation
-(`accelerate launch --dynamo_backend`) is not used, as in kohya without torch_compile.
+sample or a new bucket shape may recompile once), later steps run the compiled graphs. The
+backend names are kohya's choices; one this torch does not have is an error naming those it has.
+accelerate's own compilation (`accelerate launch --dynamo_backend`) is not used, as in kohya.
 """
 from __future__ import annotations
 

@@ -313,12 +313,12 @@ class Trainer:
             return encode_captions(self.model, captions, self.args.max_token_length, self.args.weighted_captions)
 
     def batch_inputs(self, indices, seeds, pixels=None):
-        """`pixels`: the batch's images prepared by loader workers (pixel_loading.PixelLoader), or None."""
+        """`pixels`: {(index, seed): images} prepared by loader workers (pixel_loading.PixelLoader), or None."""
         latents, masks, originals, crops, targets = [], [], [], [], []
-        for position, (index, seed) in enumerate(zip(indices, seeds)):
+        for index, seed in zip(indices, seeds):
             item = self.items[index]
             flip, augment = sample_randomness(item, seed)
-            sample, mask, crop = self.latents.get(index, flip, augment, pixels[position] if pixels else None)
+            sample, mask, crop = self.latents.get(index, flip, augment, (pixels or {}).get((index, seed)))
             latents.append(sample)
             masks.append(mask)
             placement = item.placement
