@@ -111,7 +111,7 @@ def _training_lines(report: dict) -> list[str]:
 def _other_lines(report: dict) -> list[str]:
     s, p = report["startup"], report["preparation"]
     c, idx = p["latent_caching"], p["indexing"]
-    lines += ["", "| measurement | value |", "|---|---|",
+    lines = ["", "| measurement | value |", "|---|---|",
               f"| tiny: process start to first optimizer step | {_fmt_stat(s['start_to_first_step_seconds'], unit=' s')} |",
               f"| tiny: importing the modules that run loads | {_fmt_stat(s['import_seconds'], unit=' s')} |",
               f"| startup ratio | {_fmt_stat(s['ratio'])} |",
@@ -125,7 +125,6 @@ def _other_lines(report: dict) -> list[str]:
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['quarter']:,.0f} B / "
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['all']:,.0f} B |",
               f"| fp8 base storage | {'supported' if report['fp8']['supported'] else 'unsupported: ' + report['fp8']['reason']} |"]
-    lines = [""] + lines
     return lines
 
 

@@ -99,5 +99,6 @@ def load_vae_for_caching(model: str | os.PathLike, vae: str | os.PathLike | None
         with safetensors_errors(source), safe_open(str(source), framework="pt", device="cpu") as handle:
             state = {k: handle.get_tensor(k) for k in keys}
         model_vae = vae_from_ldm_state_dict(state, source, torch.float32)
-    model_vae = model_vae.to(device, dtype)  # one move: no fp32 copy on the device
+    # one move, no fp32 copy on the device (naming fp32 again would only make diffusers warn)
+    model_vae = model_vae.to(device, None if dtype == torch.float32 else dtype)
     return model_vae.eval().requires_grad_(False)
