@@ -16,7 +16,7 @@ from library.benchmark.models import write_model
 from library.benchmark.runner import run_task
 
 SCHEMA_VERSION = 1
-SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware" only when asked
+SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware" and "realsize" only when asked
 TARGETS = {
     "step_time_ratio_max": 1.10,
     "peak_memory_ratio_max": 1.15,
@@ -113,7 +113,11 @@ def bench_startup(workdir: Path, opts: dict, log=print) -> dict:
 
 
 def bench_calibration(size: str, workdir: Path, cases: list[dict], log=print, sdxl_path: str | None = None) -> dict:
-    """--estimate_memory vs tensor bytes counted in a real CPU training process, per case."""
+    """--estimate_memory's working memory (activations + LoRA gradients) vs the anonymous memory a real
+    CPU training step adds to its process, per case: with glibc's default malloc (what a user sees)
+    and with a fixed mmap threshold (freed memory returned at once: the process follows its tensors)."""
+    from library.benchmark.process_memory import TRACKING_MALLOC_ENV
+
     model = _model_path(size, workdir, sdxl_path)
     rows = []
     for case in cases:
@@ -122,11 +126,16 @@ def bench_calibration(size: str, workdir: Path, cases: list[dict], log=print, sd
         config = training.write_config(
             workdir / "configs" / f"{size}_calibration_{case['resolution']}_{case['batch_size']}_{case['gradient_checkpointing']}.toml",
             training.training_config(model, train_dir, workdir / f"out_{size}_calibration", case["resolution"], case["batch_size"],
-                                     case.get("rank", 16), 2, gradient_checkpointing=case["gradient_checkpointing"]))
-        measured = run_task("allocated", {"config": str(config), "with_estimate": True})
-        estimate = measured.pop("estimate")
-        rows.append({**case, "estimated_bytes": estimate["accelerator_total"], "measured_bytes": measured["measured_total"],
-                     "ratio": estimate["accelerator_total"] / measured["measured_total"], "estimate": estimate, "measured": measured})
+                                     case.get("rank", 16), 3, gradient_checkpointing=case["gradient_checkpointing"]))
+        tracked = run_task("calibration", {"config": str(config), "count_tensors": True}, env=TRACKING_MALLOC_ENV)
+        default = run_task("calibration", {"config": str(config)})
+        estimate = tracked.pop("estimate")
+        default.pop("estimate")
+        working = estimate["activations"] + estimate["lora_gradients"]
+        rows.append({**case, "estimated_bytes": working, "measured_bytes": tracked["step_added"], "ratio": working / tracked["step_added"],
+                     "measured_default_malloc_bytes": default["step_added"], "ratio_default_malloc": working / default["step_added"],
+                     "tensor_bytes": tracked["tensor_peak"], "estimated_total_bytes": estimate["accelerator_total"],
+                     "estimate": estimate, "measured": tracked, "measured_default_malloc": default})
     return {"size": size, "cases": rows, "max_relative_error": max(abs(r["ratio"] - 1) for r in rows) if rows else None}
 
 
@@ -188,6 +197,10 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
             report["memory_estimate"][size] = bench_calibration(size, workdir, opts["calibration_cases"], log)
     if "preparation" in sections:
         report["preparation"] = bench_preparation(workdir, opts, log)
+    if "realsize" in sections:  # opt-in (--sections realsize): the real SDXL architecture, minutes per step
+        from library.benchmark.realsize import bench_realsize
+
+        report["realsize"] = bench_realsize(workdir, opts, log)
     if "hardware" in sections:  # opt-in (--sections hardware): inductor compiles for minutes on a CPU
         from library.benchmark.hardware import bench_hardware
 
