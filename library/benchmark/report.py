@@ -136,6 +136,23 @@ def _ratio(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def efficiency_lines(result: dict) -> list[str]:
+    lines = ["", f"| {result['model']}, {result['resolution']} px, batch {result['batch_size']}, rank {result['rank']}, fp32: threads "
+             "| UNet fwd+bwd GFLOP per step | fp32 GEMM rate | our step | achieved | efficiency | compute limit | step / limit |",
+             "|" + "---|" * 8]
+    for threads in (1, 2):
+        r = result.get(f"threads_{threads}")
+        if not r:
+            continue
+        lines.append(f"| {threads} | {r['flops_per_step'] / 1e9:,.1f} | {_fmt_stat(r['gemm_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
+                     f"| {_fmt_stat(r['step_seconds'], unit=' s', digits=3)} | {_fmt_stat(r['achieved_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
+                     f"| {_fmt_stat(r['efficiency'], 0.01, '%', 0)} | {_fmt_stat(r['compute_limit_seconds'], unit=' s', digits=3)} "
+                     f"| {_fmt_stat(r['step_over_limit'])} |")
+    if result.get("two_over_one_thread_step"):
+        lines.append(f"| 2 / 1 threads, step time | | | {_fmt_stat(result['two_over_one_thread_step'], digits=3)} | | | | |")
+    return lines
+
+
 def realsize_lines(result: dict) -> list[str]:
     gib = 1024 ** 3
     lines = ["", "| real SDXL UNet (random weights), fp32, rank 4, AdamW, batch 1, checkpointing: res | s/step | step adds "
@@ -171,6 +188,8 @@ def _calibration_and_hardware_lines(report: dict) -> list[str]:
             lines.append(f"| {case['resolution']} | {case['batch_size']} | {case['gradient_checkpointing']} "
                          f"| {case['estimated_bytes'] / MIB:,.1f} MiB | {case['measured_bytes'] / MIB:,.1f} MiB | {case['ratio']:.3f} "
                          f"| {_mib(default)} | {_ratio(case.get('ratio_default_malloc'))} | {_mib(case.get('tensor_bytes'))} |")
+    if report.get("efficiency"):
+        lines += efficiency_lines(report["efficiency"])
     if report.get("realsize"):
         lines += realsize_lines(report["realsize"])
     if report.get("hardware"):

@@ -139,6 +139,29 @@ def bench_calibration(size: str, workdir: Path, cases: list[dict], log=print, sd
     return {"size": size, "cases": rows, "max_relative_error": max(abs(r["ratio"] - 1) for r in rows) if rows else None}
 
 
+def bench_efficiency(workdir: Path, opts: dict, log=print) -> dict:
+    """`small` (fp32, kohya's default modules): achieved FLOP/s of our step against this CPU's fp32
+    GEMM rate, on 1 and on 2 threads, runs interleaved (1, 2, 1, 2, ...)."""
+    size = opts.get("target_size", "small")
+    model = write_model(size, workdir / "models")
+    train_dir = training.prepare_dataset(workdir, opts["resolution"])
+    config = _config(workdir, size, model, train_dir, opts, "efficiency", opts["warmup"] + opts["steps"] + 1)
+    runs = {1: [], 2: []}
+    for repeat in range(opts["repeats"]):
+        for threads in (1, 2):
+            log(f"[{size}] efficiency, {threads} thread(s), repeat {repeat + 1}/{opts['repeats']}")
+            runs[threads].append(run_task("efficiency", {"config": str(config), "warmup": opts["warmup"] + 1, "threads": threads}))
+    out = {"model": size, "resolution": opts["resolution"], "batch_size": opts["batch_size"], "rank": opts["rank"]}
+    for threads, results in runs.items():
+        out[f"threads_{threads}"] = {
+            "flops_per_step": results[0]["flops_per_step"], "flops_by_op": results[0]["flops_by_op"],
+            **{key: summarize([r[key] for r in results]) for key in
+               ("gemm_flops_per_second", "step_seconds", "achieved_flops_per_second", "efficiency", "compute_limit_seconds",
+                "step_over_limit")}}
+    out["two_over_one_thread_step"] = summarize([b["step_seconds"] / a["step_seconds"] for a, b in zip(runs[1], runs[2])])
+    return out
+
+
 def bench_preparation(workdir: Path, opts: dict, log=print) -> dict:
     size = opts.get("caching_size", "small")
     model = write_model(size, workdir / "models")
@@ -197,6 +220,8 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
             report["memory_estimate"][size] = bench_calibration(size, workdir, opts["calibration_cases"], log)
     if "preparation" in sections:
         report["preparation"] = bench_preparation(workdir, opts, log)
+    if "efficiency" in sections:  # opt-in (--sections efficiency): FLOPs of the step vs the GEMM rate, 1 and 2 threads
+        report["efficiency"] = bench_efficiency(workdir, opts, log)
     if "realsize" in sections:  # opt-in (--sections realsize): the real SDXL architecture, minutes per step
         from library.benchmark.realsize import bench_realsize
 

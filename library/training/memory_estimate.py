@@ -44,10 +44,12 @@ class AllocationCounter(TorchDispatchMode):
     through the transposed view a Linear takes), it is not counted at all. Counting those was the
     old error: every base weight seen through a view became a "new" allocation that stayed live."""
 
-    def __init__(self):
+    def __init__(self, conv_workspace: bool = False):
         super().__init__()
         self.live = self.peak = 0
         self._storages: dict[int, int] = {}
+        self.conv_workspace = conv_workspace  # see CONVOLUTIONS
+        self.largest_workspace = 0
 
     def _free(self, key: int) -> None:
         self.live -= self._storages.pop(key, 0)
@@ -75,18 +77,20 @@ class AllocationCounter(TorchDispatchMode):
         inputs = {key for key in map(self._key, tree_leaves((args, kwargs))) if key is not None}
         for item in tree_leaves(out):
             self._track(item, inputs)
+        if self.conv_workspace and func in CONVOLUTIONS:  # the weight's blocked-layout copy, for the call only
+            weight = args[1]
+            workspace = weight.numel() * weight.element_size()
+            self.largest_workspace = max(self.largest_workspace, workspace)
+            self.peak = max(self.peak, self.live + workspace)
         return out
 
 
-def conv_workspace_bytes(modules, dtype: torch.dtype, device_type: str) -> int:
-    """Memory convolution kernels take beside the tensors: on the CPU, oneDNN copies a plain-layout
-    weight into its blocked layout on every call (measured: a 2560->1280 3x3 convolution's forward
-    and backward add its 112.5 MiB weight to the process, a Linear nothing). One call runs at a time,
-    so the largest convolution weight, in the compute dtype. GPUs (cuDNN workspaces): not modelled."""
-    if device_type != "cpu":
-        return 0
-    sizes = [m.weight.numel() for module in modules for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
-    return max(sizes, default=0) * torch.empty((), dtype=dtype).element_size()
+# Memory convolution kernels take beside the tensors: on the CPU, oneDNN copies a plain-layout weight
+# into its blocked layout for every call, forward and backward (measured: a 2560->1280 3x3
+# convolution adds its 112.5 MiB weight to the process per call, a Linear nothing). The counter adds
+# that copy to the live bytes at each convolution (`conv_workspace`) when the run is on a CPU. GPUs
+# (cuDNN workspaces) are not modelled.
+CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
 
 
 def tensor_bytes(modules, skip_meta: bool = False) -> int:
@@ -144,7 +148,7 @@ class MemoryEstimate:
         out += [f"  {name:<66} {value / MIB:>10,.1f} MiB" for name, value in rows]
         freed = [name for name, key in (("text encoders", "text_encoders_freed"), ("VAE", "vae_freed")) if d.get(key)]
         if d.get("conv_workspace"):
-            out.append(f"  (activations include {d['conv_workspace'] / MIB:,.1f} MiB for the CPU's per-call copy of the largest convolution weight)")
+            out.append(f"  (activations include the CPU's per-call copy of each convolution weight, up to {d['conv_workspace'] / MIB:,.1f} MiB)")
         if freed:
             out.append(f"  ({' and '.join(freed)} freed after caching; set-up phase with them: {d['setup_total'] / MIB:,.1f} MiB)")
         out.append(f"  {'caches in host memory (latents, text-encoder outputs)':<66} {self.caches_host / MIB:>10,.1f} MiB")
@@ -214,8 +218,10 @@ def count_dataset_items(args) -> int | None:
         return None
 
 
-def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, train_text_encoder: bool) -> tuple[int, int]:
-    """(peak bytes of one training forward + backward on meta tensors, bytes of LoRA gradients)."""
+def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, train_text_encoder: bool,
+                   conv_workspace: bool = False) -> tuple[int, int, int]:
+    """(peak bytes of one training forward + backward on meta tensors, bytes of LoRA gradients, the
+    largest convolution workspace counted)."""
     width, height = args.resolution or (1024, 1024)
     batch = args.train_batch_size
     unet = model.unet
@@ -232,7 +238,7 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())
-    counter = AllocationCounter()
+    counter = AllocationCounter(conv_workspace)
     meta = torch.device("meta")
     with counter:
         latents = torch.empty(batch, 4, height // 8, width // 8, dtype=torch.float32, device=meta)
@@ -256,7 +262,7 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
         loss = torch.nn.functional.mse_loss(prediction.float(), noise)
         loss.backward()
     grads = sum(p.grad.numel() * p.grad.element_size() for p in network.parameters() if p.grad is not None)
-    return counter.peak, grads
+    return counter.peak, grads, counter.largest_workspace
 
 
 def estimate_memory(args) -> MemoryEstimate:
@@ -311,11 +317,10 @@ def estimate_memory(args) -> MemoryEstimate:
         # Meta tensors have no autocast: run the pass in the half dtype (what autocast produces for
         # matmuls and convolutions); fp32 LoRA gradients are twice the half ones.
         network.to(dtype)
-    peak, grads = working_memory(model, network, args, dtype, train_unet, train_text_encoder)
     from library.training.placement import compute_device
 
     device_type = compute_device().type
-    workspace = conv_workspace_bytes([model.unet] + (list(model.text_encoders) if train_text_encoder else []), dtype, device_type)
+    peak, grads, workspace = working_memory(model, network, args, dtype, train_unet, train_text_encoder, device_type == "cpu")
     if dtype != torch.float32 and not full_half:
         peak, grads = peak + grads, grads * 2
     if full_half:
@@ -339,7 +344,7 @@ def estimate_memory(args) -> MemoryEstimate:
                "fp8_unet": bool(args.fp8_base or args.fp8_base_unet), "setup_total": base + lora_bytes,
                "device": device_type, "conv_workspace": workspace}
     held = base - (text_encoder_bytes if text_encoders_freed else 0) - (tensor_bytes([model.vae]) if vae_freed else 0)
-    return MemoryEstimate(held, lora_bytes, grads, state_bytes, max(peak - grads, 0) + workspace, caches, details)
+    return MemoryEstimate(held, lora_bytes, grads, state_bytes, max(peak - grads, 0), caches, details)
 
 
 def print_estimate(args) -> None:
