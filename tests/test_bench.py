@@ -89,3 +89,20 @@ def test_realsize_and_efficiency_tables():
     assert "| 1024 (bf16, estimate only) | | | 0.33 GiB | | | | 7.23 GiB (fits 12 GB: True) |" in table
     assert "| direct_bf16 | 7.20 GiB | 7.16 GiB | 45.0 |" in table
     assert "| 1 | 31.2 | 75 GFLOP/s | 1.000 s | 30 GFLOP/s | 40% | 0.414 s | 2.50 |" in table
+
+
+def test_real_size_checkpoint_has_the_sdxl_architecture():
+    """The realsize section's checkpoint: the real SDXL 1.0 key set and shapes (2.567 B UNet
+    parameters), read back by the loader's own shape inference; only the text encoders' depth differs."""
+    import math
+
+    from library.benchmark.real_size_model import meta_state_dict
+    from library.models import sdxl_architecture as arch
+
+    groups = arch.split_checkpoint_shapes({k: tuple(v.shape) for k, v in meta_state_dict(text_encoder_layers=1).items()})
+    assert sum(math.prod(shape) for shape in groups["unet"].values()) == 2_567_463_684
+    unet = arch.infer_unet_config(groups["unet"])
+    assert {k: unet[k] for k in ("block_out_channels", "transformer_layers_per_block", "cross_attention_dim")} == {
+        "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 10], "cross_attention_dim": 2048}
+    te2 = arch.infer_te2_config(groups["te2"])
+    assert (te2["hidden_size"], te2["num_hidden_layers"]) == (1280, 1)
