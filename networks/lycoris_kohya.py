@@ -185,6 +185,17 @@ def _adopt(network, unet, text_encoders):
     return network
 
 
+def _bypass_for_fp8(kwargs: dict, unet, text_encoders) -> None:
+    """fp8 base weights (fp8_base): LyCORIS must add its output to the base layer's (bypass mode)
+    instead of rebuilding W + dW from the fp8 weight, which it cannot do."""
+    fp8 = any(p.dtype == torch.float8_e4m3fn for model in [unet, *text_encoders] for p in model.parameters())
+    if not fp8:
+        return
+    if str(kwargs.get("bypass_mode", "true")).lower() in ("false", "0", "no"):
+        raise UserError("network_args bypass_mode=false cannot train on fp8 base weights (fp8_base); remove it")
+    kwargs["bypass_mode"] = "true"
+
+
 def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet, neuron_dropout=None, **kwargs):
     import lycoris.kohya as lycoris_kohya
 
@@ -192,6 +203,7 @@ def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, un
     if neuron_dropout is not None:  # kohya's trainer passes network_dropout this way to every module
         kwargs.setdefault("dropout", str(neuron_dropout))
     kwargs = _check_args(kwargs)
+    _bypass_for_fp8(kwargs, unet, _as_list(text_encoder))
     if str(kwargs.get("dora_wd", False)).lower() != "false" and "wd_on_output" not in kwargs:  # LyCORIS' str_bool
         # The DoRA variant every consumer reproduces (ComfyUI, A1111/Forge, LyCORIS, this toolkit);
         # LyCORIS' own default (True) is reproduced by LyCORIS and this toolkit only.

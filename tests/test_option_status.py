@@ -71,6 +71,8 @@ COMPANIONS = {
     "train_text_encoder_ti": ["--network_train_unet_only"],
     "full_fp16": ["--mixed_precision", "fp16"],
     "full_bf16": ["--mixed_precision", "bf16"],
+    "fp8_base": ["--mixed_precision", "bf16"],
+    "fp8_base_unet": ["--mixed_precision", "bf16"],
     "masked_loss": ["--alpha_mask"],
     "conditioning_data_dir": ["--masked_loss"],
     "in_json": ["--train_data_dir", "{images}"],
@@ -106,7 +108,8 @@ REFUSED = [name for name, option in OPTIONS.items() if option.status in (PENDING
 
 def test_every_status_is_known():
     assert set(ACCEPTED) | set(REFUSED) == set(OPTIONS)
-    assert {"fp8_base", "fp8_base_unet", "torch_compile", "cpu_offload_checkpointing"} <= set(REFUSED)
+    assert {"fp8_base", "fp8_base_unet", "torch_compile", "cpu_offload_checkpointing", "max_data_loader_n_workers",
+            "ddp_static_graph"} <= set(ACCEPTED)
 
 
 @pytest.mark.parametrize("name", ACCEPTED)

@@ -38,19 +38,19 @@ def main(argv=None) -> int:
     if config.caption_randomisers:
         raise UserError(f"{args.config_file}: {', '.join(config.caption_randomisers)} change captions every step, so their "
                         "text-encoder outputs cannot be cached; remove them or do not cache text-encoder outputs")
-    import torch
-
     from library.models.sdxl_loader import load_sdxl
+    from library.training.placement import Placement, PrecisionPlan, compute_device
     from library.training.text_conditioning import cached_captions
 
     for notice in config.notices:
         print(f"note: {notice}")
     images = {str(item.image_path): item.image_path for item in config.items}
     captions = dict(zip(images, cached_captions(config.items)))
-
     model = load_sdxl(config.pretrained_model_name_or_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoders = [encoder.to(device).eval() for encoder in model.text_encoders]
+    # the dtypes training uses (mixed_precision, fp8_base), so the outputs and fingerprint match its own
+    placement = Placement(compute_device(), PrecisionPlan.from_args(config, config.mixed_precision))
+    encoders = [placement.place(name, encoder.eval(), "cache text-encoder outputs")
+                for name, encoder in zip(("text_encoder1", "text_encoder2"), model.text_encoders)]
     fingerprint = text_encoder_fingerprint(encoders, config.max_token_length, config.weighted_captions)
     encoded = fresh = 0
     for key, image in progress(images.items(), total=len(images), desc="caching text encoder outputs"):
@@ -58,8 +58,9 @@ def main(argv=None) -> int:
         if not args.overwrite and te_cache_is_fresh(path, captions[key], fingerprint):
             fresh += 1
             continue
-        hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length,
-                                                 config.weighted_captions)
+        with placement.autocast():
+            hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length,
+                                                     config.weighted_captions)
         save_te_cache(path, hidden1, hidden2, pool2, captions[key], fingerprint)
         encoded += 1
     empty = sum(1 for key in images if not captions[key])

@@ -77,6 +77,16 @@ def _fmt_stat(stat: dict, scale: float = 1.0, unit: str = "", digits: int = 2) -
 
 def format_table(report: dict) -> str:
     """Readable Markdown tables (medians; ±half the relative min-max spread over repeats)."""
+    lines = []
+    if report.get("training"):
+        lines += _training_lines(report)
+    if report.get("startup") and report.get("preparation"):
+        lines += _other_lines(report)
+    lines += _calibration_and_hardware_lines(report)
+    return "\n".join(lines).strip("\n")
+
+
+def _training_lines(report: dict) -> list[str]:
     lines = ["| model | res | batch | rank | ours s/step | reference s/step | time ratio | ours peak RSS | reference peak RSS "
              "| memory ratio | start to 1st step |", "|" + "---|" * 11]
     for size, r in report["training"].items():
@@ -95,9 +105,13 @@ def format_table(report: dict) -> str:
                      f"| {_fmt_stat(t['peak_rss_training_bytes']['cached'], MIB, ' MiB', 0)} "
                      f"| {_fmt_stat(t['peak_rss_training_bytes']['not_cached'], MIB, ' MiB', 0)} "
                      f"| {t['text_encoders_resident_while_training']['cached']} |")
+    return lines
+
+
+def _other_lines(report: dict) -> list[str]:
     s, p = report["startup"], report["preparation"]
     c, idx = p["latent_caching"], p["indexing"]
-    lines += ["", "| measurement | value |", "|---|---|",
+    lines = ["", "| measurement | value |", "|---|---|",
               f"| tiny: process start to first optimizer step | {_fmt_stat(s['start_to_first_step_seconds'], unit=' s')} |",
               f"| tiny: importing the modules that run loads | {_fmt_stat(s['import_seconds'], unit=' s')} |",
               f"| startup ratio | {_fmt_stat(s['ratio'])} |",
@@ -111,17 +125,27 @@ def format_table(report: dict) -> str:
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['quarter']:,.0f} B / "
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['all']:,.0f} B |",
               f"| fp8 base storage | {'supported' if report['fp8']['supported'] else 'unsupported: ' + report['fp8']['reason']} |"]
-    for size, calibration in report["memory_estimate"].items():
+    return lines
+
+
+def _calibration_and_hardware_lines(report: dict) -> list[str]:
+    lines = []
+    for size, calibration in report.get("memory_estimate", {}).items():
         lines += ["", f"| --estimate_memory on {size}: res | batch | checkpointing | estimated | measured (tensor bytes) | ratio |",
                   "|---|---|---|---|---|---|"]
         for case in calibration["cases"]:
             lines.append(f"| {case['resolution']} | {case['batch_size']} | {case['gradient_checkpointing']} "
                          f"| {case['estimated_bytes'] / MIB:,.1f} MiB | {case['measured_bytes'] / MIB:,.1f} MiB | {case['ratio']:.3f} |")
+    if report.get("hardware"):
+        from library.benchmark.hardware import format_hardware
+
+        lines += format_hardware(report["hardware"])
     checks = report.get("target_checks", {})
-    lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
+    if checks:
+        lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
     for name, check in checks.items():
         if isinstance(check, dict):
             value = check["value"]
             shown = f"{value:.3f}" if isinstance(value, float) else str(value)
             lines.append(f"| {name} | {shown} | {check['limit']} | {check['met']} |")
-    return "\n".join(lines)
+    return lines

@@ -15,6 +15,8 @@ def run_in_process(task: str, params: dict) -> dict:
         from library.benchmark import preparation as module
     elif task in ("allocated",):
         from library.training import memory_estimate as module
+    elif task in ("hardware",):
+        from library.benchmark import hardware as module
     else:
         raise SystemExit(f"unknown task {task}")
     return getattr(module, f"run_{task}")(params)

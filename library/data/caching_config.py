@@ -28,6 +28,8 @@ class CachingConfig:
     weighted_captions: bool = False
     mixed_precision: str = "no"
     no_half_vae: bool = False
+    fp8_base: bool = False
+    fp8_base_unet: bool = False
     vae_batch_size: int = 1
     max_data_loader_n_workers: int = 0
     caption_randomisers: tuple[str, ...] = ()

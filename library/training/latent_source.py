@@ -19,9 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from library.data.augmentation import color_augment, face_crop_placement, face_from_file_name, random_crop_placement
-from library.data.buckets import resize_and_crop, resize_and_crop_array
-from library.data.images import ImageSkipped, alpha_of, composite, open_image
+from library.data.images import ImageSkipped, open_image
 from library.data.latent_cache import (
     CacheFingerprint,
     LatentCache,
@@ -31,8 +29,9 @@ from library.data.latent_cache import (
     load_latent_cache,
     save_latent_cache,
 )
-from library.data.latent_encoding import check_finite, encode_latents, seed_from_sha, vae_fingerprint
+from library.data.latent_encoding import check_finite, dtype_name, encode_latents, seed_from_sha, vae_fingerprint
 from library.errors import UserError
+from library.training.pixel_loading import PixelPipeline, PixelsUnreadable
 
 
 BROKEN_SHARE = 0.10  # more broken images than this share (and more than one) stops the run
@@ -56,6 +55,21 @@ class LatentSource:
         self._memory: dict[int, LatentCache] = {}
         self.broken: dict[int, str] = {}  # item index -> why it cannot be read; skipped for the rest of the run
         self._condition_masks: dict[int, np.ndarray] = {}  # conditioning_data_dir masks at the item's own placement
+        self.pixels = PixelPipeline(items, self.alpha_mask)  # decoding, crops and augmentation (also in loader workers)
+
+    @property
+    def vae_dtype_name(self) -> str:
+        """"fp32", "fp16" or "bf16": part of the cache fingerprint (the caching tools use the same names)."""
+        return dtype_name(next(self.vae.parameters()).dtype)
+
+    @property
+    def needs_vae(self) -> bool:
+        """True while some sample has no cached latents (it is encoded on the fly every step)."""
+        return len(self._memory) < len(self.items)
+
+    @property
+    def cached_indices(self) -> set[int]:
+        return set(self._memory)
 
     def sha(self, index: int) -> str:
         if self._sha[index] is None:
@@ -124,7 +138,7 @@ class LatentSource:
         uses_metadata = any(item.subset.metadata_file for item in self.items)
         if not self.items or (not want_cache and not uses_metadata):
             return
-        fingerprint_of_vae = vae_fingerprint(self.vae, "fp32")
+        fingerprint_of_vae = vae_fingerprint(self.vae, self.vae_dtype_name)
         todo, reasons = [], Counter()
         for index, item in enumerate(tqdm(self.items, desc="checking latent caches", disable=len(self.items) < 50)):
             try:
@@ -185,24 +199,12 @@ class LatentSource:
         progress.close()
 
     def _load_crop(self, index: int, placement=None):
-        item = self.items[index]
-        placement = placement or item.placement
         if index in self.broken:
-            raise ImageBroken(index, item.image_path, self.broken[index])
+            raise ImageBroken(index, self.items[index].image_path, self.broken[index])
         try:
-            image = open_image(item.image_path)
-        except ImageSkipped as error:
-            self._break(index, str(error))
-        if image.size != placement.original_size:
-            w, h = placement.original_size
-            self._break(index, f"changed size since the dataset was scanned ({w}x{h} -> {image.size[0]}x{image.size[1]})")
-        alpha = alpha_of(image)
-        cropped = resize_and_crop(composite(image), placement)
-        mask = None
-        if self.alpha_mask:
-            w, h = placement.bucket
-            mask = resize_and_crop_array(alpha, placement) if alpha is not None else np.ones((h, w), np.float32)
-        return cropped, mask
+            return self.pixels.load_crop(index, placement)
+        except PixelsUnreadable as error:
+            self._break(index, error.reason)
 
     def _encode(self, indices: list[int]) -> dict[int, LatentCache]:
         """Caches of the readable images among `indices` (broken ones are recorded and left out)."""
@@ -224,15 +226,16 @@ class LatentSource:
         caches = {}
         for k, index in enumerate(indices):
             item = self.items[index]
-            check_finite(latents[k], item.image_path, "fp32")
+            check_finite(latents[k], item.image_path, self.vae_dtype_name)
             caches[index] = LatentCache(latents[k], item.placement.original_size, item.placement.crop_ltrb,
                                         item.placement.resized_size, None if flipped is None else flipped[k], loaded[index][1])
         return caches
 
     # --- reading ----------------------------------------------------------------------------
-    def get(self, index: int, flip: bool, rng: random.Random | None = None):
+    def get(self, index: int, flip: bool, rng: random.Random | None = None, prepared=None):
         """(latents [4, h, w] float32 unscaled, alpha mask [h, w] or None, crop_ltrb applied) of one
-        sample; `rng` drives random_crop and color_aug (only possible without a latent cache)."""
+        sample; `rng` drives random_crop and color_aug (only possible without a latent cache);
+        `prepared` is PixelPipeline.augmented's result for this sample when a loader worker made it."""
         item = self.items[index]
         cache = self._memory.get(index)
         if cache is not None:
@@ -243,20 +246,18 @@ class LatentSource:
             crop = item.placement.flipped_crop_ltrb() if flip else item.placement.crop_ltrb
             placement = item.placement
         else:  # on the fly: augmentations differ per step, so nothing is stored
-            placement = item.placement
-            face = face_from_file_name(item.image_path) if item.subset.face_crop_aug_range else None
-            if face is not None and rng is not None:
-                placement = face_crop_placement(placement, face, item.subset.face_crop_aug_range, rng, item.subset.random_crop)
-            elif item.subset.random_crop and rng is not None:
-                placement = random_crop_placement(placement, rng)
-            image, mask = self._load_crop(index, placement)
-            if item.subset.color_aug and rng is not None:
-                image = color_augment(image, rng)
-            if flip:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            if index in self.broken:
+                raise ImageBroken(index, item.image_path, self.broken[index])
+            if prepared is None:
+                try:
+                    prepared = self.pixels.augmented(index, flip, rng)
+                except PixelsUnreadable as error:
+                    prepared = error
+            if isinstance(prepared, PixelsUnreadable):  # raised here, or returned by a loader worker
+                self._break(index, prepared.reason)
+            image, mask, crop, placement = prepared
             latents = encode_latents(self.vae, [image], [seed_from_sha(self.sha(index), flip)])[0]
-            check_finite(latents, item.image_path, "fp32")
-            crop = placement.flipped_crop_ltrb() if flip else placement.crop_ltrb
+            check_finite(latents, item.image_path, self.vae_dtype_name)
         if item.mask_path is not None:  # a mask file, placed like this sample's image
             mask = self._condition_mask(index, placement)
         if mask is not None and flip:

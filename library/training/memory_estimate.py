@@ -107,7 +107,8 @@ class MemoryEstimate:
     def lines(self) -> list[str]:
         d = self.details
         rows = [
-            ("base weights (frozen UNet, VAE" + (")" if d.get("text_encoders_freed") else ", text encoders)"), self.base_weights),
+            ("base weights (frozen UNet" + ("" if d.get("vae_freed") else ", VAE") + ("" if d.get("text_encoders_freed") else ", text encoders")
+             + (", fp8 UNet" if d.get("fp8_unet") else "") + ")", self.base_weights),
             ("LoRA weights", self.lora_weights),
             ("LoRA gradients", self.lora_gradients),
             (f"optimizer state ({d.get('optimizer')})", self.optimizer_state),
@@ -116,8 +117,9 @@ class MemoryEstimate:
         ]
         out = [f"estimated peak accelerator memory: {self.accelerator_total / MIB:,.0f} MiB"]
         out += [f"  {name:<66} {value / MIB:>10,.1f} MiB" for name, value in rows]
-        if d.get("text_encoders_freed"):
-            out.append(f"  (text encoders freed after caching their outputs; set-up phase with them: {d['setup_total'] / MIB:,.1f} MiB)")
+        freed = [name for name, key in (("text encoders", "text_encoders_freed"), ("VAE", "vae_freed")) if d.get(key)]
+        if freed:
+            out.append(f"  ({' and '.join(freed)} freed after caching; set-up phase with them: {d['setup_total'] / MIB:,.1f} MiB)")
         out.append(f"  {'caches in host memory (latents, text-encoder outputs)':<66} {self.caches_host / MIB:>10,.1f} MiB")
         out.append(f"  ({d.get('lora_parameters', 0):,} trainable parameters in {d.get('lora_modules', 0)} modules; "
                    "estimated from shapes on the meta device; calibrated on CPU, GPU accuracy unverified)")
@@ -234,9 +236,9 @@ def estimate_memory(args) -> MemoryEstimate:
     """The estimate for a resolved training config (nothing is loaded but file headers)."""
     from library.lora.network_modules import import_network_module
     from library.training.network_setup import network_kwargs
-    from library.training.precision import has_cuda, weight_dtype
+    from library.training.precision import weight_dtype
 
-    mixed = args.mixed_precision if has_cuda() else "no"
+    mixed = args.mixed_precision  # as configured on every device (library/training/precision.py)
     dtype = weight_dtype(mixed)
     model = meta_models(args.pretrained_model_name_or_path)
     for module in (model.unet, *model.text_encoders, model.vae):
@@ -245,6 +247,11 @@ def estimate_memory(args) -> MemoryEstimate:
     if dtype != torch.float32:
         for module in (model.unet, *model.text_encoders) + (() if args.no_half_vae else (model.vae,)):
             module.to(dtype=dtype)
+    if args.fp8_base or args.fp8_base_unet:  # as placement.py stores them: fp8 Linear/Conv2d weights
+        from library.training.fp8_weights import store_in_fp8
+
+        for module in (model.unet,) + (() if args.fp8_base_unet else tuple(model.text_encoders)):
+            store_in_fp8(module, torch.device("meta"), dtype)
     train_unet = not args.network_train_text_encoder_only
     train_text_encoder = not args.network_train_unet_only
     module = import_network_module(args.network_module or "networks.lora")
@@ -270,6 +277,8 @@ def estimate_memory(args) -> MemoryEstimate:
     caching_text = bool(args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk)
     # as Trainer.setup: cached outputs replace the text encoders unless samples or validation need them
     text_encoders_freed = caching_text and not (args.sample_prompts or args.validation_split)
+    # ... and cached latents replace the VAE unless samples need it (library/training/placement.py)
+    vae_freed = bool(args.cache_latents or args.cache_latents_to_disk) and not args.sample_prompts
     full_half = bool(args.full_fp16 or args.full_bf16) and dtype != torch.float32
     if dtype != torch.float32:
         # Meta tensors have no autocast: run the pass in the half dtype (what autocast produces for
@@ -280,7 +289,10 @@ def estimate_memory(args) -> MemoryEstimate:
         peak, grads = peak + grads, grads * 2
     if full_half:
         lora_bytes //= 2
-        state_bytes //= 2
+        if args.full_fp16:  # the optimizer steps fp32 master copies (library/training/loss_scaling.py): + 4 bytes each
+            state_bytes += 4 * trainable_count
+        else:  # full_bf16: the optimizer's state is bf16 like the weights, as in kohya
+            state_bytes //= 2
     items = count_dataset_items(args) or 0
     caches = 0
     if args.cache_latents or args.cache_latents_to_disk:
@@ -292,8 +304,9 @@ def estimate_memory(args) -> MemoryEstimate:
     details = {"optimizer": args.optimizer_type or "AdamW", "batch_size": args.train_batch_size, "resolution": f"{width}x{height}",
                "gradient_checkpointing": bool(args.gradient_checkpointing), "precision": mixed,
                "lora_parameters": trainable_count, "lora_modules": len(getattr(network, "loras", [])) or None,
-               "dataset_items": items, "text_encoders_freed": text_encoders_freed, "setup_total": base + lora_bytes}
-    held = base - text_encoder_bytes if text_encoders_freed else base
+               "dataset_items": items, "text_encoders_freed": text_encoders_freed, "vae_freed": vae_freed,
+               "fp8_unet": bool(args.fp8_base or args.fp8_base_unet), "setup_total": base + lora_bytes}
+    held = base - (text_encoder_bytes if text_encoders_freed else 0) - (tensor_bytes([model.vae]) if vae_freed else 0)
     return MemoryEstimate(held, lora_bytes, grads, state_bytes, max(peak - grads, 0), caches, details)
 
 

@@ -9,8 +9,8 @@ sdxl_train_network.py knows about 200 options); `status` says what this toolkit 
   UNSUPPORTED  deliberately not offered here (the reason is in the error)
   IGNORED      accepted with a notice (the reason): kohya ignores it for SDXL LoRA too, or it asks
                for machinery this toolkit replaces (DeepSpeed)
-  INERT        accepted silently: the value changes nothing here (upload settings, dynamo_backend
-               without torch_compile); kohya_compat.py says so when a value asks for an action
+  INERT        accepted silently: the value changes nothing here (upload settings); kohya_compat.py
+               says so when a value asks for an action
 
 The status is what the code does: `refused_choices` lists values of an otherwise supported option
 that are refused, and tests/test_option_status.py sets every SUPPORTED option (and every accepted
@@ -143,23 +143,23 @@ _TABLE = [
     Option("train_batch_size", I, 1, "training_arguments", "images per step"),
     Option("max_train_steps", I, 1600, "training_arguments", "total optimizer steps (max_train_epochs wins when set)"),
     Option("max_train_epochs", I, None, "training_arguments", "total epochs"),
-    Option("max_data_loader_n_workers", I, 8, "training_arguments", "data loader worker processes (0: load in the main process)", IGNORED, reason='samples are assembled in the main process from cached or on-the-fly latents; no loader workers are started'),
-    Option("persistent_data_loader_workers", B, False, "training_arguments", "keep workers alive between epochs", IGNORED, reason='samples are assembled in the main process from cached or on-the-fly latents; no loader workers are started'),
+    Option("max_data_loader_n_workers", I, 8, "training_arguments", "processes that decode, crop and augment images without cached latents (at most the CPU count; 0: the main process)"),
+    Option("persistent_data_loader_workers", B, False, "training_arguments", "keep the loader workers alive between epochs"),
     Option("seed", I, None, "training_arguments", "random seed (runs are reproducible on CPU)"),
     Option("gradient_checkpointing", B, False, "training_arguments", "recompute activations to save memory"),
     Option("gradient_accumulation_steps", I, 1, "training_arguments", "batches per optimizer step"),
-    Option("mixed_precision", S, "no", "training_arguments", "no, fp16 or bf16 (fp32 with a warning on a CPU)", choices=("no", "fp16", "bf16")),
-    Option("full_fp16", B, False, "training_arguments", "keep LoRA weights and gradients in fp16"),
+    Option("mixed_precision", S, "no", "training_arguments", "no, fp16 or bf16: base weights in that dtype, every forward under autocast (on a CPU too: fast only with AVX-512 BF16/FP16 or AMX)", choices=("no", "fp16", "bf16")),
+    Option("full_fp16", B, False, "training_arguments", "keep LoRA weights and gradients in fp16 (loss scaling; the optimizer steps fp32 master copies)"),
     Option("full_bf16", B, False, "training_arguments", "keep LoRA weights and gradients in bf16"),
-    Option("fp8_base", B, False, "training_arguments", "store the frozen base model in fp8 (GPU with fp8 support)", PENDING),
-    Option("fp8_base_unet", B, False, "training_arguments", "store only the frozen UNet in fp8", PENDING),
+    Option("fp8_base", B, False, "training_arguments", "store the frozen UNet and text encoders' Linear/Conv2d weights in float8 (per-channel scaled), upcast per layer to the mixed_precision dtype; any device"),
+    Option("fp8_base_unet", B, False, "training_arguments", "as fp8_base, for the UNet only (text encoders in the mixed_precision dtype)"),
     Option("lowram", B, False, "training_arguments", "load models straight to the GPU to save system RAM", IGNORED, reason='models are loaded tensor by tensor and moved once; there is nothing to tune'),
     Option("highvram", B, False, "training_arguments", "skip memory-saving cache clears", IGNORED, reason='models are loaded tensor by tensor and moved once; there is nothing to tune'),
     Option("mem_eff_attn", B, False, "training_arguments", "memory-efficient attention (mapped to PyTorch SDPA)"),
     Option("xformers", B, False, "training_arguments", "xformers attention", requires="a CUDA GPU and the xformers package"),
     Option("sdpa", B, False, "training_arguments", "PyTorch scaled-dot-product attention (the default)"),
-    Option("torch_compile", B, False, "training_arguments", "torch.compile the UNet", PENDING),
-    Option("dynamo_backend", S, "inductor", "training_arguments", "torch.compile backend", INERT, reason="read only with torch_compile, as in kohya", choices=(
+    Option("torch_compile", B, False, "training_arguments", "torch.compile the UNet (with the network in it); the first step compiles"),
+    Option("dynamo_backend", S, "inductor", "training_arguments", "torch.compile backend for torch_compile (read only with torch_compile, as in kohya)", choices=(
         "no", "NO", "eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs", "ofi", "fx2trt", "onnxrt",
         "tensort", "ipex", "tvm")),
     Option("clip_skip", I, None, "training_arguments", "text-encoder layer skip", IGNORED, reason="SDXL always uses the penultimate layer; kohya ignores clip_skip for SDXL too"),
@@ -191,10 +191,11 @@ _TABLE = [
     Option("validate_every_n_steps", I, None, "training_arguments", "validation loss every N steps"),
     Option("validate_every_n_epochs", I, None, "training_arguments", "validation loss every N epochs"),
     Option("max_validation_steps", I, None, "training_arguments", "limit validation batches"),
-    Option("cpu_offload_checkpointing", B, False, "training_arguments", "offload checkpointed activations to the CPU", PENDING),
-    Option("ddp_timeout", I, None, "training_arguments", "distributed timeout in minutes", IGNORED, reason='gradients are averaged across processes explicitly; no DDP wrapper is used'),
-    Option("ddp_gradient_as_bucket_view", B, False, "training_arguments", "DDP gradient_as_bucket_view", IGNORED, reason='gradients are averaged across processes explicitly; no DDP wrapper is used'),
-    Option("ddp_static_graph", B, False, "training_arguments", "DDP static_graph", IGNORED, reason='gradients are averaged across processes explicitly; no DDP wrapper is used'),
+    Option("cpu_offload_checkpointing", B, False, "training_arguments", "with gradient checkpointing, hold the checkpointed block inputs in host memory (GPU; a no-op on the CPU)"),
+    Option("ddp_timeout", I, None, "training_arguments", "multi-process timeout of the process group, in minutes"),
+    Option("ddp_gradient_as_bucket_view", B, False, "training_arguments", "DDP gradient_as_bucket_view (gradients live in the all-reduce buckets: less memory)"),
+    Option("ddp_static_graph", B, False, "training_arguments", "DDP static_graph (the same LoRA modules train every step; not with module_dropout)"),
+    Option("ddp_check_sync", B, False, "training_arguments", "after every optimizer step, check that all processes hold bit-identical network weights (one small gather per step; for diagnosing multi-GPU setups)"),
     Option("deepspeed", B, False, "training_arguments", "DeepSpeed", IGNORED, reason=_DEEPSPEED),
     Option("zero_stage", I, 2, "training_arguments", "DeepSpeed ZeRO stage", IGNORED, choices=(0, 1, 2, 3), reason=_DEEPSPEED),
     Option("offload_optimizer_device", S, None, "training_arguments", "DeepSpeed optimizer offload device", IGNORED, choices=("cpu", "nvme"), reason=_DEEPSPEED),

@@ -91,9 +91,10 @@ class ScheduleFreeModes:
     that does not, every process stays identical, and a resumed run matches an uninterrupted one.
     """
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, on_change=None):
         self.optimizer = optimizer if is_schedule_free(optimizer) else None
         self._train_weights = None
+        self.on_change = on_change  # called after the weights changed (full_fp16: copy the fp32 masters into the model)
 
     def _params(self):
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -103,6 +104,8 @@ class ScheduleFreeModes:
             return
         self._train_weights = [p.detach().clone() for p in self._params()]
         self.optimizer.eval()
+        if self.on_change is not None:
+            self.on_change()
 
     def train(self) -> None:
         if self.optimizer is None:
@@ -113,6 +116,8 @@ class ScheduleFreeModes:
                 for param, saved in zip(self._params(), self._train_weights):
                     param.copy_(saved)
             self._train_weights = None
+        if self.on_change is not None:
+            self.on_change()
 
     @contextmanager
     def evaluating(self):

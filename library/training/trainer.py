@@ -21,20 +21,26 @@ from library.data.images import SkipLog
 from library.errors import UserError
 from library.file_io import WriteFailed
 from library.training import loss as loss_lib
+from library.training import data_parallel
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
+from library.training.checkpointing import enable_unet_checkpointing
+from library.training.compilation import compile_unet
 from library.training.condition_masks import attach_masks
 from library.training.config_checks import check_combinations
 from library.training.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
 from library.training.dataset_config import dataset_specs
 from library.training.kohya_compat import dataset_difference_notices
 from library.training.latent_source import ImageBroken, LatentSource
+from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
-from library.training.network_setup import create_training_network
+from library.training.network_setup import create_training_network, merge_configured_base_weights
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
-from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
+from library.training.pixel_loading import pixel_loader, sample_randomness
+from library.training.placement import Placement, PrecisionPlan
+from library.training.precision import check_precision, configure_attention, effective_mixed_precision
 from library.training.save_rescue import save_or_rescue
 from library.training.saving import NetworkSaver
 from library.training.schedule_free import ScheduleFreeModes
@@ -49,6 +55,7 @@ from library.training.train_state import Progress, find_state, load_state, prune
 from library.training.validation import fixed_noise_loss
 
 VAE_SCALE = 0.13025
+TEXT_ENCODERS = ("text_encoder1", "text_encoder2")
 
 
 def dataset_summary(items, specs, args) -> dict:
@@ -99,7 +106,7 @@ class Trainer:
         self.sources, self.notices = resolved.sources, resolved.notices
         self.specs = dataset_specs(args)
         check_combinations(args, self.sources, self.notices, [s for spec in self.specs for s in spec.subsets])
-        check_fp8(args)  # before any model loads, --print_config included
+        check_precision(args)  # before any model loads, --print_config included
         self.skipped = SkipLog()
         all_items = build_items(self.specs, self.skipped, self.notices)
         attach_masks(all_items, args.masked_loss, self.notices)  # conditioning_data_dir masks
@@ -112,53 +119,102 @@ class Trainer:
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
 
-    # -- setup -------------------------------------------------------------------------------
+    # -- setup: load, place, cache, network, optimizer, trackers ------------------------------
     def setup(self):
+        self.setup_accelerator()
+        self.load_models()
+        self.place_for_caching()
+        self.cache()
+        self.place_for_training()
+        self.build_network()
+        self.build_optimizer()
+        self.init_trackers()
+
+    def setup_accelerator(self) -> None:
         from accelerate import Accelerator
 
         args = self.args
-        mixed = effective_mixed_precision(args, self.notices)
-        check_fp8(args)
-        log_with = args.log_with if args.log_with and args.logging_dir else None
+        self.mixed = effective_mixed_precision(args, self.notices)
+        self.log_with = args.log_with if args.log_with and args.logging_dir else None
         if args.log_with and not args.logging_dir:
             self.notices.append("log_with is set but logging_dir is not; not logging")
         # kohya's run folder: <logging_dir>/<log_prefix><timestamp>/network_train/
-        run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if log_with else None
+        run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if self.log_with else None
         # Without a GPU, accelerate must be told cpu=True or two launched processes never synchronise.
-        self.accelerator = Accelerator(log_with=log_with, project_dir=run_dir, cpu=not torch.cuda.is_available())
+        # Precision is ours (placement + autocast), not accelerate's: "no" whatever `accelerate launch` said.
+        # So is torch.compile (of the UNet, torch_compile), whatever ACCELERATE_DYNAMO_BACKEND says.
+        self.accelerator = Accelerator(log_with=self.log_with, project_dir=run_dir, cpu=not torch.cuda.is_available(),
+                                       mixed_precision="no", dynamo_backend="no",
+                                       kwargs_handlers=data_parallel.accelerator_kwargs_handlers(args))
         self.device = self.accelerator.device
+        self.placement = Placement(self.device, PrecisionPlan.from_args(args, self.mixed))
+        self.autocast_dtype = self.placement.plan.compute_dtype
         self.seed = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
         args.seed = self.seed
         torch.manual_seed(self.seed)  # the same network initialisation on every process
-        self.mixed = mixed
-        self.autocast_dtype = weight_dtype(mixed)
 
+    def load_models(self) -> None:
+        """load: every component into host memory (fp32); pivotal tokens; the attention backend."""
         from library.models.sdxl_loader import load_sdxl
 
+        args = self.args
         self.model = load_sdxl(args.pretrained_model_name_or_path, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir)
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.requires_grad_(False)
             module.eval()
+        merge_configured_base_weights(args, self.model)  # base_weights, into the fp32 weights before placement
         # pivotal tuning: new tokens in both tokenizers/encoders (a no-op object when train_text_encoder_ti is off)
         self.pivotal = setup_pivotal(args, self.model, self.items, self.notices)
         self.attention = configure_attention(self.model.unet, args, self.notices)
         self.train_unet = not args.network_train_text_encoder_only
         self.train_text_encoder = not args.network_train_unet_only
+
+    def place_for_caching(self) -> None:
+        """place: the VAE and the text encoders on the device in their dtypes, before anything is encoded."""
+        self.placement.place("vae", self.model.vae, "cache latents")
+        for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+            self.placement.place(name, encoder, "encode captions")
+
+    def cache(self) -> None:
+        """cache: latents (VAE, batched by vae_batch_size) and text-encoder outputs; then what no
+        later step needs leaves the device."""
+        args = self.args
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        self.placement.use("vae", self.model.vae, "cache latents")
+        # no autocast: the VAE runs in its own dtype (fp32 with no_half_vae), as the caching tools run it
         self.latents = LatentSource(self.items, self.model.vae, args, self.notices)
         self.latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.val_latents = LatentSource(self.val_items, self.model.vae, args, self.notices)
         self.val_latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.caption_options = [item.subset for item in self.items]  # a SubsetSpec is a CaptionOptions
+        # uncached samples: decoding and augmentation in max_data_loader_n_workers processes
+        self.pixel_loader = pixel_loader(self.latents.pixels, self.latents.cached_indices, args)
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
+            for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+                self.placement.use(name, encoder, "cache text-encoder outputs")
             self.te_cache = TextEncoderCache(self.model, self.items, args)
-            self.te_cache.prepare(cached_captions(self.items), write=self.accelerator.is_main_process)
+            with self.placement.autocast():
+                self.te_cache.prepare(cached_captions(self.items), write=self.accelerator.is_main_process)
+        if not (args.sample_prompts or self.latents.needs_vae or self.val_latents.needs_vae):
+            self.placement.release("vae", self.model.vae, "latents cached; no samples")
+        if self.te_cache is not None and not (args.sample_prompts or self.val_items):
+            self.release_text_encoders()
 
+    def place_for_training(self) -> None:
+        """place: the UNet on the device in its dtype (fp8 weights with fp8_base)."""
+        self.placement.place("unet", self.model.unet, "training")
+
+    def build_network(self) -> None:
+        """network: create and attach it, gradient checkpointing, on the device in its dtype."""
+        args = self.args
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
-        torch.manual_seed(self.seed + rank)  # dropout may differ between processes; everything else is per-sample seeded
+        torch.manual_seed(self.seed + self.accelerator.process_index)  # dropout may differ between processes
+        if args.cpu_offload_checkpointing and not args.gradient_checkpointing:
+            self.notices.append("cpu_offload_checkpointing turns gradient_checkpointing on (as in kohya)")
+            args.gradient_checkpointing = True
         if args.gradient_checkpointing:
-            self.model.unet.enable_gradient_checkpointing()
+            enable_unet_checkpointing(self.model.unet, args.cpu_offload_checkpointing, self.device, self.notices)
             self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
             if self.train_text_encoder:
                 for encoder in self.model.text_encoders:
@@ -166,17 +222,13 @@ class Trainer:
                     encoder.train()
             self.network.enable_gradient_checkpointing()
         self.network.prepare_grad_etc(self.model.text_encoders, self.model.unet)
-        self.network.to(self.device)
-        if args.full_fp16 or args.full_bf16:  # only reachable with a GPU (see effective_mixed_precision)
-            self.network.to(torch.float16 if args.full_fp16 else torch.bfloat16)
-        for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
-            module.to(self.device)
-        if self.autocast_dtype != torch.float32:  # frozen base weights in the half dtype; the VAE too unless no_half_vae
-            for module in (self.model.unet, *self.model.text_encoders) + (() if args.no_half_vae else (self.model.vae,)):
-                module.to(dtype=self.autocast_dtype)
-        if self.te_cache is not None and not (args.sample_prompts or self.val_items):
-            self.release_text_encoders()
+        # full_fp16 / full_bf16: the trainable weights in the half dtype too (kohya's network.to(weight_dtype))
+        self.network.to(self.device, self.autocast_dtype if (args.full_fp16 or args.full_bf16) else None)
+        self.compiled = compile_unet(self.model.unet, args, self.notices)  # torch_compile: after the network is attached
 
+    def build_optimizer(self) -> None:
+        """optimizer: parameter groups, optimizer, step plan, lr schedule, loss scaling, saver."""
+        args = self.args
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
         self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
@@ -184,8 +236,11 @@ class Trainer:
         if not self.param_groups:
             raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
         self.trainable = [p for group in self.param_groups for p in group["params"]]
-        self.optimizer = build_optimizer(args, self.param_groups)
-        self.schedule_free = ScheduleFreeModes(self.optimizer)  # train mode for steps, eval mode to sample/validate/save
+        # fp16: loss scaling (and with full_fp16 an optimizer over fp32 master copies); None otherwise
+        self.scaler = loss_scaling(self.mixed, args.full_fp16, self.device.type, self.param_groups)
+        self.optimizer = build_optimizer(args, self.scaler.optimizer_groups() if self.scaler else self.param_groups)
+        # train mode for steps, eval mode to sample/validate/save (the fp16 weights follow fp32 masters)
+        self.schedule_free = ScheduleFreeModes(self.optimizer, on_change=self.scaler.masters_to_model if self.scaler else None)
         self.schedule_free.train()
         self.summary = dataset_summary(self.items, self.specs, args)
         world = self.accelerator.num_processes
@@ -196,15 +251,20 @@ class Trainer:
             args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
         self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps, self.notices)
-        self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
         self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer,
                                 batches_per_epoch=self.summary["batches_per_epoch"] // world, epochs=self.epochs)
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
+        # data parallel: DDP over the trained tensors (the network and pivotal rows); itself with one process
+        self.ddp = data_parallel.prepare(self.accelerator, self.network, self.pivotal.rows)
+
+    def init_trackers(self) -> None:
+        """trackers: TensorBoard / wandb, and the sample prompts."""
+        args = self.args
         self.tensorboard = None
-        if log_with:
+        if self.log_with:
             init_kwargs = {}
             if args.log_tracker_config:
                 import toml
@@ -217,7 +277,7 @@ class Trainer:
             if args.wandb_run_name:
                 init_kwargs.setdefault("wandb", {})["name"] = args.wandb_run_name
             self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=self.tracker_config(), init_kwargs=init_kwargs)
-            if log_with in ("tensorboard", "all"):
+            if self.log_with in ("tensorboard", "all"):
                 self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
         self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
         if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
@@ -226,8 +286,8 @@ class Trainer:
     def release_text_encoders(self) -> None:
         """With cached text-encoder outputs and nothing else needing them (no samples, no validation),
         the encoders' weights leave memory for the rest of the run (moved to the meta device)."""
-        for encoder in self.model.text_encoders:
-            encoder.to("meta")
+        for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+            self.placement.release(name, encoder, "text-encoder outputs cached")
         self.notices.append("text-encoder outputs are cached: the text encoders were released from memory for training")
 
     def tracker_config(self) -> dict | None:
@@ -252,13 +312,13 @@ class Trainer:
         with torch.set_grad_enabled(self.train_text_encoder or self.pivotal.needs_grad):
             return encode_captions(self.model, captions, self.args.max_token_length, self.args.weighted_captions)
 
-    def batch_inputs(self, indices, seeds):
+    def batch_inputs(self, indices, seeds, pixels=None):
+        """`pixels`: {(index, seed): images} prepared by loader workers (pixel_loading.PixelLoader), or None."""
         latents, masks, originals, crops, targets = [], [], [], [], []
         for index, seed in zip(indices, seeds):
             item = self.items[index]
-            augment = random.Random(seed + 1)
-            flip = item.subset.flip_aug and augment.random() < 0.5
-            sample, mask, crop = self.latents.get(index, flip, augment)
+            flip, augment = sample_randomness(item, seed)
+            sample, mask, crop = self.latents.get(index, flip, augment, (pixels or {}).get((index, seed)))
             latents.append(sample)
             masks.append(mask)
             placement = item.placement
@@ -288,15 +348,28 @@ class Trainer:
             timesteps.append(timestep)
         return torch.cat(noises), torch.cat(timesteps), torch.cat(noisy)
 
-    def batch_loss(self, indices, seeds, epoch, step):
-        """The batch's loss, or None when every image in it is broken (see LatentSource.usable)."""
+    def predict(self, indices, seeds, epoch, step, latents, ids):
+        """The forward pass that uses the trained weights, run by DDP (data_parallel.TrainableWeights):
+        (prediction, noise, timesteps, noisy latents, context, pooled)."""
+        context, pooled = self.conditioning(indices, seeds, epoch, step)
+        noise, timesteps, noisy = self.sample_noise(latents, seeds)
+        timesteps = timesteps.to(self.device)
+        prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        if self.multipliers and self.accelerator.num_processes > 1:  # a dataset at network_multiplier 0 uses no trained tensor:
+            prediction = prediction + 0.0 * torch.stack([p.sum() for p in self.trainable]).sum()  # zeros, so DDP's backward still runs
+        return prediction, noise, timesteps, noisy, context, pooled
+
+    def batch_loss(self, indices, seeds, epoch, step, sync: bool = True, pixels=None):
+        """The batch's loss, or None when every image in it is broken (see LatentSource.usable).
+        `sync` False (inside an accumulation group) skips DDP's gradient all-reduce; `pixels` are
+        the batch's images prepared by loader workers."""
         args = self.args
         while True:
             indices, seeds = self.latents.usable(indices, seeds)  # a broken image leaves the batch, the rest stay as they were
             if not indices:
                 return None
             try:
-                latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
+                latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds, pixels)
                 break
             except ImageBroken:
                 continue
@@ -304,16 +377,14 @@ class Trainer:
         if self.multipliers:  # a batch never mixes datasets
             self.network.set_multiplier(multiplier)
         try:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
-                context, pooled = self.conditioning(indices, seeds, epoch, step)
-                noise, timesteps, noisy = self.sample_noise(latents, seeds)
-                timesteps = timesteps.to(self.device)
+            with self.placement.autocast():
+                with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
+                    prediction, noise, timesteps, noisy, context, pooled = self.ddp(self.predict, indices, seeds, epoch, step, latents, ids)
 
                 def predict(rows=slice(None)):
                     return self.model.unet(noisy[rows], timesteps[rows], context[rows],
                                            added_cond_kwargs={"text_embeds": pooled[rows], "time_ids": ids[rows]}).sample
 
-                prediction = predict()
                 target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
                 rows = preservation_rows(self.items, indices)  # custom_attributes diff_output_preservation
                 if rows:
@@ -323,40 +394,44 @@ class Trainer:
                 self.network.set_multiplier(1.0)  # samples and validation use the LoRA at full strength
         return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
 
+    def zero_loss(self, sync: bool):
+        """0 x every trained tensor, through DDP like a real batch, so its gradients (zeros) are all-reduced."""
+        with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
+            return self.ddp(lambda: torch.stack([p.sum() for p in self.trainable]).sum() * 0.0)
+
+    def all_finite(self, loss) -> bool:
+        """Whether every process's loss is finite (each must take the same branch, or DDP hangs)."""
+        finite = torch.isfinite(loss.detach()).all().reshape(1).float()
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite.to(self.device), reduction="sum") / self.accelerator.num_processes
+        return bool(finite.item() == 1.0)
+
     # -- optimizer step ----------------------------------------------------------------------
     def optimizer_step(self) -> dict:
         logs = {}
-        if self.accelerator.num_processes > 1:
-            for param in self.trainable:
-                if param.grad is not None:
-                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
+            clipped = self.scaler.optimized if self.scaler is not None else self.trainable
+            torch.nn.utils.clip_grad_norm_(clipped, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
-            self.scaler.update()
         else:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.num_processes > 1:
+        if self.args.ddp_check_sync and self.accelerator.num_processes > 1:
             self.check_ranks_in_sync()
         if self.args.scale_weight_norms:
             scaled, mean_norm, max_norm = self.network.apply_max_norm_regularization(self.args.scale_weight_norms, self.device)
             logs.update({"Keys Scaled": scaled, "Average key norm": mean_norm, "max_norm/max_key_norm": max_norm})
+            if self.scaler is not None:
+                self.scaler.model_to_masters()
         return logs
 
-    @torch.no_grad()
     def check_ranks_in_sync(self) -> None:
-        """Every process must hold the same network after a step; a mismatch would silently train
-        several different LoRAs, so it stops the run."""
-        checksum = torch.stack([p.detach().double().sum() for p in self.trainable]).sum().reshape(1).to(self.device)
-        gathered = self.accelerator.gather(checksum)
-        if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
-            raise UserError(f"processes hold different network weights after a step ({gathered.tolist()}); "
-                            "launch with accelerate launch --multi_gpu (on CPU too) so gradients are shared")
+        """ddp_check_sync: a mismatch would silently train several different LoRAs, so it stops the run."""
+        data_parallel.check_in_sync(self.accelerator, self.trainable, self.ranks_checked + 1)
         self.ranks_checked += 1
 
     def lr_logs(self) -> dict:
@@ -426,7 +501,7 @@ class Trainer:
                 written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch,
                                         step, self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
                                         self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt,
-                                        base_seed=self.seed)
+                                        base_seed=self.seed, autocast=self.placement.autocast)
             except (WriteFailed, OSError) as error:  # samples are expendable: training goes on (the next save rescues the weights)
                 tqdm.write(f"notice: sample images not written: {error}")
                 written = []
@@ -455,7 +530,8 @@ class Trainer:
                 continue
             latents.append(latent * VAE_SCALE)
             caption = self.pivotal.replace_in_prompt(item.caption)
-            context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
+            with self.placement.autocast():
+                context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
             contexts.append(context)
             pooleds.append(pooled)
             w, h = item.placement.original_size
@@ -464,9 +540,10 @@ class Trainer:
             self.schedule_free.train()
             self.network.train()
             return None
-        loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
-                                seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
-                                v_parameterization=self.args.v_parameterization)
+        with self.placement.autocast():
+            loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
+                                    seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
+                                    v_parameterization=self.args.v_parameterization)
         self.schedule_free.train()
         self.network.train()
         return loss
@@ -521,8 +598,8 @@ class Trainer:
             stop.restore()
             bar.close()
         final = self.save_checkpoint("final", progress, with_state=args.save_state or args.save_state_on_train_end)
-        if world > 1 and accelerator.is_main_process:
-            print(f"all {world} processes held identical network weights after each of {self.ranks_checked} steps")
+        if self.ranks_checked and accelerator.is_main_process:
+            print(f"ddp_check_sync: all {world} processes held identical network weights after each of {self.ranks_checked} steps")
         accelerator.end_training()
         return final
 
@@ -536,14 +613,18 @@ class Trainer:
         seeds = self.epoch_seeds(batches, epoch)[rank::world]
         batches = batches[rank::world]
         pending, group_start = 0, progress.batches_done_in_epoch
+        start = progress.batches_done_in_epoch
+        prepared = self.pixel_loader.epoch(batches[start:], seeds[start:]) if self.pixel_loader else None  # loader workers
         for batch_index in range(progress.batches_done_in_epoch, len(batches)):
-            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step)
+            will_step = pending + 1 >= args.gradient_accumulation_steps or batch_index == len(batches) - 1
+            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step, sync=will_step,
+                                   pixels=next(prepared) if prepared else None)
             if self.latents.too_many_broken():
                 self.stop_with_state(progress, group_start, self.latents.too_many_error("; the last good state was saved"))
             empty = loss is None
             if empty:  # every image of the batch is broken: a zero gradient keeps the step plan (and all processes) in step
-                loss = torch.stack([p.sum() for p in self.trainable]).sum() * 0.0
-            elif not torch.isfinite(loss):
+                loss = self.zero_loss(sync=will_step)
+            if not self.all_finite(loss):
                 self.stop_with_state(progress, group_start, UserError(
                     f"loss became {loss.item()} at step {progress.global_step + 1} (epoch {epoch}); the last good state was saved. "
                     "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
