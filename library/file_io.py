@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -118,11 +119,42 @@ def _make_parent(target: Path) -> None:
             raise UserError(f"{target.parent}: cannot create this folder: a file of that name (or of a parent folder) is in the way") from None
 
 
+# `.<name>.<8 characters of mkstemp>.tmp`: only the names atomic_path itself creates
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+ABANDONED_AFTER_S = 3600.0  # an atomic write takes seconds at most: an older temporary was left by a killed process
+_swept_folders: set[Path] = set()
+
+
+def sweep_abandoned_temporaries(folder: Path) -> list[Path]:
+    """Remove, once per folder and process, the temporaries of atomic writes that were killed
+    mid-way (e.g. latent caches beside dataset images after a SIGKILL): only names atomic_path
+    makes, only when older than an hour, so no live writer's file is touched."""
+    folder = Path(folder)
+    if folder in _swept_folders:
+        return []
+    _swept_folders.add(folder)
+    removed, now = [], time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False) \
+                    and now - entry.stat(follow_symlinks=False).st_mtime > ABANDONED_AFTER_S:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # another process took it first, or not ours to remove
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto `target` if the block succeeds."""
     target = Path(target)
     _make_parent(target)
+    sweep_abandoned_temporaries(target.parent)
     with translated_write_errors(target):
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)

@@ -172,3 +172,7 @@ def test_output_config_writes_resolved_sections(tmp_path):
     again = resolve_config(["--config_file", str(written)]).args
     assert again.network_dim == 8 and again.resolution == (64, 64) and again.bucket_reso_steps == 32
     assert "[additional_network_arguments]" in written.read_text()
+    before = written.read_text()
+    with pytest.raises(UserError, match="would overwrite the --config_file it reads"):
+        main(["--config_file", str(written), "--output_config"])
+    assert written.read_text() == before

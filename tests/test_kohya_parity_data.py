@@ -161,3 +161,24 @@ def test_notices_for_caption_differences(tmp_path):
     notices = []
     build_items([DatasetSpec(resolution=(32, 32), subsets=[subset])], SkipLog(), notices)
     assert any("multi-line wildcard caption(s) with caption_prefix" in n for n in notices)
+
+
+def test_regularisation_balance_as_kohya_per_dataset():
+    """Worked by hand from kohya's DreamBoothDataset: whole images with their repeats until the
+    training samples are reached (it may pass them), then one more repeat per image in order."""
+    from types import SimpleNamespace
+
+    from library.training.batch_plan import balanced_reg_repeats, expanded_indices
+
+    assert balanced_reg_repeats([(0, 2), (1, 2)], 6) == {0: 3, 1: 3}  # fewer reg: repeats grow in turn
+    assert balanced_reg_repeats([(0, 2), (1, 2), (2, 2)], 3) == {0: 2, 1: 2}  # more reg: passes 3, image 2 unused
+    assert balanced_reg_repeats([(0, 1)], 30) == {0: 30}
+    assert balanced_reg_repeats([(0, 5)], 0) == {}  # no training image in the dataset: no reg image
+
+    def item(dataset, repeats, is_reg):
+        return SimpleNamespace(dataset_index=dataset, is_reg=is_reg, subset=SimpleNamespace(num_repeats=repeats))
+
+    # dataset 0: 2 training samples, one reg image; dataset 1: 10 training samples, two reg images
+    items = [item(0, 2, False), item(0, 1, True), item(1, 10, False), item(1, 1, True), item(1, 1, True)]
+    counts = {i: expanded_indices(items).count(i) for i in range(len(items))}
+    assert counts == {0: 2, 1: 2, 2: 10, 3: 5, 4: 5}  # a global balance would give 12 reg samples spread over all three

@@ -85,3 +85,40 @@ def test_too_many_broken_images_stop_with_a_resumable_state(tiny_single_file, br
     assert _main(tmp_path, tiny_single_file, data, "many", max_train_steps=12, resume=str(tmp_path / "many_out")) == 0
     assert "can be read again; training uses it" in capsys.readouterr().out
     assert (tmp_path / "many_out" / "tiny_lora.safetensors").exists()
+
+
+def test_processes_share_their_broken_images_so_all_take_the_same_stop_decision(monkeypatch):
+    """Each process reads only its own batches; the merged list makes too_many_broken the same on
+    every process (a process stopping alone would leave the others in the next all-reduce)."""
+    import accelerate.utils
+    from types import SimpleNamespace
+
+    from library.training.latent_source import LatentSource
+
+    sources = [object.__new__(LatentSource) for _ in range(2)]
+    for source in sources:
+        source.items, source.broken, source._shared_broken = list(range(10)), {}, set()
+    sources[0].broken[3] = "truncated"
+    sources[1].broken[7] = "deleted"
+    calls = {"gather": 0}
+
+    def gather_object(objects):
+        calls["gather"] += 1
+        return [sorted(source.broken.items()) for source in sources]
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
+    news_total = sum(len(set(s.broken) - s._shared_broken) for s in sources)
+    accelerator = SimpleNamespace(num_processes=2, device="cpu",
+                                  reduce=lambda tensor, reduction: torch.tensor([news_total]))
+    assert [s.too_many_broken() for s in sources] == [False, False]  # each alone: one of ten
+    snapshot = [dict(s.broken) for s in sources]
+    for source in sources:  # both processes call it at the same batch
+        source.broken = snapshot[sources.index(source)]
+        source.share_broken(accelerator)
+    assert sources[0].broken == sources[1].broken == {3: "truncated", 7: "deleted"}
+    assert [s.too_many_broken() for s in sources] == [True, True]  # two of ten: both stop at this batch
+    accelerator.reduce = lambda tensor, reduction: torch.tensor([0])  # nothing new anywhere: no lists travel
+    sources[0].share_broken(accelerator)
+    assert calls["gather"] == 2
+    single = SimpleNamespace(num_processes=1)
+    sources[0].share_broken(single)  # one process: no collective at all

@@ -342,3 +342,25 @@ def test_without_flock_the_pid_decides(tmp_path, monkeypatch):
     (tmp_path / LOCK_NAME).write_text('{"pid": 1, "host": "another-machine"}')
     with pytest.raises(UserError, match=r"\(PID 1, on another-machine\); .* \(if that run is gone, delete"):
         OutputLock(tmp_path).acquire()
+
+
+def test_abandoned_temporaries_beside_caches_are_swept_once_per_folder(tmp_path):
+    """A SIGKILL during a cache write leaves `.<cache>.<random>.tmp` beside the dataset images; the
+    next write into that folder removes it once it is over an hour old, and nothing else."""
+    from library import file_io
+
+    folder = tmp_path / "10_ohwx"
+    folder.mkdir()
+    old = folder / ".a_0064x0064_sdxl.npz.k3j_x9q2.tmp"
+    fresh = folder / ".b_0064x0064_sdxl.npz.ab12cd34.tmp"  # a live writer's, maybe
+    user = folder / ".notes.tmp"  # not a name atomic_path makes
+    for path in (old, fresh, user):
+        path.write_bytes(b"x")
+    hours_ago = time.time() - 2 * file_io.ABANDONED_AFTER_S
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(user, (hours_ago, hours_ago))
+    file_io.write_text_atomic(folder / "a.txt", "caption\n")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([fresh.name, user.name, "a.txt"])
+    os.utime(fresh, (hours_ago, hours_ago))
+    file_io.write_text_atomic(folder / "b.txt", "caption\n")
+    assert fresh.exists()  # swept once per folder and process: no directory scan per write

@@ -248,5 +248,8 @@ def write_resolved_config(resolved: ResolvedConfig) -> Path:
         width, height = args.resolution
         sections["dataset_arguments"]["resolution"] = f"{width},{height}"
     target = Path(args.output_dir) / f"{args.output_name}_config.toml"
+    if args.config_file and target.resolve() == Path(args.config_file).resolve():
+        raise UserError(f"{target}: output_config would overwrite the --config_file it reads (comments and "
+                        "layout would be lost); give another output_name or output_dir")
     write_text_atomic(target, "# resolved by sdxl_train_network.py --output_config\n" + toml.dumps(sections))
     return target

@@ -54,6 +54,7 @@ class LatentSource:
         self._sha = [None] * len(items)
         self._memory: dict[int, LatentCache] = {}
         self.broken: dict[int, str] = {}  # item index -> why it cannot be read; skipped for the rest of the run
+        self._shared_broken: set[int] = set()  # the broken images every process already knows of
         self._condition_masks: dict[int, np.ndarray] = {}  # conditioning_data_dir masks at the item's own placement
         self.pixels = PixelPipeline(items, self.alpha_mask)  # decoding, crops and augmentation (also in loader workers)
 
@@ -90,6 +91,24 @@ class LatentSource:
         """The batch without its broken images (the seeds of the others are unchanged)."""
         kept = [(i, s) for i, s in zip(indices, seeds) if i not in self.broken]
         return [i for i, _ in kept], [s for _, s in kept]
+
+    def share_broken(self, accelerator) -> None:
+        """With several processes each one reads only its own batches, so each learns of different
+        broken images. Every process must take the stop decision at the same batch (a process that
+        stopped alone would leave the others waiting in the next gradient all-reduce), so the lists
+        are merged: a one-number all-reduce per batch, and the lists themselves only travel when some
+        process has found a new broken image."""
+        if accelerator.num_processes == 1:
+            return
+        news = torch.tensor([len(set(self.broken) - self._shared_broken)], device=accelerator.device)
+        if accelerator.reduce(news, reduction="sum").item() == 0:
+            return
+        from accelerate.utils import gather_object
+
+        for entries in gather_object([sorted(self.broken.items())]):
+            for index, reason in entries:
+                self.broken.setdefault(index, reason)
+        self._shared_broken = set(self.broken)
 
     def too_many_broken(self) -> bool:
         return len(self.broken) > max(1, int(len(self.items) * BROKEN_SHARE))

@@ -620,6 +620,7 @@ class Trainer:
             will_step = pending + 1 >= args.gradient_accumulation_steps or batch_index == len(batches) - 1
             loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step, sync=will_step,
                                    pixels=next(prepared) if prepared else None)
+            self.latents.share_broken(accelerator)  # every process takes the same stop decision
             if self.latents.too_many_broken():
                 self.stop_with_state(progress, group_start, self.latents.too_many_error("; the last good state was saved"))
             empty = loss is None
