@@ -78,7 +78,7 @@ class AllocationCounter(TorchDispatchMode):
         for item in tree_leaves(out):
             self._track(item, inputs)
         if self.conv_workspace and func in CONVOLUTIONS:  # the weight's blocked-layout copy, for the call only
-            weight = args[1]
+            weight = args[1] if func == CONVOLUTIONS[0] else args[2]  # (input, weight, ...) / (grad_output, input, weight, ...)
             workspace = weight.numel() * weight.element_size()
             self.largest_workspace = max(self.largest_workspace, workspace)
             self.peak = max(self.peak, self.live + workspace)
