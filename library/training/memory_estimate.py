@@ -15,6 +15,7 @@ docs/performance.md), and on a GPU the caching allocator's reserve comes on top.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
 from dataclasses import dataclass, field
@@ -218,6 +219,27 @@ def count_dataset_items(args) -> int | None:
         return None
 
 
+@contextlib.contextmanager
+def flash_attention_on_meta():
+    """On meta tensors `scaled_dot_product_attention` falls back to its math form, which keeps the
+    (tokens x tokens) attention map per head for backward: 335 MiB per bf16 self-attention at SDXL's
+    1024 px. The real kernels keep only the output and a logsumexp (flash attention on the CPU; flash
+    or memory-efficient attention on a GPU), so during the meta pass attention without a mask runs
+    the CPU flash kernel's meta implementation, which allocates what those kernels allocate."""
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def flash(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        if attn_mask is not None or kwargs or query.device.type != "meta":
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal, scale=scale)[0]
+
+    torch.nn.functional.scaled_dot_product_attention = flash
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
 def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, train_text_encoder: bool,
                    conv_workspace: bool = False) -> tuple[int, int, int]:
     """(peak bytes of one training forward + backward on meta tensors, bytes of LoRA gradients, the
@@ -240,7 +262,7 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
     unet.set_attn_processor(AttnProcessor2_0())
     counter = AllocationCounter(conv_workspace)
     meta = torch.device("meta")
-    with counter:
+    with counter, flash_attention_on_meta():
         latents = torch.empty(batch, 4, height // 8, width // 8, dtype=torch.float32, device=meta)
         noise = torch.empty_like(latents)
         if train_text_encoder:
