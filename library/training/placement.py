@@ -1,6 +1,7 @@
 """Where each SDXL component lives and in which dtype: decided here, for the trainer and the caching tools.
 
-Models are read into host memory in fp32; `Placement.place` then moves a component to the compute
+Models are read into host memory in their storage dtype (`PrecisionPlan.load_dtypes`: each tensor
+converted once as it is read, no fp32 copy of an fp16 file); `Placement.place` then moves a component to the compute
 device in its storage dtype with one `.to(device, dtype)` per tensor, so an fp32 copy never sits on
 the device (moving first and casting afterwards would hold ~14 GB of fp32 SDXL on the GPU).
 
@@ -57,6 +58,15 @@ class PrecisionPlan:
         if component == "vae" and self.no_half_vae:
             return torch.float32
         return self.compute_dtype
+
+    def load_dtypes(self, merging: bool = False) -> dict:
+        """The dtype each component is read from its file in (library/models/sdxl_loader.py): its
+        storage dtype, so a half-precision run never holds an fp32 copy of the weights (fp8
+        weights are quantized from the compute dtype). fp32 while LoRA files are merged into the
+        base (base_weights), which must happen before the weights are rounded."""
+        if merging:
+            return {"unet": torch.float32, "text_encoder": torch.float32, "vae": torch.float32}
+        return {"unet": self.dtype_of("unet"), "text_encoder": self.dtype_of("text_encoder1"), "vae": self.dtype_of("vae")}
 
     def fp8(self, component: str) -> bool:
         return self.unet_fp8 if component == "unet" else (self.text_encoders_fp8 and component.startswith("text_encoder"))

@@ -154,11 +154,12 @@ class Trainer:
         torch.manual_seed(self.seed)  # the same network initialisation on every process
 
     def load_models(self) -> None:
-        """load: every component into host memory (fp32); pivotal tokens; the attention backend."""
+        """load: every component into host memory in its storage dtype; pivotal tokens; the attention backend."""
         from library.models.sdxl_loader import load_sdxl
 
         args = self.args
-        self.model = load_sdxl(args.pretrained_model_name_or_path, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir)
+        self.model = load_sdxl(args.pretrained_model_name_or_path, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir,
+                               dtypes=self.placement.plan.load_dtypes(merging=bool(args.base_weights)))
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.requires_grad_(False)
             module.eval()
