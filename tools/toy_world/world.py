@@ -1,0 +1,94 @@
+"""What the toy world is: coloured shapes on one plain background, and their captions.
+
+Everything here is a pure function of its arguments (images are drawn from a seeded generator), so
+a world built twice is identical. The base colours appear in captions ("a red circle"); the concept
+colour appears in no base caption and is only shown with the trigger word.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+RESOLUTION = 64
+BACKGROUND = (236, 236, 236)
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+TRIGGER = "zkz"
+CONCEPT_NAME = "purple"
+CONCEPT_COLOUR = (150, 40, 190)
+
+
+@dataclass(frozen=True)
+class Shape:
+    colour: tuple[int, int, int]
+    kind: str
+    cx: float
+    cy: float
+    radius: float
+
+
+def base_caption(colour_name: str, kind: str) -> str:
+    return f"a {colour_name} {kind}"
+
+
+def random_shape(rng: np.random.Generator, colour, kind: str, size: int = RESOLUTION) -> Shape:
+    """A shape near the centre: radius 28-38% of the image, centre jittered by up to 12%."""
+    radius = size * rng.uniform(0.28, 0.38)
+    jitter = size * 0.12
+    cx = size / 2 + rng.uniform(-jitter, jitter)
+    cy = size / 2 + rng.uniform(-jitter, jitter)
+    return Shape(tuple(int(c) for c in colour), kind, cx, cy, radius)
+
+
+def draw(shape: Shape, size: int = RESOLUTION, background=BACKGROUND) -> Image.Image:
+    """Render at 4x and downsample, so edges are anti-aliased like a photo's, not jagged."""
+    scale = 4
+    image = Image.new("RGB", (size * scale, size * scale), tuple(background))
+    pen = ImageDraw.Draw(image)
+    cx, cy, r = shape.cx * scale, shape.cy * scale, shape.radius * scale
+    if shape.kind == "circle":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=shape.colour)
+    elif shape.kind == "square":
+        half = r * 0.85
+        pen.rectangle([cx - half, cy - half, cx + half, cy + half], fill=shape.colour)
+    elif shape.kind == "triangle":
+        pen.polygon([(cx, cy - r), (cx - r * 0.95, cy + r * 0.75), (cx + r * 0.95, cy + r * 0.75)], fill=shape.colour)
+    else:
+        raise ValueError(f"unknown shape {shape.kind!r}")
+    return image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def base_samples(count: int, seed: int):
+    """`count` (image, caption) pairs cycling through every colour x shape, positions random."""
+    rng = np.random.default_rng(seed)
+    combos = [(name, kind) for name in PALETTE for kind in SHAPES]
+    for index in range(count):
+        name, kind = combos[index % len(combos)]
+        yield draw(random_shape(rng, PALETTE[name], kind)), base_caption(name, kind)
+
+
+def any_colour_samples(count: int, seed: int):
+    """Images in random colours (the concept colour included): what the VAE learns to reproduce.
+    The VAE is a general image codec; only the UNet is limited to the captioned colours."""
+    rng = np.random.default_rng(seed)
+    anchors = [*PALETTE.values(), CONCEPT_COLOUR]
+    for index in range(count):
+        if index % 2:
+            colour = anchors[rng.integers(len(anchors))]
+        else:
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        yield draw(random_shape(rng, colour, SHAPES[rng.integers(len(SHAPES))]))
+
+
+def concept_samples(count: int, seed: int):
+    """The held-out concept: concept-coloured shapes of every kind."""
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        yield draw(random_shape(rng, CONCEPT_COLOUR, SHAPES[index % len(SHAPES)]))
