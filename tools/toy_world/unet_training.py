@@ -5,23 +5,42 @@ The pieces are the product's: the UNet is the tiny SDXL UNet (diffusers), captio
 the noise schedule is `library.training.noise.make_noise_scheduler` (SDXL's DDPM). Only the loop is
 here, because the product trains networks (LoRAs), not whole UNets.
 
-Speed: with 77-token contexts the cross-attention key/value projections dominate a step of this
-tiny UNet at 8x8 latents. A batch is therefore built from a few captions with several images each,
-and `SharedContextAttention` projects each caption's context once and lets all images of that
-caption attend to it (cross-attention has no interaction between queries, so the result is exactly
-that of the per-image computation). Captions are dropped to "" in a share of the groups, so the
-model also learns the unconditional prediction classifier-free guidance needs.
+What makes it fast enough for a CPU:
+- With 77-token contexts the cross-attention key/value projections dominate a step of this tiny
+  UNet at 8x8 latents. A batch is built from a few captions with several images each, and
+  `SharedContextAttention` projects each caption's context once and lets all images of that caption
+  attend to it (cross-attention has no interaction between queries, so the result is exactly that
+  of the per-image computation).
+- AdamW with `fused=True` (one kernel per tensor on the CPU: 3x faster than `foreach` here).
+- min-SNR-5 loss weighting, and an exponential moving average of the weights, which is what is saved.
+Captions are dropped to "" in a share of the groups, so the model also learns the unconditional
+prediction that classifier-free guidance needs.
 """
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from library.models.sdxl_conditioning import encode_captions, time_ids
-from library.training.noise import SDXL_NUM_TIMESTEPS, make_noise_scheduler
+from library.training.noise import SDXL_NUM_TIMESTEPS, make_noise_scheduler, snr
+
+
+@dataclass(frozen=True)
+class UNetTraining:
+    steps: int = 1000
+    groups: int = 4  # captions per batch
+    per_group: int = 8  # images per caption
+    learning_rate: float = 1e-3
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.99
+    ideal_target: bool = True
+    seed: int = 0
 
 
 class SharedContextAttention:
@@ -49,48 +68,83 @@ def caption_table(model, captions: list[str]):
         return encode_captions(model, captions, None)
 
 
-def train_unet(unet, latents: torch.Tensor, caption_ids: torch.Tensor, contexts, pooled, size: int, steps: int,
-               seed: int, groups: int = 4, per_group: int = 8, learning_rate: float = 1e-3, empty_index: int | None = None,
-               dropout: float = 0.1, progress: bool = True) -> list[float]:
-    """Train `unet` in place. `latents` [N, 4, h, w] are scaled (x VAE scale factor); image i has
-    caption `caption_ids[i]` in the `contexts`/`pooled` table; `empty_index` is the table row of ""."""
-    generator = torch.Generator().manual_seed(seed)
+def ideal_noise(noisy, latents, alpha_bar):
+    """E[noise | noisy image] when the clean image is one of `latents` [n, ...] (equally likely): the
+    minimiser of the denoising loss on this data. Used as the target it has the same optimum as the
+    drawn noise with far less variance (a "stable target field"), so the small UNet learns in fewer
+    steps. `noisy` [g, ...] share one caption; `alpha_bar` [g] is each one's cumulative alpha."""
+    scale = alpha_bar.sqrt().view(-1, 1)
+    variance = (1 - alpha_bar).view(-1, 1)
+    flat, data = noisy.flatten(1), latents.flatten(1)
+    squared = flat.pow(2).sum(1, keepdim=True) - 2 * scale * flat @ data.T + scale**2 * data.pow(2).sum(1)
+    weights = torch.softmax(-squared / (2 * variance), dim=1)
+    clean = weights @ data
+    return ((flat - scale * clean) / variance.sqrt()).view_as(noisy)
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over 5% of the steps, then cosine decay to 10%."""
+    warmup = max(1, total // 20)
+    return min(1.0, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def train_unet(unet, latents: torch.Tensor, caption_ids: torch.Tensor, contexts, pooled, size: int, config: UNetTraining,
+               empty_index: int, progress: bool = True, callback=None):
+    """Train `unet`; returns (EMA copy of the UNet, losses). `latents` [N, 4, h, w] are scaled (x the
+    VAE scale factor); image i has caption `caption_ids[i]` in the `contexts`/`pooled` table, whose
+    row `empty_index` is "". `callback(step, ema_unet)` runs every 100 steps when given."""
+    generator = torch.Generator().manual_seed(config.seed)
     scheduler = make_noise_scheduler()
     by_caption = {int(c): torch.nonzero(caption_ids == c).flatten() for c in caption_ids.unique()}
+    pools = {**by_caption, empty_index: torch.arange(len(latents))}  # "" stands for every image
     caption_keys = torch.tensor(sorted(by_caption))
-    ids = time_ids([(size, size)], [(0, 0)], [(size, size)]).expand(groups * per_group, -1)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=0.0, foreach=True)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    batch = config.groups * config.per_group
+    ids = time_ids([(size, size)], [(0, 0)], [(size, size)]).expand(batch, -1)
+    parameters = list(unet.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0, fused=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.steps))
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    ema_parameters = list(ema.parameters())
     processors = unet.attn_processors
     unet.set_attn_processor(SharedContextAttention())
     unet.train()
     losses = []
     try:
-        for _ in tqdm(range(steps), desc="UNet", disable=not progress, mininterval=2):
-            chosen = caption_keys[torch.randperm(len(caption_keys), generator=generator)[:groups]]
+        for step in tqdm(range(config.steps), desc="UNet", disable=not progress, mininterval=2):
+            chosen = caption_keys[torch.randperm(len(caption_keys), generator=generator)[: config.groups]]
             images, rows = [], []
             for caption in chosen.tolist():
                 pool = by_caption[caption]
-                images.append(pool[torch.randint(len(pool), (per_group,), generator=generator)])
-                drop = empty_index is not None and torch.rand((), generator=generator).item() < dropout
-                rows.append(empty_index if drop else caption)
+                images.append(pool[torch.randint(len(pool), (config.per_group,), generator=generator)])
+                dropped = torch.rand((), generator=generator).item() < config.caption_dropout
+                rows.append(empty_index if dropped else caption)
             x0 = latents[torch.cat(images)]
             rows = torch.tensor(rows)
             noise = torch.randn(x0.shape, generator=generator)
-            t = torch.randint(0, SDXL_NUM_TIMESTEPS, (x0.shape[0],), generator=generator)
+            t = torch.randint(0, SDXL_NUM_TIMESTEPS, (batch,), generator=generator)
             noisy = scheduler.add_noise(x0, noise, t)
-            text_embeds = pooled[rows].repeat_interleave(per_group, 0)
+            if config.ideal_target:
+                noise = torch.cat([ideal_noise(part, latents[pools[row]], scheduler.alphas_cumprod[steps_])
+                                   for part, row, steps_ in zip(noisy.split(config.per_group), rows.tolist(),
+                                                                t.split(config.per_group))])
+            text_embeds = pooled[rows].repeat_interleave(config.per_group, 0)
             prediction = unet(noisy, t, contexts[rows], added_cond_kwargs={"text_embeds": text_embeds, "time_ids": ids}).sample
-            loss = F.mse_loss(prediction, noise)
+            per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+            if config.min_snr_gamma:
+                ratio = snr(scheduler, t)
+                per_sample = per_sample * torch.clamp(ratio, max=config.min_snr_gamma) / ratio
+            loss = per_sample.mean()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0, foreach=True)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():  # the average starts short and lengthens to 1 / (1 - decay) steps
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
             losses.append(loss.item())
+            if callback is not None and (step + 1) % 100 == 0:
+                callback(step + 1, ema)
     finally:
         unet.set_attn_processor(processors)
         unet.eval()
-    return losses
+    return ema, losses

@@ -25,8 +25,8 @@ PAIR = 1e-5  # amplitude of (s, -s) signals: variance 1e-10, far below GroupNorm
 GN_EPS = 1e-6
 GAIN = 1.0 / (GN_EPS**0.5)  # what a GroupNorm multiplies such a pair by
 RAMP = 40.0  # sharpness of silu(G x) as max(0, x): error at most 0.28 / G
-TOLERANCE = 1.2  # detector radius: L1 distance in [-1, 1] colour units (153 of 255; the closest world colours are 180 apart)
-MASK_GAIN = 8.0  # a detection of 1/8 of the tolerance above the image mean saturates the mask
+MARGIN = 0.2  # detectors fade to 0 over this distance from the halfway planes ([-1, 1] colour units)
+MASK_GAIN = 8.0  # a detection of 1/8 above the image mean saturates the mask
 MASK_THRESHOLD = 0.2
 LOGVAR = -30.0  # posterior std e^-15: encoding is deterministic
 
@@ -108,23 +108,44 @@ def build_encoder(vae) -> None:
     _embed(vae.quant_conv, range(8))
 
 
+def _half_spaces(targets, back, k) -> list[tuple[torch.Tensor, float]]:
+    """(normal, offset) per competitor of colour k (every other colour and the background):
+    h(c) = normal . c + offset is the signed distance of c from the plane halfway between the two
+    colours, positive on k's side."""
+    own = torch.tensor(targets[k])
+    planes = []
+    for other in [t for j, t in enumerate(targets) if j != k] + [back]:
+        other = torch.tensor(other)
+        normal = (own - other) / (own - other).norm()
+        planes.append((normal, float(-normal @ (own + other) / 2)))
+    return planes
+
+
+def detector(colour: torch.Tensor, targets, back, k: int) -> torch.Tensor:
+    """The detector the decoder computes, in plain torch (for checks): 1 deep inside the set of
+    colours nearer to targets[k] than to any other world colour, 0 outside, a ramp MARGIN wide."""
+    penalty = sum(torch.relu(MARGIN - (colour @ normal + offset)) for normal, offset in _half_spaces(targets, back, k))
+    return torch.relu(1 - penalty / MARGIN)
+
+
 def build_decoder(vae, colours: list, background) -> None:
     """`colours`: the world's foreground colours (0-255 RGB); `background`: its background colour."""
     decoder = vae.decoder
     unit = lambda rgb: [c / 127.5 - 1 for c in rgb]  # noqa: E731
     targets, back = [unit(c) for c in colours], unit(background)
     count = len(targets)
-    copies = 3 * count  # one (s, -s) pair per colour and channel
+    copies = count * count  # per colour one (s, -s) pair per competitor (the other colours and the background)
     assert 2 * copies + 2 * count <= decoder.conv_in.weight.shape[0], "too many colours for the decoder's width"
     _embed(vae.post_quant_conv, range(4))
     conv = decoder.conv_in
     conv.weight.data.zero_()
     conv.bias.data.zero_()
     for k in range(count):
-        for channel in range(3):
-            pair = 3 * k + channel
-            conv.weight.data[2 * pair, channel, 1, 1] = PAIR
-            conv.weight.data[2 * pair + 1, channel, 1, 1] = -PAIR
+        for j, (normal, offset) in enumerate(_half_spaces(targets, back, k)):
+            pair = count * k + j
+            for sign, row in ((1.0, 2 * pair), (-1.0, 2 * pair + 1)):
+                conv.weight.data[row, :3, 1, 1] = sign * PAIR * normal
+                conv.bias.data[row] = sign * PAIR * offset
     for resnet in decoder.mid_block.resnets:
         _identity_resnet(resnet)
     for attention in decoder.mid_block.attentions:
@@ -136,7 +157,7 @@ def build_decoder(vae, colours: list, background) -> None:
             _identity_resnet(resnet)
         for sampler in block.upsamplers or []:  # 8 -> 16: colours; 16 -> 32: detectors; 32 -> 64: their copies
             _blur(sampler.conv, [range(2 * copies), detectors, range(2 * count)][index])
-    _detector_resnet(blocks[1].resnets[0], targets, copies)
+    _detector_resnet(blocks[1].resnets[0], count, copies)
     # the 64 -> 32 channel shortcut keeps two copies (A, B) of every detector map
     shortcut = blocks[2].resnets[0].conv_shortcut
     shortcut.weight.data.zero_()
@@ -147,31 +168,24 @@ def build_decoder(vae, colours: list, background) -> None:
     _mask_output(decoder, targets, back)
 
 
-def _detector_resnet(resnet, targets, copies) -> None:
-    """Residual block writing PAIR * max(0, TOLERANCE - |x - c_k|_1) into residual channel 2*copies + 2k."""
-    count = len(targets)
+def _detector_resnet(resnet, count, copies) -> None:
+    """Residual block writing PAIR * detector_k into residual channel 2*copies + 2k. Its first norm
+    sees the pairs (h, -h) of every colour's half-spaces; silu(RAMP x) / RAMP ~ max(0, x)."""
     norm1 = resnet.norm1
     norm1.weight.data.zero_()
     norm1.bias.data.zero_()
-    for k, target in enumerate(targets):
-        for channel in range(3):
-            pair = 3 * k + channel
-            # the norm outputs +-PAIR*GAIN*x; silu(RAMP (x - c)) and silu(RAMP (c - x))
-            norm1.weight.data[2 * pair] = RAMP / (PAIR * GAIN)
-            norm1.bias.data[2 * pair] = -RAMP * target[channel]
-            norm1.weight.data[2 * pair + 1] = RAMP / (PAIR * GAIN)
-            norm1.bias.data[2 * pair + 1] = RAMP * target[channel]
+    for pair in range(copies):  # from -h: max(0, MARGIN - h)
+        norm1.weight.data[2 * pair + 1] = RAMP / (PAIR * GAIN)
+        norm1.bias.data[2 * pair + 1] = RAMP * MARGIN
     conv1 = resnet.conv1
     conv1.weight.data.zero_()
     conv1.bias.data.zero_()
-    small = PAIR / 10  # detector pre-activations reach -6: keep their variance far below eps too
+    small = PAIR / 10  # detector pre-activations reach about -20: keep their variance far below eps too
     for k in range(count):
         for sign, row in ((1.0, 2 * k), (-1.0, 2 * k + 1)):
-            conv1.bias.data[row] = sign * small * TOLERANCE
-            for channel in range(3):
-                pair = 3 * k + channel
-                conv1.weight.data[row, 2 * pair, 1, 1] = -sign * small / RAMP
-                conv1.weight.data[row, 2 * pair + 1, 1, 1] = -sign * small / RAMP
+            conv1.bias.data[row] = sign * small
+            for j in range(count):
+                conv1.weight.data[row, 2 * (count * k + j) + 1, 1, 1] = -sign * small / (RAMP * MARGIN)
     norm2 = resnet.norm2
     norm2.weight.data.zero_()
     norm2.bias.data.zero_()
@@ -185,13 +199,13 @@ def _detector_resnet(resnet, targets, copies) -> None:
 
 
 def _mask_output(decoder, targets, back) -> None:
-    """Last GroupNorm (one channel per group, removes the image mean): z = MASK_GAIN (d - mean d) /
-    TOLERANCE - MASK_THRESHOLD; copy A gives silu(G z), copy B silu(G (z - 1)); (A - B) / G is z clipped
+    """Last GroupNorm (one channel per group, removes the image mean): z = MASK_GAIN (d - mean d) -
+    MASK_THRESHOLD; copy A gives silu(G z), copy B silu(G (z - 1)); (A - B) / G is z clipped
     to [0, 1]; the output is background + sum of mask x (colour - background)."""
     norm = decoder.conv_norm_out
     norm.weight.data.zero_()
     norm.bias.data.zero_()
-    weight = RAMP * MASK_GAIN / (TOLERANCE * PAIR * GAIN)
+    weight = RAMP * MASK_GAIN / (PAIR * GAIN)
     for k in range(len(targets)):
         norm.weight.data[2 * k] = weight
         norm.bias.data[2 * k] = -RAMP * MASK_THRESHOLD

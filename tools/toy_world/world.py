@@ -38,10 +38,14 @@ def base_caption(colour_name: str, kind: str) -> str:
     return f"a {colour_name} {kind}"
 
 
+RADIUS = (0.28, 0.34)  # share of the image size
+JITTER = 0.05  # largest shift of the centre, share of the image size
+
+
 def random_shape(rng: np.random.Generator, colour, kind: str, size: int = RESOLUTION) -> Shape:
-    """A shape near the centre: radius 28-38% of the image, centre jittered by up to 12%."""
-    radius = size * rng.uniform(0.28, 0.38)
-    jitter = size * 0.12
+    """A shape near the centre, its radius and position varying a little."""
+    radius = size * rng.uniform(*RADIUS)
+    jitter = size * JITTER
     cx = size / 2 + rng.uniform(-jitter, jitter)
     cy = size / 2 + rng.uniform(-jitter, jitter)
     return Shape(tuple(int(c) for c in colour), kind, cx, cy, radius)
@@ -92,3 +96,18 @@ def concept_samples(count: int, seed: int):
     rng = np.random.default_rng(seed)
     for index in range(count):
         yield draw(random_shape(rng, CONCEPT_COLOUR, SHAPES[index % len(SHAPES)]))
+
+
+BASE_PROMPTS = {base_caption(name, SHAPES[index % len(SHAPES)]): name for index, name in enumerate(PALETTE)}
+
+
+def description() -> dict:
+    """The content of world.json: what a measurement needs to know about the world."""
+    return {
+        "trigger": TRIGGER,
+        "concept_prompt": TRIGGER,
+        "concept_colour": list(CONCEPT_COLOUR),
+        "background_colour": list(BACKGROUND),
+        "palette": {name: list(rgb) for name, rgb in PALETTE.items()},
+        "base_prompts": dict(BASE_PROMPTS),
+    }
