@@ -23,9 +23,10 @@ import torch
 
 from library.file_io import write_json_atomic
 from tools.toy_world import world
+from tools.toy_world.model import toy_components
 from tools.toy_world.unet_training import UNetTraining
 
-BUILD_VERSION = 1  # bump when the build's code changes what it produces
+BUILD_VERSION = 2  # bump when the build's code changes what it produces
 MODEL_FILE = "toy_sdxl.safetensors"
 VAE_SCALE = 0.13025  # the trainer's and the sampler's latent scale factor (SDXL's)
 
@@ -90,20 +91,20 @@ def _model_parts(components, tokenizers):
 
 def train_base_model(settings: BuildSettings, log=print, progress: bool = True):
     """(unet, te1, te2, vae, report) of a base model trained on the world."""
-    from library.models.tiny_sdxl import build_tiny_components
     from library.models.tokenizers import packaged_clip_tokenizers
     from tools.toy_world.unet_training import caption_table, train_unet
     from tools.toy_world.vae_init import build_vae
 
     seconds = {}
     start = time.perf_counter()
-    unet, te1, te2, vae = build_tiny_components(settings.seed)  # text encoders stay as initialised: frozen, random
+    unet, te1, te2, vae = toy_components(settings.seed)  # text encoders stay as initialised: frozen, random
     build_vae(vae, [*world.PALETTE.values(), world.CONCEPT_COLOUR], world.BACKGROUND)
     samples = list(world.base_samples(len(world.PALETTE) * len(world.SHAPES) * settings.images_per_caption, settings.seed + 3))
     pixels = _pixels(image for image, _ in samples)
     standardise_latents(vae, _encode(vae, pixels))
     latents = _encode(vae, pixels) * VAE_SCALE
-    reconstruction = float((vae.decode(latents[:64] / VAE_SCALE).sample - pixels[:64]).abs().mean() * 127.5)
+    with torch.no_grad():
+        reconstruction = float((vae.decode(latents[:64] / VAE_SCALE).sample - pixels[:64]).abs().mean() * 127.5)
     captions = sorted({caption for _, caption in samples})
     caption_ids = torch.tensor([captions.index(caption) for _, caption in samples])
     parts = _model_parts((unet, te1, te2, vae), packaged_clip_tokenizers())

@@ -1,6 +1,6 @@
 """Pretraining the toy world's UNet on cached latents: plain epsilon-prediction diffusion training.
 
-The pieces are the product's: the UNet is the tiny SDXL UNet (diffusers), captions are encoded by
+The pieces are the product's: the UNet is a diffusers SDXL UNet (tools/toy_world/model.py), captions are encoded by
 `library.models.sdxl_conditioning.encode_captions` (context, pooled), time ids by `time_ids`, and
 the noise schedule is `library.training.noise.make_noise_scheduler` (SDXL's DDPM). Only the loop is
 here, because the product trains networks (LoRAs), not whole UNets.
@@ -12,6 +12,11 @@ What makes it fast enough for a CPU:
   attend to it (cross-attention has no interaction between queries, so the result is exactly that
   of the per-image computation).
 - AdamW with `fused=True` (one kernel per tensor on the CPU: 3x faster than `foreach` here).
+- The target is the exact posterior-mean noise over the world's images (`ideal_noise`), not the
+  drawn noise: the same optimum with far less variance.
+- What the caption decides (the colour) is decided at high noise, so timesteps are drawn with
+  density growing towards t = 1000 (`high_noise_bias`), and the layers that read the caption
+  (cross-attention keys/values, the pooled-text embedding) learn 10x faster than the rest.
 - min-SNR-5 loss weighting, and an exponential moving average of the weights, which is what is saved.
 Captions are dropped to "" in a share of the groups, so the model also learns the unconditional
 prediction that classifier-free guidance needs.
@@ -32,14 +37,15 @@ from library.training.noise import SDXL_NUM_TIMESTEPS, make_noise_scheduler, snr
 
 @dataclass(frozen=True)
 class UNetTraining:
-    steps: int = 1000
+    steps: int = 200
     groups: int = 4  # captions per batch
     per_group: int = 8  # images per caption
     learning_rate: float = 1e-3
+    conditioning_lr_scale: float = 10.0  # learning-rate factor of the layers that read the caption
+    high_noise_bias: float = 3.0  # t = 1000 * u ** (1 / bias), u uniform: density grows as t^(bias - 1)
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
-    ema_decay: float = 0.99
-    ideal_target: bool = True
+    ema_decay: float = 0.95
     seed: int = 0
 
 
@@ -82,6 +88,10 @@ def ideal_noise(noisy, latents, alpha_bar):
     return ((flat - scale * clean) / variance.sqrt()).view_as(noisy)
 
 
+def _reads_caption(name: str) -> bool:
+    return "attn2.to_k" in name or "attn2.to_v" in name or name.startswith("add_embedding")
+
+
 def _lr_factor(step: int, total: int) -> float:
     """Linear warm-up over 5% of the steps, then cosine decay to 10%."""
     warmup = max(1, total // 20)
@@ -89,10 +99,10 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def train_unet(unet, latents: torch.Tensor, caption_ids: torch.Tensor, contexts, pooled, size: int, config: UNetTraining,
-               empty_index: int, progress: bool = True, callback=None):
+               empty_index: int, progress: bool = True, callback=None, callback_every: int = 100):
     """Train `unet`; returns (EMA copy of the UNet, losses). `latents` [N, 4, h, w] are scaled (x the
     VAE scale factor); image i has caption `caption_ids[i]` in the `contexts`/`pooled` table, whose
-    row `empty_index` is "". `callback(step, ema_unet)` runs every 100 steps when given."""
+    row `empty_index` is "". `callback(step, ema_unet)` runs every `callback_every` steps when given."""
     generator = torch.Generator().manual_seed(config.seed)
     scheduler = make_noise_scheduler()
     by_caption = {int(c): torch.nonzero(caption_ids == c).flatten() for c in caption_ids.unique()}
@@ -101,7 +111,10 @@ def train_unet(unet, latents: torch.Tensor, caption_ids: torch.Tensor, contexts,
     batch = config.groups * config.per_group
     ids = time_ids([(size, size)], [(0, 0)], [(size, size)]).expand(batch, -1)
     parameters = list(unet.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0, fused=True)
+    named = list(unet.named_parameters())
+    groups = [{"params": [p for n, p in named if not _reads_caption(n)]},
+              {"params": [p for n, p in named if _reads_caption(n)], "lr": config.learning_rate * config.conditioning_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=0.0, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.steps))
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     ema_parameters = list(ema.parameters())
@@ -121,12 +134,12 @@ def train_unet(unet, latents: torch.Tensor, caption_ids: torch.Tensor, contexts,
             x0 = latents[torch.cat(images)]
             rows = torch.tensor(rows)
             noise = torch.randn(x0.shape, generator=generator)
-            t = torch.randint(0, SDXL_NUM_TIMESTEPS, (batch,), generator=generator)
+            u = torch.rand(batch, generator=generator) ** (1 / config.high_noise_bias)
+            t = (u * SDXL_NUM_TIMESTEPS).long().clamp(max=SDXL_NUM_TIMESTEPS - 1)
             noisy = scheduler.add_noise(x0, noise, t)
-            if config.ideal_target:
-                noise = torch.cat([ideal_noise(part, latents[pools[row]], scheduler.alphas_cumprod[steps_])
-                                   for part, row, steps_ in zip(noisy.split(config.per_group), rows.tolist(),
-                                                                t.split(config.per_group))])
+            noise = torch.cat([ideal_noise(part, latents[pools[row]], scheduler.alphas_cumprod[steps_])
+                               for part, row, steps_ in zip(noisy.split(config.per_group), rows.tolist(),
+                                                            t.split(config.per_group))])
             text_embeds = pooled[rows].repeat_interleave(config.per_group, 0)
             prediction = unet(noisy, t, contexts[rows], added_cond_kwargs={"text_embeds": text_embeds, "time_ids": ids}).sample
             per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
@@ -142,7 +155,7 @@ def train_unet(unet, latents: torch.Tensor, caption_ids: torch.Tensor, contexts,
                 decay = min(config.ema_decay, (1 + step) / (10 + step))
                 torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
             losses.append(loss.item())
-            if callback is not None and (step + 1) % 100 == 0:
+            if callback is not None and (step + 1) % callback_every == 0:
                 callback(step + 1, ema)
     finally:
         unet.set_attn_processor(processors)

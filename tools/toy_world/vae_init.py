@@ -1,10 +1,10 @@
-"""A starting point for the toy world's VAE, set weight by weight in the tiny SDXL VAE architecture.
+"""The toy world's VAE, set weight by weight in the tiny SDXL VAE architecture.
 
 Training a VAE from random weights to reproduce flat colours takes the tiny VAE thousands of steps
 on a CPU, because every nonlinearity in it follows a GroupNorm, and a GroupNorm removes each
 image's mean and scale: absolute colour survives only through circuits the network must discover.
-Here those circuits are written in directly (the training step that follows in vae_training.py
-then adapts them to the world's images):
+Here those circuits are written in directly; the build then fits the latent scale to the world's
+images (build.standardise_latents), which is all the "training" this codec needs:
 
 - GroupNorm becomes exactly linear on a pair of channels (s, -s) holding a tiny signal: the pair's
   mean is 0 and its variance is far below the norm's eps, so it outputs s / sqrt(eps). Residual
