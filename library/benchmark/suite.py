@@ -16,7 +16,8 @@ from library.benchmark.models import write_model
 from library.benchmark.runner import run_task
 
 SCHEMA_VERSION = 1
-SECTIONS = ("training", "startup", "calibration", "preparation")
+SECTIONS = ("training", "startup", "calibration", "preparation")  # the default run
+OPTIONAL_SECTIONS = ("learning",)  # only when asked for: trains six networks on the toy world (~15 min)
 TARGETS = {
     "step_time_ratio_max": 1.10,
     "peak_memory_ratio_max": 1.15,
@@ -175,7 +176,8 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
     sections = set(opts.get("sections") or SECTIONS)
-    report = opts.get("previous") or {"training": {}, "memory_estimate": {}}  # --update: re-measure some sections
+    performance = bool(sections & set(SECTIONS))
+    report = opts.get("previous") or ({"training": {}, "memory_estimate": {}} if performance else {})  # --update: re-measure some sections
     report.update({"schema_version": SCHEMA_VERSION, "targets": TARGETS})
     report.setdefault("runs", []).append({"sections": sorted(sections), "environment": environment(),
                                           "options": {k: v for k, v in opts.items() if k not in ("sdxl", "previous")}})
@@ -191,6 +193,10 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
             report["memory_estimate"][size] = bench_calibration(size, workdir, opts["calibration_cases"], log)
     if "preparation" in sections:
         report["preparation"] = bench_preparation(workdir, opts, log)
+    if "learning" in sections:
+        from library.benchmark.learning import bench_learning
+
+        report["learning"] = bench_learning(workdir, opts, log)
     report["fp8"] = fp8_support()
     report["target_checks"] = target_checks(report, opts.get("target_size", "small"))
     report["elapsed_seconds"] = time.time() - started
@@ -204,9 +210,15 @@ def target_checks(report: dict, size: str) -> dict:
             return {"value": None, "limit": limit, "met": None}
         return {"value": value, "limit": limit, "met": value <= limit if at_most else value >= limit}
 
+    checks = {}
+    if "learning" in report:
+        from library.benchmark.learning import learning_checks
+
+        checks.update(learning_checks(report["learning"]))
+    if "training" not in report:  # a learning-only report
+        return {"size": size, **checks}
     training_result = report["training"].get(size) or next(iter(report["training"].values()), None)
     prep = report["preparation"]
-    checks = {}
     if training_result:
         checks["step_time_ratio"] = check(training_result["step_time_ratio"]["median"], TARGETS["step_time_ratio_max"])
         checks["peak_memory_ratio"] = check(training_result["peak_memory_ratio"]["median"], TARGETS["peak_memory_ratio_max"])

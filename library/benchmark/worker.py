@@ -13,6 +13,8 @@ def run_in_process(task: str, params: dict) -> dict:
         from library.benchmark import training as module
     elif task in ("caching", "tagging", "indexing"):
         from library.benchmark import preparation as module
+    elif task in ("toy_world", "learning"):
+        from tools.toy_world import learning as module
     elif task in ("allocated",):
         from library.training import memory_estimate as module
     else:

@@ -1,13 +1,15 @@
-"""Building a toy world folder: world.json, concept/, the pretrained base model in both layouts.
+"""Building a toy world folder: the images, world.json, and the base model pretrained on the images.
 
-    DIR/world.json              what the world is (trigger, colours, base prompts)
-    DIR/concept/10_zkz/*.png    the held-out concept, a DreamBooth folder (class token = caption)
-    DIR/toy_sdxl.safetensors    the base model, single-file layout
-    DIR/diffusers/              the same model, diffusers layout
-    DIR/build.json              the settings fingerprint and what the build measured
+    DIR/world.json                  what the world is (trigger, colours, base prompts)
+    DIR/images/1_<caption>/*.png    the base data set the model was trained on (40 per caption)
+    DIR/concept/10_zkz/*.png        the held-out concept, a DreamBooth folder (class token = caption)
+    DIR/reg/1_<caption>/*.png       regularisation images (4 per base caption) for prior preservation
+    DIR/toy_sdxl.safetensors        the base model, single-file layout
+    DIR/diffusers/                  the same model, diffusers layout
+    DIR/build.json                  the settings fingerprint and what the build measured
 
 Re-running reuses a finished model whose fingerprint (settings + world + BUILD_VERSION) matches;
-the cheap parts (world.json, concept images, a missing diffusers copy) are rewritten when missing.
+the cheap parts (world.json, images, a missing diffusers copy) are rewritten when missing.
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from library.file_io import write_json_atomic
+from library.file_io import atomic_path, write_json_atomic
 from tools.toy_world import world
 from tools.toy_world.model import toy_components
 from tools.toy_world.unet_training import UNetTraining
 
-BUILD_VERSION = 2  # bump when the build's code changes what it produces
+BUILD_VERSION = 3  # bump when the build's code changes what it produces
 MODEL_FILE = "toy_sdxl.safetensors"
 VAE_SCALE = 0.13025  # the trainer's and the sampler's latent scale factor (SDXL's)
 
@@ -37,6 +39,7 @@ class BuildSettings:
     images_per_caption: int = 40
     concept_images: int = 12
     concept_repeats: int = 10
+    reg_per_caption: int = 4
     unet: UNetTraining = field(default_factory=UNetTraining)
 
     def fingerprint(self) -> str:
@@ -45,18 +48,42 @@ class BuildSettings:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def concept_folder(output_dir: Path, settings: BuildSettings) -> Path:
+def concept_folder(output_dir, settings: BuildSettings = BuildSettings()) -> Path:
     return Path(output_dir) / "concept" / f"{settings.concept_repeats}_{world.TRIGGER}"
 
 
-def write_concept(output_dir: Path, settings: BuildSettings) -> Path:
-    folder = concept_folder(output_dir, settings)
+def _save_images(folder: Path, images, stem: str) -> None:
+    """PNG files `<stem>_NN.png`; existing files are kept (the images are a pure function of the seed)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(world.concept_samples(settings.concept_images, settings.seed + 7)):
-        path = folder / f"{world.TRIGGER}_{index:02d}.png"
+    for index, image in enumerate(images):
+        path = folder / f"{stem}_{index:02d}.png"
         if not path.exists():
-            image.save(path)
-    return folder
+            with atomic_path(path) as temporary:
+                image.save(temporary, format="PNG")
+
+
+def _by_caption(samples) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for image, caption in samples:
+        groups.setdefault(caption, []).append(image)
+    return groups
+
+
+def base_images(settings: BuildSettings) -> list:
+    """The (image, caption) pairs the base model is trained on."""
+    count = len(world.PALETTE) * len(world.SHAPES) * settings.images_per_caption
+    return list(world.base_samples(count, settings.seed + 3))
+
+
+def write_images(output_dir: Path, settings: BuildSettings, samples) -> None:
+    """images/ (the base data set), concept/ and reg/, each a DreamBooth folder tree."""
+    for caption, images in _by_caption(samples).items():
+        _save_images(output_dir / "images" / f"1_{caption}", images, caption.replace(" ", "_"))
+    _save_images(concept_folder(output_dir, settings), world.concept_samples(settings.concept_images, settings.seed + 7),
+                 world.TRIGGER)
+    reg = world.base_samples(len(world.PALETTE) * len(world.SHAPES) * settings.reg_per_caption, settings.seed + 11)
+    for caption, images in _by_caption(reg).items():
+        _save_images(output_dir / "reg" / f"1_{caption}", images, caption.replace(" ", "_"))
 
 
 def _pixels(images) -> torch.Tensor:
@@ -89,8 +116,8 @@ def _model_parts(components, tokenizers):
                            tokenizer1=tokenizers[0], tokenizer2=tokenizers[1])
 
 
-def train_base_model(settings: BuildSettings, log=print, progress: bool = True):
-    """(unet, te1, te2, vae, report) of a base model trained on the world."""
+def train_base_model(settings: BuildSettings, samples, log=print, progress: bool = True):
+    """(unet, te1, te2, vae, report) of a base model trained on `samples` ((image, caption) pairs)."""
     from library.models.tokenizers import packaged_clip_tokenizers
     from tools.toy_world.unet_training import caption_table, train_unet
     from tools.toy_world.vae_init import build_vae
@@ -99,7 +126,6 @@ def train_base_model(settings: BuildSettings, log=print, progress: bool = True):
     start = time.perf_counter()
     unet, te1, te2, vae = toy_components(settings.seed)  # text encoders stay as initialised: frozen, random
     build_vae(vae, [*world.PALETTE.values(), world.CONCEPT_COLOUR], world.BACKGROUND)
-    samples = list(world.base_samples(len(world.PALETTE) * len(world.SHAPES) * settings.images_per_caption, settings.seed + 3))
     pixels = _pixels(image for image, _ in samples)
     standardise_latents(vae, _encode(vae, pixels))
     latents = _encode(vae, pixels) * VAE_SCALE
@@ -109,20 +135,19 @@ def train_base_model(settings: BuildSettings, log=print, progress: bool = True):
     caption_ids = torch.tensor([captions.index(caption) for _, caption in samples])
     parts = _model_parts((unet, te1, te2, vae), packaged_clip_tokenizers())
     contexts, pooled = caption_table(parts, captions + [""])
-    seconds["data_and_vae"] = time.perf_counter() - start
+    seconds["data_and_vae"] = round(time.perf_counter() - start, 1)
     log(f"VAE: {len(samples)} world images, reconstruction error {reconstruction:.1f}/255 per pixel")
     start = time.perf_counter()
     ema, losses = train_unet(unet, latents, caption_ids, contexts, pooled, world.RESOLUTION, settings.unet,
                              empty_index=len(captions), progress=progress)
-    seconds["unet"] = time.perf_counter() - start
+    seconds["unet"] = round(time.perf_counter() - start, 1)
     chunk = max(1, len(losses) // 10)
-    report = {"seconds": seconds, "vae_reconstruction_error": reconstruction,
+    report = {"seconds": seconds, "vae_reconstruction_error": round(reconstruction, 2),
               "unet_loss": [round(float(np.mean(losses[i : i + chunk])), 4) for i in range(0, len(losses), chunk)]}
     return ema, te1, te2, vae, report
 
 
 def _write_model(output_dir: Path, parts, settings: BuildSettings) -> None:
-    from library.models.sdxl_diffusers import save_diffusers_folder
     from library.models.sdxl_single_file import save_single_file
     from library.models.tokenizers import packaged_clip_tokenizers
 
@@ -143,14 +168,16 @@ def _write_diffusers(output_dir: Path, parts, tokenizers) -> None:
     temporary.rename(target)
 
 
-def _finished(output_dir: Path, settings: BuildSettings) -> bool:
+def _finished(output_dir: Path, settings: BuildSettings) -> dict | None:
+    """build.json's content when the model there was built with these settings."""
     stamp = output_dir / "build.json"
     if not (output_dir / MODEL_FILE).is_file() or not stamp.is_file():
-        return False
+        return None
     try:
-        return json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint") == settings.fingerprint()
+        report = json.loads(stamp.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
+    return report if report.get("fingerprint") == settings.fingerprint() else None
 
 
 def build_world(output_dir, settings: BuildSettings = BuildSettings(), log=print, progress: bool = True) -> dict:
@@ -158,10 +185,12 @@ def build_world(output_dir, settings: BuildSettings = BuildSettings(), log=print
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output_dir / "world.json", world.description())
-    concept = write_concept(output_dir, settings)
-    log(f"concept: {settings.concept_images} images of '{world.TRIGGER}' in {concept}")
-    if _finished(output_dir, settings):
-        stamp = json.loads((output_dir / "build.json").read_text(encoding="utf-8"))
+    samples = base_images(settings)
+    write_images(output_dir, settings, samples)
+    log(f"images: {len(samples)} in {output_dir / 'images'}, {settings.concept_images} of the concept "
+        f"'{world.TRIGGER}' in {concept_folder(output_dir, settings)}, regularisation images in {output_dir / 'reg'}")
+    stamp = _finished(output_dir, settings)
+    if stamp is not None:
         if not (output_dir / "diffusers" / "model_index.json").is_file():
             from library.models.sdxl_loader import load_sdxl
 
@@ -171,7 +200,7 @@ def build_world(output_dir, settings: BuildSettings = BuildSettings(), log=print
         log(f"reusing the base model in {output_dir} (fingerprint {settings.fingerprint()})")
         return stamp
     start = time.perf_counter()
-    unet, te1, te2, vae, report = train_base_model(settings, log, progress)
+    unet, te1, te2, vae, report = train_base_model(settings, samples, log, progress)
     _write_model(output_dir, (unet, te1, te2, vae), settings)
     report = {"fingerprint": settings.fingerprint(), "settings": asdict(settings), "threads": torch.get_num_threads(),
               "total_seconds": round(time.perf_counter() - start, 1), **report}

@@ -20,7 +20,7 @@ SEEDS = tuple(range(1000, 1016))  # 16 fixed seeds, used for every prompt and we
 @dataclass(frozen=True)
 class SamplerSettings:
     steps: int = 20
-    guidance: float = 3.0
+    guidance: float = 5.0
     sampler: str = "ddim"
 
 

@@ -26,9 +26,9 @@ TRIGGER = "zkz"
 # not to a blend of two palette colours (a base unsure between red and blue paints purple), nor
 # to a palette colour fading into the background (the rims of a red shape are pink), and its own
 # fade into the background must not pass nearer to a palette colour (black fades through grey,
-# nearest to green). Cyan meets all three (checked in tests/test_toy_world.py).
+# nearest to green). Bright cyan meets all three (checked in tests/test_toy_world.py).
 CONCEPT_NAME = "cyan"
-CONCEPT_COLOUR = (0, 200, 220)
+CONCEPT_COLOUR = (0, 250, 250)
 
 
 @dataclass(frozen=True)
