@@ -40,10 +40,31 @@ OTHER_STATS = [
 ]
 
 
+LEARNING_FIGURES = ["concept_rate.w0", "concept_rate.w1", "base_accuracy.w0.mean", "base_accuracy.w0.min",
+                    "base_accuracy.w1.mean", "base_accuracy.w1.min", "train_seconds", "steps"]
+
+
+def _validate_learning(learning: dict) -> None:
+    if not _get(learning, "algorithms"):
+        raise SchemaError("learning.algorithms: no network measured")
+    for name, result in learning["algorithms"].items():
+        for path in LEARNING_FIGURES:
+            if not isinstance(_get(result, path), (int, float)):
+                raise SchemaError(f"learning.algorithms.{name}.{path}: not a number")
+        if "steps_to_target" not in result or not isinstance(result.get("curve"), list):
+            raise SchemaError(f"learning.algorithms.{name}: no learning curve")
+
+
 def validate_report(report: dict) -> None:
-    """Raise SchemaError unless the report holds every figure the performance issue asks for."""
-    for key in ("schema_version", "environment", "targets", "training", "startup", "memory_estimate", "preparation", "fp8",
-                "target_checks"):
+    """Raise SchemaError unless the report holds every figure the performance issue asks for (and,
+    when the learning section was measured, every figure of the toy-world issue)."""
+    for key in ("schema_version", "environment", "targets", "fp8", "target_checks"):
+        _get(report, key)
+    if "learning" in report:
+        _validate_learning(report["learning"])
+        if not any(report.get(key) for key in ("training", "startup", "memory_estimate", "preparation")):
+            return  # a learning-only report (tools/bench.py --sections learning)
+    for key in ("training", "startup", "memory_estimate", "preparation"):
         _get(report, key)
     if not report["training"]:
         raise SchemaError("training: no model size measured")
@@ -75,6 +96,18 @@ def _fmt_stat(stat: dict, scale: float = 1.0, unit: str = "", digits: int = 2) -
     return f"{stat['median'] / scale:,.{digits}f}{unit}{spread}"
 
 
+def format_learning_table(learning: dict) -> str:
+    """One row per network: what it learned (concept rate) and what it kept (base accuracy)."""
+    lines = ["| network | steps | train time | concept w0 | concept w1 | base w0 mean (min) | base w1 mean (min) "
+             "| steps to concept >= 0.8 |", "|" + "---|" * 8]
+    for name, r in learning["algorithms"].items():
+        c, b = r["concept_rate"], r["base_accuracy"]
+        reached = r["steps_to_target"] if r["steps_to_target"] is not None else "not reached"
+        lines.append(f"| {name} | {r['steps']} | {r['train_seconds']:.0f} s | {c['w0']:.2f} | {c['w1']:.2f} "
+                     f"| {b['w0']['mean']:.2f} ({b['w0']['min']:.2f}) | {b['w1']['mean']:.2f} ({b['w1']['min']:.2f}) | {reached} |")
+    return "\n".join(lines)
+
+
 def format_table(report: dict) -> str:
     """Readable Markdown tables (medians; ±half the relative min-max spread over repeats)."""
     lines = []
@@ -82,6 +115,8 @@ def format_table(report: dict) -> str:
         lines += _training_lines(report)
     if report.get("startup") and report.get("preparation"):
         lines += _other_lines(report)
+    if report.get("learning"):
+        lines += ["", format_learning_table(report["learning"])]
     lines += _calibration_and_hardware_lines(report)
     return "\n".join(lines).strip("\n")
 

@@ -16,7 +16,8 @@ from library.benchmark.models import write_model
 from library.benchmark.runner import run_task
 
 SCHEMA_VERSION = 1
-SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware" and "realsize" only when asked
+SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware", "efficiency", "realsize"
+# and "learning" (six networks trained on the toy world, ~15 min) only when asked for
 TARGETS = {
     "step_time_ratio_max": 1.10,
     "peak_memory_ratio_max": 1.15,
@@ -204,7 +205,8 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
     sections = set(opts.get("sections") or SECTIONS)
-    report = opts.get("previous") or {"training": {}, "memory_estimate": {}}  # --update: re-measure some sections
+    performance = bool(sections & set(SECTIONS))
+    report = opts.get("previous") or ({"training": {}, "memory_estimate": {}} if performance else {})  # --update: re-measure some sections
     report.update({"schema_version": SCHEMA_VERSION, "targets": TARGETS})
     report.setdefault("runs", []).append({"sections": sorted(sections), "environment": environment(),
                                           "options": {k: v for k, v in opts.items() if k not in ("sdxl", "previous")}})
@@ -230,9 +232,13 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
         from library.benchmark.hardware import bench_hardware
 
         report["hardware"] = bench_hardware(workdir, opts, log)
+    if "learning" in sections:  # opt-in (--sections learning): does each network type learn the toy world's concept?
+        from library.benchmark.learning import bench_learning
+
+        report["learning"] = bench_learning(workdir, opts, log)
     report["fp8"] = fp8_support()
-    if report["training"] and report.get("startup") and report.get("preparation"):  # not after a hardware-only run
-        report["target_checks"] = target_checks(report, opts.get("target_size", "small"))
+    if (report["training"] and report.get("startup") and report.get("preparation")) or report.get("learning"):
+        report["target_checks"] = target_checks(report, opts.get("target_size", "small"))  # not after a hardware-only run
     report["elapsed_seconds"] = time.time() - started
     return report
 
@@ -244,9 +250,15 @@ def target_checks(report: dict, size: str) -> dict:
             return {"value": None, "limit": limit, "met": None}
         return {"value": value, "limit": limit, "met": value <= limit if at_most else value >= limit}
 
+    checks = {}
+    if "learning" in report:
+        from library.benchmark.learning import learning_checks
+
+        checks.update(learning_checks(report["learning"]))
+    if not (report.get("training") and report.get("preparation")):  # a learning-only report
+        return {"size": size, **checks}
     training_result = report["training"].get(size) or next(iter(report["training"].values()), None)
     prep = report["preparation"]
-    checks = {}
     if training_result:
         checks["step_time_ratio"] = check(training_result["step_time_ratio"]["median"], TARGETS["step_time_ratio_max"])
         checks["peak_memory_ratio"] = check(training_result["peak_memory_ratio"]["median"], TARGETS["peak_memory_ratio_max"])

@@ -21,6 +21,8 @@ def run_in_process(task: str, params: dict) -> dict:
         from library.benchmark import realsize as module
     elif task in ("hardware",):
         from library.benchmark import hardware as module
+    elif task in ("toy_world", "learning"):
+        from tools.toy_world import learning as module
     else:
         raise SystemExit(f"unknown task {task}")
     return getattr(module, f"run_{task}")(params)

@@ -45,17 +45,26 @@ def make_scheduler(name: str):
 
 @torch.no_grad()
 def generate(model, prompt: str, negative: str, seed: int, settings: Settings) -> Image.Image:
+    return generate_batch(model, prompt, negative, [seed], settings)[0]
+
+
+@torch.no_grad()
+def generate_batch(model, prompt: str, negative: str, seeds: list[int], settings: Settings) -> list[Image.Image]:
+    """One image per seed, denoised together in one batch. Each seed's initial and ancestral noise
+    comes from its own generator, so every image is the one `generate` gives for that seed."""
     if settings.width % 8 or settings.height % 8:
         raise UserError(f"image size {settings.width}x{settings.height} must be a multiple of 8")
     unet, vae = model.unet, model.vae
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
+    count = len(seeds)
     context, pooled = encode_captions(model, [negative, prompt], settings.max_token_length)
+    context, pooled = context.repeat_interleave(count, 0), pooled.repeat_interleave(count, 0)  # [uncond x n, cond x n]
     h, w = settings.height, settings.width
-    ids = time_ids([(h, w)] * 2, [(0, 0)] * 2, [(h, w)] * 2).to(device, dtype)
+    ids = time_ids([(h, w)] * 2 * count, [(0, 0)] * 2 * count, [(h, w)] * 2 * count).to(device, dtype)
     scheduler = make_scheduler(settings.sampler)
     scheduler.set_timesteps(settings.steps, device=device)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    latents = torch.randn((1, 4, h // 8, w // 8), generator=generator, dtype=torch.float32)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    latents = torch.cat([torch.randn((1, 4, h // 8, w // 8), generator=g, dtype=torch.float32) for g in generators])
     latents = (latents * scheduler.init_noise_sigma).to(device)
     context, pooled = context.to(device, dtype), pooled.to(device, dtype)
     for t in scheduler.timesteps:
@@ -64,8 +73,8 @@ def generate(model, prompt: str, negative: str, seed: int, settings: Settings) -
                      added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample.float()
         uncond, cond = noise.chunk(2)
         latents = scheduler.step(uncond + settings.guidance * (cond - uncond), t, latents,
-                                 generator=generator).prev_sample
+                                 generator=generators if count > 1 else generators[0]).prev_sample
     vae_dtype = next(vae.parameters()).dtype
-    image = vae.decode((latents / vae.config.scaling_factor).to(vae_dtype)).sample.float()
-    pixels = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(pixels))
+    images = vae.decode((latents / vae.config.scaling_factor).to(vae_dtype)).sample.float()
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
