@@ -45,3 +45,13 @@ def _tiny_sdxl_loaded(tiny_single_file):
 def tiny_sdxl(_tiny_sdxl_loaded):
     """A fresh copy of the loaded tiny model (tests may modify it)."""
     return copy.deepcopy(_tiny_sdxl_loaded)
+
+
+@pytest.fixture(scope="session")
+def toy_world_dir(tmp_path_factory):
+    """The toy world exactly as `python tools/make_toy_world.py` builds it (about two minutes, once)."""
+    from tools.toy_world.build import build_world
+
+    folder = tmp_path_factory.mktemp("toy_world")
+    build_world(folder, log=lambda message: None, progress=False)
+    return folder

@@ -61,6 +61,8 @@ def test_config_trains_a_step_on_the_tiny_model(folder, datasets, tiny_single_fi
         overrides += ["--in_json", str(datasets / "meta_lat.json"), "--train_data_dir", str(datasets / "images")]
     else:
         overrides += ["--train_data_dir", str(datasets / "dreambooth")]
+    if "reg_data_dir" in flat:
+        overrides += ["--reg_data_dir", str(datasets / "dreambooth")]
     if flat.get("enable_bucket"):
         overrides += ["--min_bucket_reso", "32", "--max_bucket_reso", "128", "--bucket_reso_steps", "32"]
     overrides += ["--max_train_epochs", "1"] if "max_train_epochs" in flat else ["--max_train_steps", "1"]
