@@ -2,10 +2,13 @@
 
     accelerate launch sdxl_train_network.py --config_file config_file.toml [--option value ...]
 
-Options and TOML sections are kohya sd-scripts'; every key is validated before a model loads.
+Options and TOML sections are kohya sd-scripts'; every key is validated before a model is loaded.
+Exit codes: 0 done, 2 a problem to fix (one `error:` line), 130 / 143 stopped by Ctrl-C / SIGTERM
+after saving a resumable state (the last line says how to resume).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +19,11 @@ from library.errors import run_cli  # noqa: E402
 
 def main(argv=None) -> int:
     from library.training.config_loader import resolve_config, write_resolved_config
+    from library.training.preflight import is_main_process
+    from library.training.run_control import RunStopped, resume_command
     from library.training.trainer import train
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     resolved = resolve_config(argv)
     if resolved.args.estimate_memory:  # shapes only: no weights are loaded
         from library.training.memory_estimate import print_estimate
@@ -25,7 +31,14 @@ def main(argv=None) -> int:
     if resolved.args.output_config:
         print(f"wrote {write_resolved_config(resolved)}")
         return 0
-    train(resolved)
+    try:
+        train(resolved)
+    except RunStopped as stopped:
+        if is_main_process():
+            sys.stdout.flush()
+            print(f"stopped at step {stopped.step}; state saved in {stopped.state_folder}\n"
+                  f"resume with: {resume_command(os.path.relpath(__file__), argv, stopped.output_dir)}", file=sys.stderr)
+        return stopped.exit_code
     return 0
 
 

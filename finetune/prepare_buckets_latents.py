@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from library.data.buckets import extreme_placements_notice  # noqa: E402
 from library.data.images import SkipLog  # noqa: E402
 from library.data.latent_caching import plan_jobs, run_jobs  # noqa: E402
 from library.data.latent_cli import (  # noqa: E402
@@ -49,6 +50,12 @@ def main(argv=None) -> int:
     buckets = bucket_manager(args.max_resolution, True, args.bucket_no_upscale, args.min_bucket_reso, args.max_bucket_reso,
                              args.bucket_reso_steps)
     images = keys_for_images(find_images_or_fail(train_dir, args.recursive), args.full_path)
+    if metadata and not set(metadata) & set(images):  # before any latent is computed
+        raise UserError(
+            f"{args.in_json}: none of its {len(metadata)} keys names an image in {train_dir} (it has {next(iter(metadata))!r}, "
+            f"this folder gives {next(iter(images))!r}); it was made on another machine or with --full_path set differently: "
+            f"re-run finetune/merge_all_to_metadata.py on this machine, with --full_path here and there or in neither"
+        )
     vae, vae_fp = load_vae_and_fingerprint(args.model_name_or_path, args.vae, options.dtype_name)
 
     skipped = SkipLog()
@@ -71,6 +78,10 @@ def main(argv=None) -> int:
     if output:
         save_metadata(args.out_json, output)
     lines = [f"images: {len(images)}, usable: {len(output)}, skipped: {len(skipped)}"] + report_lines(report)
+    extreme = extreme_placements_notice(train_dir, [(job.image_path.name, job.placement) for job in jobs
+                                                    if job.image_path not in skipped_paths])
+    if extreme:
+        lines.append(extreme)
     if no_entry:
         lines.append(f"images without an entry in {args.in_json} (no caption/tags): {len(no_entry)}")
         lines += [f"  {key}" for key in no_entry]

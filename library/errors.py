@@ -2,12 +2,16 @@
 
 Every script raises `UserError` for problems the user can fix (a wrong path, a bad option, a file
 that is not what it claims to be). `run_cli` turns it into a single `error: ...` line and exit
-code 2 instead of a traceback; anything else is a bug and keeps its traceback.
+code 2 instead of a traceback, and so does an OSError that can only mean a full or read-only disk;
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable, Sequence
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # only ever about writing
 
 
 class UserError(Exception):
@@ -24,4 +28,11 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a full or read-only disk outside the atomic writers (logs, caches of libraries)
+        if error.errno not in _DISK_ERRNOS:
+            raise
+        from library.file_io import write_failure
+
+        print(f"error: {write_failure(error.filename or 'a file', error)}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0

@@ -7,6 +7,10 @@ them. This wrapper keeps LyCORIS' modules and math, and translates names at the 
 saved files use `lora_unet_<SAI path>` and `lora_te{1,2}_text_model_...` (DESIGN.md 4.1), loaded
 files are normalised from any accepted spelling back to LyCORIS' names.
 
+DoRA (`dora_wd`) defaults to `wd_on_output = False`, the variant ComfyUI and A1111/Forge reproduce
+(library/lora/file_io.consumer_warnings says who reproduces what). Files LyCORIS 4.1.3 cannot
+rebuild (per-input DoRA, Tucker LoKr) are loaded through library/lora/lycoris_loading.py.
+
 It also repairs LyCORIS 4.1.3's default "full" preset on the diffusers SDXL UNet: that preset
 targets the TimestepEmbedding class and names its children again (time_embedding.linear_1/2),
 which makes LyCORIS abort with "duplicated lora name". Names already covered by a targeted class
@@ -28,7 +32,8 @@ import torch
 from library.errors import UserError
 from library.lora import network_args as na
 from library.lora import weights_math
-from library.lora.file_io import load_lora_for_model, save_lora
+from library.lora.file_io import TUCKER_LOKR_NOTE, load_lora_for_model, save_lora
+from library.lora.lycoris_loading import lycoris_loading_fixes
 from library.lora.naming import ModelNames, split_key
 
 # The network_args lycoris.kohya.create_network reads (LyCORIS 4.1.3); anything else is a typo.
@@ -66,6 +71,9 @@ def _check_args(kwargs: dict) -> dict:
     for key in ("conv_alpha", "dropout", "rank_dropout", "module_dropout", "constraint"):
         if kwargs.get(key) is not None:
             na.parse_args({key: kwargs[key]}, {key: na.as_float}, "lycoris.kohya")
+    tucker = any(str(kwargs.get(k, False)).lower() not in ("false", "none") for k in ("use_tucker", "use_cp", "use_conv_cp"))
+    if algo == "lokr" and tucker:
+        print(f"note: network_args algo=lokr with use_tucker: {TUCKER_LOKR_NOTE}")
     return kwargs
 
 
@@ -177,6 +185,17 @@ def _adopt(network, unet, text_encoders):
     return network
 
 
+def _bypass_for_fp8(kwargs: dict, unet, text_encoders) -> None:
+    """fp8 base weights (fp8_base): LyCORIS must add its output to the base layer's (bypass mode)
+    instead of rebuilding W + dW from the fp8 weight, which it cannot do."""
+    fp8 = any(p.dtype == torch.float8_e4m3fn for model in [unet, *text_encoders] for p in model.parameters())
+    if not fp8:
+        return
+    if str(kwargs.get("bypass_mode", "true")).lower() in ("false", "0", "no"):
+        raise UserError("network_args bypass_mode=false cannot train on fp8 base weights (fp8_base); remove it")
+    kwargs["bypass_mode"] = "true"
+
+
 def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet, neuron_dropout=None, **kwargs):
     import lycoris.kohya as lycoris_kohya
 
@@ -184,6 +203,11 @@ def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, un
     if neuron_dropout is not None:  # kohya's trainer passes network_dropout this way to every module
         kwargs.setdefault("dropout", str(neuron_dropout))
     kwargs = _check_args(kwargs)
+    _bypass_for_fp8(kwargs, unet, _as_list(text_encoder))
+    if str(kwargs.get("dora_wd", False)).lower() != "false" and "wd_on_output" not in kwargs:  # LyCORIS' str_bool
+        # The DoRA variant every consumer reproduces (ComfyUI, A1111/Forge, LyCORIS, this toolkit);
+        # LyCORIS' own default (True) is reproduced by LyCORIS and this toolkit only.
+        kwargs["wd_on_output"] = "False"
     preset = _sdxl_preset(str(kwargs.pop("preset", "full")), unet)
     text_encoders = _as_list(text_encoder)
     with _registered(preset) as preset_name:
@@ -203,8 +227,9 @@ def create_network_from_weights(multiplier, file, vae, text_encoder, unet, weigh
     lyco_sd = {f"{_lycoris_name(names.ref(split_key(k)[0]))}.{split_key(k)[1]}": v for k, v in canonical.items()}
     # LyCORIS first builds a throw-away network with the class-level preset; make that one buildable.
     lycoris_kohya.LycorisNetworkKohya.apply_preset(_sdxl_preset("full", unet))
-    network, _ = lycoris_kohya.create_network_from_weights(multiplier, None, vae, text_encoders, unet,
-                                                           weights_sd=lyco_sd, for_inference=for_inference)
+    with lycoris_loading_fixes():  # DoRA per-input magnitudes and Tucker LoKr, which LyCORIS 4.1.3 cannot rebuild
+        network, _ = lycoris_kohya.create_network_from_weights(multiplier, None, vae, text_encoders, unet,
+                                                               weights_sd=lyco_sd, for_inference=for_inference)
     # ... and leaves its `loras` list pointing at that throw-away network's modules.
     network.loras = network.text_encoder_loras + network.unet_loras
     built = {m.lora_name for m in network.unet_loras + network.text_encoder_loras}

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,20 +79,10 @@ def _sources(args):
 
 def _save_folder_atomic(model, folder: Path) -> None:
     """Write a diffusers folder beside the target, then move it into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    from library.file_io import atomic_folder
+
+    with atomic_folder(folder) as tmp:
         model.save_diffusers(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def merge_into_checkpoint(args, sources) -> None:

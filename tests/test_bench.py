@@ -31,7 +31,7 @@ def test_bench_tiny_report_has_every_figure(tmp_path, monkeypatch):
     assert tiny["text_encoder_caching"]["text_encoders_resident_while_training"] == {"cached": False, "not_cached": True}
     assert report["preparation"]["indexing"]["all"]["images"] == 40
     assert report["preparation"]["indexing"]["quarter"]["images"] == 10
-    assert report["fp8"]["supported"] is False
+    assert report["fp8"]["supported"] is True
     assert set(report["target_checks"]) >= {"step_time_ratio", "peak_memory_ratio", "startup_ratio", "caching_ratio",
                                             "indexing_seconds", "checkpointing_reduction", "text_encoders_freed_with_caching"}
     table = format_table(report)
@@ -75,3 +75,65 @@ def test_learning_only_report_validates_and_prints_one_row_per_network():
     del learning["algorithms"]["LoRA"]["concept_rate"]["w1"]
     with pytest.raises(SchemaError, match="learning.algorithms.LoRA.concept_rate.w1"):
         validate_report(report)
+
+
+def test_hardware_section_table():
+    """tools/bench.py --sections hardware prints its own tables (the figures of docs/performance.md)."""
+    stat = summarize([1.0, 1.2])
+    row = {"step_seconds": stat, "first_step_seconds": stat, "unet_weight_bytes": 4 * 2**20, "losses": [1.0, 0.9], "steps": 2}
+    report = {"training": {}, "memory_estimate": {}, "hardware": {
+        "model": "small", "resolution": 256, "batch_size": 2,
+        "precision": {"fp32": row, "bf16": {**row, "unet_weight_bytes": 2 * 2**20}, "bf16_fp8": {**row, "unet_weight_bytes": 2**20}},
+        "fp8": {"unet_bytes_fp32": 4 * 2**20, "unet_bytes_bf16": 2 * 2**20, "unet_bytes_fp8": 2**20, "fp32_over_fp8": 4.0,
+                "loss_relative_difference_max": 0.002, "loss_relative_difference_mean": 0.001},
+        "compile": {"precision": "fp32", "first_step_seconds": 190.0, "uncompiled_first_step_seconds": 2.0, "step_seconds": 1.0,
+                    "uncompiled_step_seconds": 1.1},
+        "cpu_half_kernels": {"bf16": False, "fp16": False},
+        "loader_workers": {"model": "tiny", "resolution": 512, "images": "photos", "step_seconds_0_workers": stat,
+                           "step_seconds_2_workers": stat, "speedup": stat, "main_process_pixel_seconds_per_step_0_workers": stat,
+                           "main_process_pixel_seconds_per_step_2_workers": stat}}}
+    table = format_table(report)
+    assert "| UNet weights fp32 / bf16 / fp8_base | 4.0 / 2.0 / 1.0 MiB (fp32 / fp8 = 4.00) |" in table
+    assert "| fp8_base loss vs bf16, per step (same seed) | mean 0.10%, max 0.20% |" in table
+    assert "| torch_compile (inductor, fp32) first step / uncompiled | 190.0 s / 2.0 s |" in table
+
+
+def test_realsize_and_efficiency_tables():
+    """tools/bench.py --sections realsize / efficiency print their tables (docs/performance.md)."""
+    gib = 1024 ** 3
+    stat = summarize([2.0, 2.0])
+    estimate = {"activations": 0.3 * gib, "lora_gradients": 0.03 * gib}
+    report = {"training": {}, "memory_estimate": {}, "realsize": {
+        "training": [{"resolution": 512, "step_seconds": [100.0, 90.0, 200.0], "step_added_bytes": 0.32 * gib,
+                      "estimated_working_bytes": 0.33 * gib, "ratio": 1.03, "tensor_peak_bytes": 0.3 * gib,
+                      "step_added_default_malloc_bytes": 1.7 * gib, "estimated_total_bytes": 10.4 * gib}],
+        "estimate_only": [{"resolution": 1024, "precision": "bf16", "estimate": estimate, "estimated_total_bytes": 7.23 * gib,
+                           "fits_12_gb": True}],
+        "loading": {"direct_bf16": [{"peak_rss": 7.2 * gib, "anon_after": 7.16 * gib, "seconds": 45.0}]}},
+        "efficiency": {"model": "small", "resolution": 256, "batch_size": 2, "rank": 4, "threads_1": {
+            "flops_per_step": 31.2e9, "gemm_flops_per_second": summarize([75e9]), "step_seconds": summarize([1.0]),
+            "achieved_flops_per_second": summarize([30e9]), "efficiency": summarize([0.4]), "compute_limit_seconds": summarize([0.414]),
+            "step_over_limit": summarize([2.5])}, "two_over_one_thread_step": stat}}
+    table = format_table(report)
+    # s/step leaves out the first step and the tensor-counted last one
+    assert "| 512 | 90.0 | 0.32 GiB | 0.33 GiB | 1.030 | 0.30 GiB | 1.70 GiB | 10.40 GiB |" in table
+    assert "| 1024 (bf16, estimate only) | | | 0.33 GiB | | | | 7.23 GiB (fits 12 GB: True) |" in table
+    assert "| direct_bf16 | 7.20 GiB | 7.16 GiB | 45.0 |" in table
+    assert "| 1 | 31.2 | 75 GFLOP/s | 1.000 s | 30 GFLOP/s | 40% | 0.414 s | 2.50 |" in table
+
+
+def test_real_size_checkpoint_has_the_sdxl_architecture():
+    """The realsize section's checkpoint: the real SDXL 1.0 key set and shapes (2.567 B UNet
+    parameters), read back by the loader's own shape inference; only the text encoders' depth differs."""
+    import math
+
+    from library.benchmark.real_size_model import meta_state_dict
+    from library.models import sdxl_architecture as arch
+
+    groups = arch.split_checkpoint_shapes({k: tuple(v.shape) for k, v in meta_state_dict(text_encoder_layers=1).items()})
+    assert sum(math.prod(shape) for shape in groups["unet"].values()) == 2_567_463_684
+    unet = arch.infer_unet_config(groups["unet"])
+    assert {k: unet[k] for k in ("block_out_channels", "transformer_layers_per_block", "cross_attention_dim")} == {
+        "block_out_channels": [320, 640, 1280], "transformer_layers_per_block": [1, 2, 10], "cross_attention_dim": 2048}
+    te2 = arch.infer_te2_config(groups["te2"])
+    assert (te2["hidden_size"], te2["num_hidden_layers"]) == (1280, 1)

@@ -69,7 +69,7 @@ def test_text_encoder_outputs(tmp_path, tiny_single_file, tiny_sdxl, capsys):
     meta = {"a": {"caption": "a photo of sks dog", "tags": "dog, grass"}, "b": {"caption": long_caption}}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     config = write_config(tmp_path / "train.toml", pretrained_model_name_or_path=str(tiny_single_file),
-                          train_data_dir=str(train), in_json=str(tmp_path / "meta.json"))
+                          train_data_dir=str(train), in_json=str(tmp_path / "meta.json"), resolution="64,64")
     assert cache_text_encoder_outputs.main(["--config_file", str(config)]) == 0
     with np.load(train / "a_te_outputs.npz") as npz:
         assert npz["hidden_state1"].shape == (77, 64) and npz["hidden_state2"].shape == (77, 128) and npz["pool2"].shape == (128,)
@@ -95,7 +95,8 @@ def test_text_encoder_outputs(tmp_path, tiny_single_file, tiny_sdxl, capsys):
     assert "encoded: 1, reused fresh caches: 1" in capsys.readouterr().out
 
     long_config = write_config(tmp_path / "long.toml", pretrained_model_name_or_path=str(tiny_single_file),
-                               train_data_dir=str(train), in_json=str(tmp_path / "meta.json"), max_token_length=225)
+                               train_data_dir=str(train), in_json=str(tmp_path / "meta.json"), max_token_length=225,
+                               resolution="64,64")
     cache_text_encoder_outputs.main(["--config_file", str(long_config)])
     with np.load(train / "b_te_outputs.npz") as npz:
         # kohya's layout for 225 tokens: <BOS>, 3 x 75 content states, the last chunk's final state.
@@ -109,10 +110,10 @@ def test_text_encoder_outputs(tmp_path, tiny_single_file, tiny_sdxl, capsys):
 
 def test_text_encoder_cache_refuses_changing_captions(tmp_path, tiny_single_file):
     train = tmp_path / "train"
-    write_image(train / "a.png", gradient_image(32, 32))
+    write_image(train / "1_x" / "a.png", gradient_image(32, 32))
     config = tmp_path / "c.toml"
     config.write_text(f'[model_arguments]\npretrained_model_name_or_path = "{tiny_single_file}"\n'
-                      f'[dataset_arguments]\ntrain_data_dir = "{train}"\nshuffle_caption = true\n')
+                      f'[dataset_arguments]\ntrain_data_dir = "{train}"\nshuffle_caption = true\nresolution = "64,64"\n')
     with pytest.raises(UserError, match="shuffle_caption change captions"):
         cache_text_encoder_outputs.main(["--config_file", str(config)])
     with pytest.raises(UserError, match="train_data_dir' is missing"):

@@ -99,4 +99,4 @@ def test_lycoris_unknown_arg_and_dora_note(_tiny_sdxl_loaded, tmp_path, capsys):
     network = module.create_network(1.0, 4, 1.0, None, model.text_encoders, model.unet, algo="locon",
                                     dora_wd="True", preset="attn-mlp")
     network.save_weights(tmp_path / "dora.safetensors", None, {})
-    assert "DoRA (dora_scale) is ComfyUI-first" in capsys.readouterr().out
+    assert "DoRA (dora_scale per input channel, wd_on_output = False)" in capsys.readouterr().out

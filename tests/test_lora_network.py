@@ -114,3 +114,32 @@ def test_max_norm_regularisation_caps_every_delta(tiny_sdxl):
     assert max(after) <= cap * (1 + 1e-5)
     assert max_norm == pytest.approx(max(after), rel=1e-5)
     assert mean_norm == pytest.approx(sum(after) / len(after), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1x1", "conv3x3"])
+def test_scaled_up_weight_gives_the_plain_formula_and_its_gradients(kind):
+    """The factor alpha/r * multiplier is applied to lora_up's weight, not to the full-size output:
+    same output and gradients (down, up and input) as org(x) + up(down(x)) * alpha/r * multiplier."""
+    import torch
+
+    from library.lora.modules import LoRAModule
+
+    torch.manual_seed(0)
+    if kind == "linear":
+        org, x = torch.nn.Linear(32, 48), torch.randn(2, 5, 32)
+    else:
+        size = 1 if kind == "conv1x1" else 3
+        org, x = torch.nn.Conv2d(16, 24, size, padding=size // 2), torch.randn(2, 16, 6, 6)
+    lora = LoRAModule("m", org, multiplier=0.7, lora_dim=4, alpha=2.0)
+    torch.nn.init.normal_(lora.lora_up.weight)  # not the zero initialisation: every term counts
+    lora.apply_to()
+    grads = []
+    for fused in (True, False):
+        for p in (*lora.parameters(), x):
+            p.grad = None
+        x.requires_grad_(True)
+        out = org(x) if fused else lora.org_forward(x) + lora.lora_up(lora.lora_down(x)) * (lora.scale * 0.7)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append([out.detach(), lora.lora_down.weight.grad, lora.lora_up.weight.grad, x.grad])
+    for fused, plain in zip(*grads):
+        torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)  # fp32 rounding order only

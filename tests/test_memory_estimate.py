@@ -1,5 +1,5 @@
-"""--estimate_memory: a breakdown from shapes alone, calibrated against the tensor bytes a real
-training run allocates (counted in a separate process), within 25%."""
+"""--estimate_memory: a breakdown from shapes alone, within 15% of the memory a real training step
+adds to its own process (measured in a separate process)."""
 from __future__ import annotations
 
 import pytest
@@ -10,9 +10,9 @@ from library.training.config_loader import resolve_config
 from library.training.memory_estimate import AllocationCounter, estimate_memory
 
 
-def _config(tmp_path, model, resolution, batch_size, checkpointing, name):
+def _config(tmp_path, model, resolution, batch_size, checkpointing, name, steps=2):
     train_dir = training.prepare_dataset(tmp_path, resolution, count=4)
-    config = training.training_config(model, train_dir, tmp_path / f"out_{name}", resolution, batch_size, 8, 2,
+    config = training.training_config(model, train_dir, tmp_path / f"out_{name}", resolution, batch_size, 8, steps,
                                       gradient_checkpointing=checkpointing)
     return training.write_config(tmp_path / f"{name}.toml", config)
 
@@ -54,17 +54,35 @@ def test_allocation_counter_follows_storages():
     assert counter.live == 0 and counter.peak == 6000
 
 
-CASES = [(128, 2, False), (64, 4, True)]
+def test_allocation_counter_ignores_storages_that_existed_before():
+    """A Linear reaches its weight through a transposed view: that is no allocation (the old
+    counter counted every base weight this way, and kept it live)."""
+    import torch
+
+    linear = torch.nn.Linear(256, 256)
+    x = torch.randn(4, 256, requires_grad=True)
+    with AllocationCounter() as counter:
+        linear(x).sum().backward()
+    weight_bytes = 256 * 256 * 4
+    # what is new: the weight's gradient, the bias's and x's gradients, the output, a few scalars
+    assert weight_bytes <= counter.live < weight_bytes + 16 * 1024
+    assert counter.peak < weight_bytes + 16 * 1024
 
 
-def test_estimate_within_25_percent_of_allocated_bytes(tmp_path, tiny_single_file):
-    configs = [str(_config(tmp_path, tiny_single_file, r, b, c, f"calibration_{r}_{b}_{c}")) for r, b, c in CASES]
-    runs = run_task("allocated", {"configs": configs, "with_estimate": True, "threads": 1})["runs"]  # its own process
-    for case, measured in zip(CASES, runs):
-        estimate = measured["estimate"]
-        assert measured["training_peak"] > 0 and measured["base_weights"] > 0, case
-        assert estimate["accelerator_total"] == pytest.approx(measured["measured_total"], rel=0.25), case
-        # the parts agree too: the static weights closely, the working memory within 25%
-        assert estimate["base_weights"] == pytest.approx(measured["base_weights"], rel=0.05), case
-        working = estimate["activations"] + estimate["lora_gradients"] + estimate["optimizer_state"]
-        assert working == pytest.approx(measured["training_peak"], rel=0.25), case
+def test_estimate_within_15_percent_of_the_memory_a_step_adds(tmp_path):
+    """--estimate_memory's working memory against the anonymous memory a real training step adds to
+    its own process (RssAnon, after malloc_trim; a separate process, with the fixed mmap threshold
+    under which freed memory goes back at once; docs/performance.md)."""
+    from library.benchmark.models import write_model
+    from library.benchmark.process_memory import TRACKING_MALLOC_ENV
+
+    model = write_model("small", tmp_path / "models")
+    config = _config(tmp_path, model, 128, 2, False, "calibration", steps=3)
+    result = run_task("calibration", {"config": str(config), "count_tensors": True, "threads": 1}, env=TRACKING_MALLOC_ENV)
+    assert len(result["steps"]) == 2  # steps 1 and 2 measured by the process's memory, step 3 counted
+    assert result["step_added"] > 20 * 2**20  # tens of MiB of activations: far above the process's noise
+    assert result["ratio"] == pytest.approx(1.0, abs=0.15)
+    # the counter on the real tensors agrees with the estimate from meta tensors (which also counts
+    # the CPU's per-call copies of convolution weights, invisible to a tensor counter)
+    assert result["estimate"]["conv_workspace"] == 256 * 512 * 9 * 4  # small's widest convolution, fp32
+    assert result["tensor_peak"] == pytest.approx(result["estimated_working"], rel=0.15)

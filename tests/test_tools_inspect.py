@@ -113,3 +113,22 @@ def test_other_naming_styles_are_read_and_written_canonically(_tiny_sdxl_loaded,
                     capsys)[0] == 0
     written, _ = read(out)
     assert written.keys() == tensors.keys() and all(torch.equal(written[k], tensors[k]) for k in tensors)
+
+
+def test_huge_metadata_values_are_cut_when_printed_and_copied(half_trained, tmp_path, capsys):
+    from networks import sdxl_merge_lora
+
+    path, tensors, metadata = half_trained
+    huge = "x" * 3_000_000
+    save_file(tensors, path, {**metadata, "ss_tag_frequency": huge})
+    code, stdout, _ = run_tool(show_metadata, [path], capsys)
+    assert code == 0 and len(stdout) < 20_000
+    assert json.loads(stdout)["ss_tag_frequency"] == "x" * 2000 + "... (3,000,000 bytes)"
+    code, stdout, _ = run_tool(show_metadata, [path, "--full"], capsys)
+    assert json.loads(stdout)["ss_tag_frequency"] == huge
+
+    out = tmp_path / "merged.safetensors"
+    code, stdout, _ = run_tool(sdxl_merge_lora, ["--models", path, path, "--save_to", str(out)], capsys)
+    assert code == 0
+    assert "notice: metadata ss_tag_frequency (3,000,000 bytes) is cut to its first 2,000 characters in the new file" in stdout
+    assert read(out)[1]["ss_tag_frequency"] == "x" * 2000 + "... (3,000,000 bytes)"

@@ -69,3 +69,15 @@ def lora_tensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def train_in_process(tmp_path: Path, model: Path, train_dir: Path, name: str = "run", **overrides):
+    """Trainer.setup + run without the command line; returns (trainer, final LoRA path) so a test can
+    read the trainer's state (placement record, trained tensors)."""
+    from library.training.config_loader import resolve_config
+    from library.training.trainer import Trainer
+
+    config = base_config(model, train_dir, tmp_path / f"{name}_out", **overrides)
+    trainer = Trainer(resolve_config(["--config_file", str(write_config(tmp_path / f"{name}.toml", config))]))
+    trainer.setup()
+    return trainer, trainer.run()

@@ -1,7 +1,9 @@
 """Pre-cache SDXL text-encoder outputs (<stem>_te_outputs.npz) for the captions of a training config.
 
-Only valid when captions are the same every step: shuffle_caption, caption dropout and token
-warm-up are refused. Fresh caches (same caption, same text encoders) are reused.
+The dataset and each caption come from the trainer's own code (same folders, class tokens,
+prefix/suffix), so the trainer with cache_text_encoder_outputs_to_disk reuses these files. Only
+valid when captions are the same every step: shuffle_caption, caption dropout, tag dropout, token
+warm-up and wildcards are refused. Fresh caches (same caption, same text encoders) are reused.
 """
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.data.caching_config import read_caching_config  # noqa: E402
-from library.data.dataset_images import dreambooth_images, finetune_images, metadata_caption  # noqa: E402
-from library.data.script_support import existing_folder, print_summary, progress  # noqa: E402
+from library.data.script_support import print_summary, progress  # noqa: E402
 from library.data.text_encoder_cache import (  # noqa: E402
     encode_caption,
     save_te_cache,
@@ -37,19 +38,19 @@ def main(argv=None) -> int:
     if config.caption_randomisers:
         raise UserError(f"{args.config_file}: {', '.join(config.caption_randomisers)} change captions every step, so their "
                         "text-encoder outputs cannot be cached; remove them or do not cache text-encoder outputs")
-    train_dir = existing_folder(config.train_data_dir)
-    if config.in_json:
-        images, metadata = finetune_images(train_dir, config.in_json)
-        captions = {key: metadata_caption(metadata[key]) for key in images}
-    else:
-        images, captions = dreambooth_images(train_dir, config.caption_extension)
-    import torch
-
     from library.models.sdxl_loader import load_sdxl
+    from library.training.placement import Placement, PrecisionPlan, compute_device
+    from library.training.text_conditioning import cached_captions
 
+    for notice in config.notices:
+        print(f"note: {notice}")
+    images = {str(item.image_path): item.image_path for item in config.items}
+    captions = dict(zip(images, cached_captions(config.items)))
     model = load_sdxl(config.pretrained_model_name_or_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    encoders = [encoder.to(device).eval() for encoder in model.text_encoders]
+    # the dtypes training uses (mixed_precision, fp8_base), so the outputs and fingerprint match its own
+    placement = Placement(compute_device(), PrecisionPlan.from_args(config, config.mixed_precision))
+    encoders = [placement.place(name, encoder.eval(), "cache text-encoder outputs")
+                for name, encoder in zip(("text_encoder1", "text_encoder2"), model.text_encoders)]
     fingerprint = text_encoder_fingerprint(encoders, config.max_token_length, config.weighted_captions)
     encoded = fresh = 0
     for key, image in progress(images.items(), total=len(images), desc="caching text encoder outputs"):
@@ -57,8 +58,9 @@ def main(argv=None) -> int:
         if not args.overwrite and te_cache_is_fresh(path, captions[key], fingerprint):
             fresh += 1
             continue
-        hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length,
-                                                 config.weighted_captions)
+        with placement.autocast():
+            hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length,
+                                                     config.weighted_captions)
         save_te_cache(path, hidden1, hidden2, pool2, captions[key], fingerprint)
         encoded += 1
     empty = sum(1 for key in images if not captions[key])
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
              f"states per caption: {2 + 75 * ((config.max_token_length or 75) // 75)}"]
     if empty:
         lines.append(f"warning: {empty} image(s) have an empty caption")
-    print_summary("cache_text_encoder_outputs summary", lines)
+    print_summary("cache_text_encoder_outputs summary", lines, config.skipped)
     return 0
 
 

@@ -29,7 +29,7 @@ python finetune/prepare_buckets_latents.py "$out/images" "$out/meta_clean.json" 
   --max_resolution 64,64 --min_bucket_reso 32 --max_bucket_reso 128 --bucket_reso_steps 32
 
 echo "== 6/7 Train the LoRA with accelerate"
-accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   sdxl_train_network.py --config_file train_config/quickstart_tiny/config_file.toml \
   --pretrained_model_name_or_path "$model" --train_data_dir "$out/images" --in_json "$out/meta_lat.json" \
   --output_dir "$out/lora" --logging_dir "$out/logs"

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ckpt", help="SDXL checkpoint (.safetensors) or diffusers folder")
     model.add_argument("--vae", default=None, help="VAE to use instead of the model's own")
     model.add_argument("--precision", choices=["float", "fp16", "bf16"], default="float",
-                       help="model dtype (float on CPU)")
+                       help="model dtype (all three run on a CPU too; half precision is fast there only with AVX-512 BF16/FP16 or AMX)")
     model.add_argument("--device", default="cpu", help="cpu or cuda")
     prompt = parser.add_argument_group("prompts")
     prompt.add_argument("--prompt", action="append", default=None, help="prompt (repeatable)")

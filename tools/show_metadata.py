@@ -3,7 +3,8 @@
     python tools/show_metadata.py my_lora.safetensors [--key ss_network_dim] [--any_safetensors]
 
 Values that hold JSON (ss_network_args, ss_tag_frequency, ss_dataset_dirs, ss_lora_tools_history
-...) are printed decoded, so the output is one JSON document. The last line to stderr summarises
+...) are printed decoded, so the output is one JSON document. A value longer than 2,000 characters
+is cut and ends in "... (N bytes)" unless --full is given. The last line to stderr summarises
 the file (tensor count, modules, rank). Files that are not LoRAs are refused unless
 --any_safetensors is given (then any .safetensors file's metadata is shown).
 """
@@ -24,12 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", help=".safetensors file")
     parser.add_argument("--key", action="append", default=None, help="print only this key (repeatable)")
     parser.add_argument("--any_safetensors", action="store_true", help="show metadata of non-LoRA files too")
+    parser.add_argument("--full", action="store_true", help="print long values whole (default: cut after 2,000 characters)")
     return parser
 
 
-def decoded(metadata: dict) -> dict:
+def decoded(metadata: dict, full: bool = False) -> dict:
+    from library.lora.metadata import PRINT_LIMIT, shorten
+
     out = {}
     for key, value in sorted(metadata.items()):
+        if isinstance(value, str) and len(value) > PRINT_LIMIT and not full:
+            out[key] = shorten(value)
+            continue
         if isinstance(value, str) and value[:1] in "[{":
             try:
                 value = json.loads(value)
@@ -50,7 +57,7 @@ def main(argv=None) -> int:
     else:
         groups, metadata = read_groups(args.file)
         what = f"{len(groups)} LoRA modules, ss_network_dim {metadata.get('ss_network_dim', '?')}"
-    shown = decoded(metadata)
+    shown = decoded(metadata, args.full)
     if args.key:
         missing = [k for k in args.key if k not in shown]
         if missing:

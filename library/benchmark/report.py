@@ -66,7 +66,7 @@ def validate_report(report: dict) -> None:
         _get(report, key)
     if "learning" in report:
         _validate_learning(report["learning"])
-        if not any(key in report for key in ("training", "startup", "memory_estimate", "preparation")):
+        if not any(report.get(key) for key in ("training", "startup", "memory_estimate", "preparation")):
             return  # a learning-only report (tools/bench.py --sections learning)
     for key in ("training", "startup", "memory_estimate", "preparation"):
         _get(report, key)
@@ -115,8 +115,18 @@ def format_learning_table(learning: dict) -> str:
 
 def format_table(report: dict) -> str:
     """Readable Markdown tables (medians; ±half the relative min-max spread over repeats)."""
-    if "training" not in report:  # a learning-only report
-        return format_learning_table(report["learning"]) + _format_checks(report)
+    lines = []
+    if report.get("training"):
+        lines += _training_lines(report)
+    if report.get("startup") and report.get("preparation"):
+        lines += _other_lines(report)
+    if report.get("learning"):
+        lines += ["", format_learning_table(report["learning"])]
+    lines += _calibration_and_hardware_lines(report)
+    return "\n".join(lines).strip("\n")
+
+
+def _training_lines(report: dict) -> list[str]:
     lines = ["| model | res | batch | rank | ours s/step | reference s/step | time ratio | ours peak RSS | reference peak RSS "
              "| memory ratio | start to 1st step |", "|" + "---|" * 11]
     for size, r in report["training"].items():
@@ -135,9 +145,13 @@ def format_table(report: dict) -> str:
                      f"| {_fmt_stat(t['peak_rss_training_bytes']['cached'], MIB, ' MiB', 0)} "
                      f"| {_fmt_stat(t['peak_rss_training_bytes']['not_cached'], MIB, ' MiB', 0)} "
                      f"| {t['text_encoders_resident_while_training']['cached']} |")
+    return lines
+
+
+def _other_lines(report: dict) -> list[str]:
     s, p = report["startup"], report["preparation"]
     c, idx = p["latent_caching"], p["indexing"]
-    lines += ["", "| measurement | value |", "|---|---|",
+    lines = ["", "| measurement | value |", "|---|---|",
               f"| tiny: process start to first optimizer step | {_fmt_stat(s['start_to_first_step_seconds'], unit=' s')} |",
               f"| tiny: importing the modules that run loads | {_fmt_stat(s['import_seconds'], unit=' s')} |",
               f"| startup ratio | {_fmt_stat(s['ratio'])} |",
@@ -151,22 +165,83 @@ def format_table(report: dict) -> str:
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['quarter']:,.0f} B / "
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['all']:,.0f} B |",
               f"| fp8 base storage | {'supported' if report['fp8']['supported'] else 'unsupported: ' + report['fp8']['reason']} |"]
-    for size, calibration in report["memory_estimate"].items():
-        lines += ["", f"| --estimate_memory on {size}: res | batch | checkpointing | estimated | measured (tensor bytes) | ratio |",
-                  "|---|---|---|---|---|---|"]
+    return lines
+
+
+def _mib(value) -> str:
+    return "n/a" if value is None else f"{value / MIB:,.1f} MiB"
+
+
+def _ratio(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def efficiency_lines(result: dict) -> list[str]:
+    lines = ["", f"| {result['model']}, {result['resolution']} px, batch {result['batch_size']}, rank {result['rank']}, fp32: threads "
+             "| UNet fwd+bwd GFLOP per step | fp32 GEMM rate | our step | achieved | efficiency | compute limit | step / limit |",
+             "|" + "---|" * 8]
+    for threads in (1, 2):
+        r = result.get(f"threads_{threads}")
+        if not r:
+            continue
+        lines.append(f"| {threads} | {r['flops_per_step'] / 1e9:,.1f} | {_fmt_stat(r['gemm_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
+                     f"| {_fmt_stat(r['step_seconds'], unit=' s', digits=3)} | {_fmt_stat(r['achieved_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
+                     f"| {_fmt_stat(r['efficiency'], 0.01, '%', 0)} | {_fmt_stat(r['compute_limit_seconds'], unit=' s', digits=3)} "
+                     f"| {_fmt_stat(r['step_over_limit'])} |")
+    if result.get("two_over_one_thread_step"):
+        lines.append(f"| 2 / 1 threads, step time | | | {_fmt_stat(result['two_over_one_thread_step'], digits=3)} | | | | |")
+    return lines
+
+
+def realsize_lines(result: dict) -> list[str]:
+    gib = 1024 ** 3
+    lines = ["", "| real SDXL UNet (random weights), fp32, rank 4, AdamW, batch 1, checkpointing: res | s/step | step adds "
+             "(RssAnon, fixed mmap threshold) | --estimate_memory working memory | ratio | tensor bytes counted | step adds "
+             "(glibc default) | estimated total |", "|" + "---|" * 8]
+    for row in result.get("training", []):
+        seconds = row["step_seconds"][1:-1] if len(row["step_seconds"]) > 2 else row["step_seconds"]  # not the first, not the counted one
+        tensors = row.get("tensor_peak_bytes")
+        lines.append(f"| {row['resolution']} | {sum(seconds) / max(len(seconds), 1):,.1f} | {row['step_added_bytes'] / gib:.2f} GiB "
+                     f"| {row['estimated_working_bytes'] / gib:.2f} GiB | {_ratio(row['ratio'])} "
+                     f"| {'n/a' if tensors is None else f'{tensors / gib:.2f} GiB'} "
+                     f"| {row['step_added_default_malloc_bytes'] / gib:.2f} GiB | {row['estimated_total_bytes'] / gib:.2f} GiB |")
+    for row in result.get("estimate_only", []):
+        lines.append(f"| {row['resolution']} ({row['precision']}, estimate only) | | | "
+                     f"{(row['estimate']['activations'] + row['estimate']['lora_gradients']) / gib:.2f} GiB | | | "
+                     f"| {row['estimated_total_bytes'] / gib:.2f} GiB (fits 12 GB: {row['fits_12_gb']}) |")
+    loading = result.get("loading") or {}
+    if loading:
+        lines += ["", "| loading the fp16 real-size file for a bf16 run | peak RSS | anonymous memory after | seconds |", "|---|---|---|---|"]
+        for name, runs in loading.items():
+            for run in runs:
+                lines.append(f"| {name} | {run['peak_rss'] / gib:.2f} GiB | {run['anon_after'] / gib:.2f} GiB | {run['seconds']:.1f} |")
+    return lines
+
+
+def _calibration_and_hardware_lines(report: dict) -> list[str]:
+    lines = []
+    for size, calibration in report.get("memory_estimate", {}).items():
+        lines += ["", f"| --estimate_memory on {size}: res | batch | checkpointing | estimated working memory | step adds (fixed mmap "
+                  "threshold) | ratio | step adds (glibc default) | ratio | tensor bytes counted |", "|" + "---|" * 9]
         for case in calibration["cases"]:
+            default = case.get("measured_default_malloc_bytes")
             lines.append(f"| {case['resolution']} | {case['batch_size']} | {case['gradient_checkpointing']} "
-                         f"| {case['estimated_bytes'] / MIB:,.1f} MiB | {case['measured_bytes'] / MIB:,.1f} MiB | {case['ratio']:.3f} |")
-    if "learning" in report:
-        lines += ["", format_learning_table(report["learning"])]
-    return "\n".join(lines) + _format_checks(report)
+                         f"| {case['estimated_bytes'] / MIB:,.1f} MiB | {case['measured_bytes'] / MIB:,.1f} MiB | {case['ratio']:.3f} "
+                         f"| {_mib(default)} | {_ratio(case.get('ratio_default_malloc'))} | {_mib(case.get('tensor_bytes'))} |")
+    if report.get("efficiency"):
+        lines += efficiency_lines(report["efficiency"])
+    if report.get("realsize"):
+        lines += realsize_lines(report["realsize"])
+    if report.get("hardware"):
+        from library.benchmark.hardware import format_hardware
 
-
-def _format_checks(report: dict) -> str:
-    lines = ["", "| target | measured | limit | met |", "|---|---|---|---|"]
-    for name, check in report.get("target_checks", {}).items():
+        lines += format_hardware(report["hardware"])
+    checks = report.get("target_checks", {})
+    if checks:
+        lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
+    for name, check in checks.items():
         if isinstance(check, dict):
             value = check["value"]
             shown = f"{value:.3f}" if isinstance(value, float) else str(value)
             lines.append(f"| {name} | {shown} | {check['limit']} | {check['met']} |")
-    return "\n".join(lines)
+    return lines

@@ -16,8 +16,8 @@ from library.benchmark.models import write_model
 from library.benchmark.runner import run_task
 
 SCHEMA_VERSION = 1
-SECTIONS = ("training", "startup", "calibration", "preparation")  # the default run
-OPTIONAL_SECTIONS = ("learning",)  # only when asked for: trains six networks on the toy world (~15 min)
+SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware", "efficiency", "realsize"
+# and "learning" (six networks trained on the toy world, ~15 min) only when asked for
 TARGETS = {
     "step_time_ratio_max": 1.10,
     "peak_memory_ratio_max": 1.15,
@@ -114,7 +114,11 @@ def bench_startup(workdir: Path, opts: dict, log=print) -> dict:
 
 
 def bench_calibration(size: str, workdir: Path, cases: list[dict], log=print, sdxl_path: str | None = None) -> dict:
-    """--estimate_memory vs tensor bytes counted in a real CPU training process, per case."""
+    """--estimate_memory's working memory (activations + LoRA gradients) vs the anonymous memory a real
+    CPU training step adds to its process, per case: with glibc's default malloc (what a user sees)
+    and with a fixed mmap threshold (freed memory returned at once: the process follows its tensors)."""
+    from library.benchmark.process_memory import TRACKING_MALLOC_ENV
+
     model = _model_path(size, workdir, sdxl_path)
     rows = []
     for case in cases:
@@ -123,12 +127,40 @@ def bench_calibration(size: str, workdir: Path, cases: list[dict], log=print, sd
         config = training.write_config(
             workdir / "configs" / f"{size}_calibration_{case['resolution']}_{case['batch_size']}_{case['gradient_checkpointing']}.toml",
             training.training_config(model, train_dir, workdir / f"out_{size}_calibration", case["resolution"], case["batch_size"],
-                                     case.get("rank", 16), 2, gradient_checkpointing=case["gradient_checkpointing"]))
-        measured = run_task("allocated", {"config": str(config), "with_estimate": True})
-        estimate = measured.pop("estimate")
-        rows.append({**case, "estimated_bytes": estimate["accelerator_total"], "measured_bytes": measured["measured_total"],
-                     "ratio": estimate["accelerator_total"] / measured["measured_total"], "estimate": estimate, "measured": measured})
+                                     case.get("rank", 16), 3, gradient_checkpointing=case["gradient_checkpointing"]))
+        tracked = run_task("calibration", {"config": str(config), "count_tensors": True}, env=TRACKING_MALLOC_ENV)
+        default = run_task("calibration", {"config": str(config)})
+        estimate = tracked.pop("estimate")
+        default.pop("estimate")
+        working = estimate["activations"] + estimate["lora_gradients"]
+        rows.append({**case, "estimated_bytes": working, "measured_bytes": tracked["step_added"], "ratio": working / tracked["step_added"],
+                     "measured_default_malloc_bytes": default["step_added"], "ratio_default_malloc": working / default["step_added"],
+                     "tensor_bytes": tracked["tensor_peak"], "estimated_total_bytes": estimate["accelerator_total"],
+                     "estimate": estimate, "measured": tracked, "measured_default_malloc": default})
     return {"size": size, "cases": rows, "max_relative_error": max(abs(r["ratio"] - 1) for r in rows) if rows else None}
+
+
+def bench_efficiency(workdir: Path, opts: dict, log=print) -> dict:
+    """`small` (fp32, kohya's default modules): achieved FLOP/s of our step against this CPU's fp32
+    GEMM rate, on 1 and on 2 threads, runs interleaved (1, 2, 1, 2, ...)."""
+    size = opts.get("target_size", "small")
+    model = write_model(size, workdir / "models")
+    train_dir = training.prepare_dataset(workdir, opts["resolution"])
+    config = _config(workdir, size, model, train_dir, opts, "efficiency", opts["warmup"] + opts["steps"] + 1)
+    runs = {1: [], 2: []}
+    for repeat in range(opts["repeats"]):
+        for threads in (1, 2):
+            log(f"[{size}] efficiency, {threads} thread(s), repeat {repeat + 1}/{opts['repeats']}")
+            runs[threads].append(run_task("efficiency", {"config": str(config), "warmup": opts["warmup"] + 1, "threads": threads}))
+    out = {"model": size, "resolution": opts["resolution"], "batch_size": opts["batch_size"], "rank": opts["rank"]}
+    for threads, results in runs.items():
+        out[f"threads_{threads}"] = {
+            "flops_per_step": results[0]["flops_per_step"], "flops_by_op": results[0]["flops_by_op"],
+            **{key: summarize([r[key] for r in results]) for key in
+               ("gemm_flops_per_second", "step_seconds", "achieved_flops_per_second", "efficiency", "compute_limit_seconds",
+                "step_over_limit")}}
+    out["two_over_one_thread_step"] = summarize([b["step_seconds"] / a["step_seconds"] for a, b in zip(runs[1], runs[2])])
+    return out
 
 
 def bench_preparation(workdir: Path, opts: dict, log=print) -> dict:
@@ -150,11 +182,8 @@ def bench_preparation(workdir: Path, opts: dict, log=print) -> dict:
 
 
 def fp8_support() -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"supported": False, "reason": "fp8 base storage needs a CUDA GPU with fp8 (Ada or newer); unsupported on CPU"}
-    return {"supported": False, "reason": "fp8_base is not implemented by this toolkit yet (the option is a clear error)"}
+    return {"supported": True, "reason": "fp8_base / fp8_base_unet store per-channel scaled float8_e4m3fn weights on any device "
+                                         "(library/training/fp8_weights.py; figures in the hardware section)"}
 
 
 def environment() -> dict:
@@ -193,12 +222,23 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
             report["memory_estimate"][size] = bench_calibration(size, workdir, opts["calibration_cases"], log)
     if "preparation" in sections:
         report["preparation"] = bench_preparation(workdir, opts, log)
-    if "learning" in sections:
+    if "efficiency" in sections:  # opt-in (--sections efficiency): FLOPs of the step vs the GEMM rate, 1 and 2 threads
+        report["efficiency"] = bench_efficiency(workdir, opts, log)
+    if "realsize" in sections:  # opt-in (--sections realsize): the real SDXL architecture, minutes per step
+        from library.benchmark.realsize import bench_realsize
+
+        report["realsize"] = bench_realsize(workdir, opts, log)
+    if "hardware" in sections:  # opt-in (--sections hardware): inductor compiles for minutes on a CPU
+        from library.benchmark.hardware import bench_hardware
+
+        report["hardware"] = bench_hardware(workdir, opts, log)
+    if "learning" in sections:  # opt-in (--sections learning): does each network type learn the toy world's concept?
         from library.benchmark.learning import bench_learning
 
         report["learning"] = bench_learning(workdir, opts, log)
     report["fp8"] = fp8_support()
-    report["target_checks"] = target_checks(report, opts.get("target_size", "small"))
+    if (report["training"] and report.get("startup") and report.get("preparation")) or report.get("learning"):
+        report["target_checks"] = target_checks(report, opts.get("target_size", "small"))  # not after a hardware-only run
     report["elapsed_seconds"] = time.time() - started
     return report
 
@@ -215,7 +255,7 @@ def target_checks(report: dict, size: str) -> dict:
         from library.benchmark.learning import learning_checks
 
         checks.update(learning_checks(report["learning"]))
-    if "training" not in report:  # a learning-only report
+    if not (report.get("training") and report.get("preparation")):  # a learning-only report
         return {"size": size, **checks}
     training_result = report["training"].get(size) or next(iter(report["training"].values()), None)
     prep = report["preparation"]

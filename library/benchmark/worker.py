@@ -13,10 +13,16 @@ def run_in_process(task: str, params: dict) -> dict:
         from library.benchmark import training as module
     elif task in ("caching", "tagging", "indexing"):
         from library.benchmark import preparation as module
+    elif task in ("calibration",):
+        from library.benchmark import calibration as module
+    elif task in ("efficiency",):
+        from library.benchmark import efficiency as module
+    elif task in ("load_memory", "estimate"):
+        from library.benchmark import realsize as module
+    elif task in ("hardware",):
+        from library.benchmark import hardware as module
     elif task in ("toy_world", "learning"):
         from tools.toy_world import learning as module
-    elif task in ("allocated",):
-        from library.training import memory_estimate as module
     else:
         raise SystemExit(f"unknown task {task}")
     return getattr(module, f"run_{task}")(params)

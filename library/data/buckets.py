@@ -59,6 +59,35 @@ class BucketPlacement:
         return self.resized_size[0] - right, top, self.resized_size[0] - left, bottom
 
 
+# A sample that is mostly invented (a tiny image blown up) or mostly cut away (a panorama in a
+# near-square bucket) teaches little of the picture: worth one notice naming such images.
+ENLARGE_LIMIT = 2.0
+CROP_KEEP_LIMIT = 0.5
+
+
+def placement_problem(placement: BucketPlacement) -> str | None:
+    """'1x1 enlarged 32.0x to 32x32' or '10000x100: the 128x32 crop keeps 4% of its width', else None."""
+    (w, h), (rw, rh), (bw, bh) = placement.original_size, placement.resized_size, placement.bucket
+    scale = max(rw / w, rh / h)
+    if scale > ENLARGE_LIMIT:
+        return f"{w}x{h} enlarged {scale:.1f}x to {rw}x{rh}"
+    keep_w, keep_h = bw / rw, bh / rh
+    if min(keep_w, keep_h) < CROP_KEEP_LIMIT:
+        axis, keep = ("width", keep_w) if keep_w <= keep_h else ("height", keep_h)
+        return f"{w}x{h}: the {bw}x{bh} crop keeps {keep:.0%} of its {axis}"
+    return None
+
+
+def extreme_placements_notice(where, named_placements) -> str | None:
+    """One line about the images of `where` whose samples are mostly enlarged or cropped away."""
+    problems = [(name, problem) for name, placement in named_placements if (problem := placement_problem(placement))]
+    if not problems:
+        return None
+    examples = "; ".join(f"{name} {problem}" for name, problem in problems[:3]) + ("; ..." if len(problems) > 3 else "")
+    return (f"{where}: {len(problems)} image(s) are enlarged more than {ENLARGE_LIMIT:g}x or lose more than half a side to "
+            f"the bucket crop ({examples}); use larger or pre-cropped images, or widen min_bucket_reso/max_bucket_reso")
+
+
 def center_crop_ltrb(resized_size: Size, bucket: Size) -> tuple[int, int, int, int]:
     """Centre crop of `bucket` from an image of `resized_size` (floor on odd margins, as kohya)."""
     left = (resized_size[0] - bucket[0]) // 2
@@ -102,6 +131,31 @@ def validate_bucket_options(max_reso: Size, min_size: int, max_size: int, reso_s
         raise UserError(
             f"--min_bucket_reso {min_size} / --max_bucket_reso {max_size}: must be multiples of --bucket_reso_steps {reso_steps}"
         )
+
+
+def check_bucket_options(spec, notices: list) -> None:
+    """The trainer's bucket checks, as kohya's dataset makes them (enable_bucket only): for SDXL
+    bucket_reso_steps must be a multiple of 32; min/max_bucket_reso that are not multiples of it are
+    rounded (min down, max up) with a notice; the resolution must lie within [min, max]. `spec` is a
+    DatasetSpec (resolution, min_bucket_reso, max_bucket_reso, bucket_reso_steps), adjusted in place."""
+    steps = spec.bucket_reso_steps
+    if steps <= 0 or steps % 32:
+        raise UserError(f"bucket_reso_steps = {steps}: must be a positive multiple of 32 for SDXL (64 is usual)")
+    if spec.min_bucket_reso % steps:
+        adjusted = spec.min_bucket_reso - spec.min_bucket_reso % steps
+        notices.append(f"min_bucket_reso {spec.min_bucket_reso} is not a multiple of bucket_reso_steps {steps}: using {adjusted} (as kohya)")
+        spec.min_bucket_reso = adjusted
+    if spec.max_bucket_reso % steps:
+        adjusted = spec.max_bucket_reso + steps - spec.max_bucket_reso % steps
+        notices.append(f"max_bucket_reso {spec.max_bucket_reso} is not a multiple of bucket_reso_steps {steps}: using {adjusted} (as kohya)")
+        spec.max_bucket_reso = adjusted
+    width, height = spec.resolution
+    if min(width, height) < spec.min_bucket_reso:
+        raise UserError(f"min_bucket_reso = {spec.min_bucket_reso} is larger than the shorter side of resolution {width},{height}; "
+                        "lower min_bucket_reso or raise resolution")
+    if max(width, height) > spec.max_bucket_reso:
+        raise UserError(f"max_bucket_reso = {spec.max_bucket_reso} is smaller than the longer side of resolution {width},{height}; "
+                        "raise max_bucket_reso or lower resolution")
 
 
 def parse_resolution(text: str, option: str = "--max_resolution") -> Size:

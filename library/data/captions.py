@@ -1,6 +1,7 @@
 """Caption and tag files beside the images: `<stem>.caption` (BLIP) and `<stem>.txt` (WD14).
 
-Files are UTF-8 (a BOM is tolerated) and only their first line is used, as kohya's trainer does;
+Files are UTF-8 (a BOM is tolerated) and only their first line is used, as kohya's trainer does
+(with enable_wildcard every non-empty line is kept and one is chosen per step);
 writes are atomic so an interrupted edit never truncates a caption.
 """
 from __future__ import annotations
@@ -20,6 +21,9 @@ def normalize_extension(extension: str) -> str:
     extension = extension.strip()
     if not extension:
         raise UserError("caption extension is empty; use e.g. --caption_extension .caption")
+    if "/" in extension or "\\" in extension:
+        raise UserError(f"caption extension {extension!r} contains a folder separator; it is only the file ending, "
+                        "e.g. .caption or .txt")
     return extension if extension.startswith(".") else "." + extension
 
 
@@ -52,6 +56,13 @@ def read_caption(path: str | os.PathLike) -> str | None:
     """The caption in `path` (its first line, stripped), or None if there is no such file."""
     text = read_text_file(path)
     return None if text is None else first_line(text)
+
+
+def read_caption_lines(path: str | os.PathLike) -> str | None:
+    """Every non-empty line of `path`, stripped and joined by newlines (kohya's enable_wildcard
+    reading: one line is chosen per step), or None if there is no such file."""
+    text = read_text_file(path)
+    return None if text is None else "\n".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def has_extra_lines(text: str) -> bool:

@@ -58,23 +58,30 @@ class CachingReport:
 
 def plan_jobs(
     images: dict[str, Path],
-    buckets: BucketManager,
+    buckets: BucketManager | None,
     vae_fp: str,
     options: CachingOptions,
     skipped: SkipLog,
     fixed_buckets: dict[str, tuple[int, int]] | None = None,
+    placements: dict[str, BucketPlacement] | None = None,
 ) -> list[LatentJob]:
     """One job per usable image (fresh or not); unusable images go to `skipped`.
 
+    `placements` maps keys to a placement decided by the trainer's dataset code (tools/cache_latents.py);
     `fixed_buckets` maps keys to a bucket decided earlier (meta_lat.json's train_resolution);
     other images get theirs from `buckets`.
     """
     jobs = []
-    fixed_buckets = fixed_buckets or {}
+    fixed_buckets, placements = fixed_buckets or {}, placements or {}
     for key, path in images.items():
         try:
             size = read_image_size(path)
-            placement = place_in_bucket(*size, fixed_buckets[key]) if key in fixed_buckets else buckets.place(*size)
+            if key in placements:
+                placement = placements[key]
+            elif key in fixed_buckets:
+                placement = place_in_bucket(*size, fixed_buckets[key])
+            else:
+                placement = buckets.place(*size)
         except (ImageSkipped, ValueError) as error:  # unreadable, or too small for any bucket
             skipped.add(path, str(error))
             continue

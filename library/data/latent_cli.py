@@ -49,9 +49,15 @@ def bucket_manager(max_resolution, enable: bool, no_upscale: bool, min_reso: int
 
 
 def load_vae_and_fingerprint(model: str, vae: str | None, dtype_name: str):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = DTYPES[dtype_name]
-    model_vae = load_vae_for_caching(model, vae, dtype, device)
+    """The VAE on the compute device in `dtype_name` ("fp32", "fp16", "bf16"), placed as the trainer
+    places it (library/training/placement.py), and its cache fingerprint."""
+    from library.training.placement import Placement, PrecisionPlan, compute_device
+
+    if dtype_name not in DTYPES:
+        raise UserError(f"VAE precision {dtype_name!r}: use fp32, fp16 or bf16")
+    plan = PrecisionPlan(mixed_precision="no" if dtype_name == "fp32" else dtype_name)
+    model_vae = load_vae_for_caching(model, vae, torch.float32, "cpu")
+    Placement(compute_device(), plan).place("vae", model_vae, "cache latents")
     return model_vae, vae_fingerprint(model_vae, dtype_name)
 
 

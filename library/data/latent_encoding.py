@@ -19,6 +19,11 @@ from library.errors import UserError
 DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name a VAE dtype has in cache fingerprints and messages: "fp32", "fp16" or "bf16"."""
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
 def pixels_to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """RGB PIL images of one size -> float32 [b, 3, h, w] in [-1, 1]."""
     array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
@@ -89,10 +94,11 @@ def load_vae_for_caching(model: str | os.PathLike, vae: str | os.PathLike | None
         if not keys and any(k.startswith(arch.UNET_PREFIX) for k in shapes):
             raise UserError(f"{source}: checkpoint has no VAE (first_stage_model.*); pass one with --vae")
         keys = keys or list(shapes)  # a VAE-only file
-        with safe_open(str(source), framework="pt", device="cpu") as handle:
+        from library.models.checkpoint_file import safetensors_errors
+
+        with safetensors_errors(source), safe_open(str(source), framework="pt", device="cpu") as handle:
             state = {k: handle.get_tensor(k) for k in keys}
         model_vae = vae_from_ldm_state_dict(state, source, torch.float32)
-    model_vae = model_vae.to(device)
-    if dtype != torch.float32:  # converting to fp32 again only triggers a diffusers warning
-        model_vae = model_vae.to(dtype=dtype)
+    # one move, no fp32 copy on the device (naming fp32 again would only make diffusers warn)
+    model_vae = model_vae.to(device, None if dtype == torch.float32 else dtype)
     return model_vae.eval().requires_grad_(False)

@@ -1,8 +1,8 @@
 """Reading and writing LoRA files.
 
 Saving: casts to the save precision, adds sshs_model_hash / sshs_legacy_hash, writes atomically,
-and says which consumers cannot read the file (LoHa/LoKr/Tucker: not diffusers; DoRA:
-ComfyUI-first). Loading: reads tensors and metadata, and normalises every key to the canonical
+and says which consumers cannot read the file (LoHa/LoKr/Tucker: not diffusers; DoRA: who
+reproduces which variant). Loading: reads tensors and metadata, and normalises every key to the canonical
 names of a concrete model (library.lora.naming); keys that name nothing in the model are an error
 that lists them, never silently dropped.
 """
@@ -43,6 +43,11 @@ def output_file_name(output_name: str, epoch: int | None = None, step: int | Non
     return f"{output_name}{ext}"
 
 
+TUCKER_LOKR_NOTE = ("LoKr with Tucker conv factors (lokr_t2, use_tucker): A1111/Forge, LyCORIS and this toolkit apply "
+                    "them, ComfyUI does not (its torch.kron fails on the Tucker product: it logs 'ERROR lokr' and skips "
+                    "those conv modules); train without use_tucker for a file ComfyUI applies in full")
+
+
 def consumer_warnings(state_dict: dict) -> list[str]:
     """One line per format feature some LoRA consumers cannot load (DESIGN.md 4.1)."""
     suffixes = {split_key(k)[1] for k in state_dict}
@@ -51,14 +56,29 @@ def consumer_warnings(state_dict: dict) -> list[str]:
         notes.append("LoHa (hada_*) loads in ComfyUI and A1111/Forge, not in diffusers")
     if any(s.startswith("lokr_") for s in suffixes):
         notes.append("LoKr (lokr_*) loads in ComfyUI and A1111/Forge, not in diffusers")
+    if "lokr_t2" in suffixes:
+        notes.append(TUCKER_LOKR_NOTE)
     if "lora_mid.weight" in suffixes:
         notes.append("Tucker lora_mid loads in ComfyUI and A1111/Forge, not in diffusers")
-    if "dora_scale" in suffixes:
-        notes.append("DoRA (dora_scale) is ComfyUI-first: A1111/Forge normalise on the other axis and "
-                     "diffusers drops dora_scale")
+    dora = [v for k, v in state_dict.items() if split_key(k)[1] == "dora_scale"]
+    if dora:
+        notes.append(_dora_note(dora))
     if "diff" in suffixes:
         notes.append("full-weight diff keys load in ComfyUI, not in A1111 or diffusers")
     return notes
+
+
+def _dora_note(scales: list) -> str:
+    """Who reproduces this DoRA file: it depends on the axis of its magnitudes (dora_scale)."""
+    per_output = any(t.dim() >= 2 and t.shape[0] > 1 and all(d == 1 for d in t.shape[1:]) for t in scales)
+    if not per_output:  # [1, in, ...]: LyCORIS wd_on_output = False, this toolkit's default
+        return ("DoRA (dora_scale per input channel, wd_on_output = False): ComfyUI, A1111/Forge and this toolkit "
+                "reproduce it, and LyCORIS' forward pass does (LyCORIS 4.1.3's create_network_from_weights cannot "
+                "rebuild it; this toolkit's loader can); diffusers drops dora_scale")
+    return ("DoRA with wd_on_output = True (dora_scale per output channel): only LyCORIS and this toolkit reproduce "
+            "it; ComfyUI divides by the base weight's norm instead of the adapted weight's and A1111/Forge normalise "
+            "per input channel, so both give other weights; diffusers drops dora_scale. Train with "
+            "wd_on_output = False (the default here) for a file the UIs reproduce")
 
 
 def cast_state_dict(state_dict: dict, dtype: torch.dtype | None) -> dict:

@@ -2,7 +2,7 @@
 
 `read_groups(path)` reads a file, refuses anything that is not a LoRA-family file with a one-line
 reason (a checkpoint, an embedding file, an unknown key family), normalises module names to the
-canonical `lora_unet_<SAI path>` / `lora_te{1,2}_text_model_...` spelling and returns
+canonical `lora_unet_<SAI path>` / `lora_te{1,2}_text_model_...` (`lora_te2_text_projection`) spelling and returns
 {module name: {suffix: tensor}}. Files already in canonical spelling need no model; other
 spellings (diffusers UNet names, PEFT keys, TE names without `text_model_`) are mapped through an
 empty (meta-device) SDXL model, built only when needed.
@@ -22,11 +22,12 @@ from pathlib import Path
 from library.errors import UserError
 from library.lora import weights_math
 from library.lora.file_io import read_lora
+from library.lora.metadata import cut_large_values
 from library.lora.naming import group_by_module, normalise_suffix, split_key
 
 _CANONICAL_NAME = re.compile(
     r"^(lora_unet_(input_blocks|middle_block|output_blocks|time_embed|label_emb|out)_"
-    r"|lora_te[12]_text_model_)")
+    r"|lora_te[12]_text_model_(?!text_projection$)|lora_te2_text_projection$)")
 _FAMILY_SUFFIXES = ("lora_down", "lora_up", "lora_A", "lora_B", "lora.down", "lora.up", "hada_", "lokr_",
                     "diff")
 HISTORY_KEY = "ss_lora_tools_history"
@@ -129,7 +130,10 @@ def derived_metadata(metadata: dict, operation: str, details: dict | None = None
     """Metadata for a file derived from `metadata`: hashes dropped (save_lora recomputes them),
     ss_* updates applied, and the operation appended to ss_lora_tools_history (a JSON list) and
     to ss_training_comment."""
-    out = {k: v for k, v in (metadata or {}).items() if not k.startswith("sshs_")}
+    notices: list[str] = []
+    out = {k: v for k, v in cut_large_values(metadata or {}, notices).items() if not k.startswith("sshs_")}
+    for notice in notices:
+        print(f"notice: {notice}")
     for key, value in ss_updates.items():
         if value is not None:
             out[key] = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) \

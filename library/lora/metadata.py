@@ -24,6 +24,35 @@ MODELSPEC_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 _BLOCK = 1 << 20
 
 
+# One metadata value can be huge (a 50 MB header was seen in the wild: an embedded dataset or image).
+PRINT_LIMIT = 2000  # characters of one value that tools print
+COPY_LIMIT = 1 << 20  # bytes of one value that tools copy into a file they derive
+
+
+def value_bytes(value: str) -> int:
+    return len(value.encode("utf-8"))
+
+
+def shorten(value: str, limit: int = PRINT_LIMIT) -> str:
+    """`value`, or its first `limit` characters followed by "... (N bytes)"."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}... ({value_bytes(value):,} bytes)"
+
+
+def cut_large_values(metadata: dict, notices: list | None = None) -> dict:
+    """A copy of `metadata` whose values above COPY_LIMIT bytes are shortened (and named in `notices`)."""
+    out = {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value_bytes(value) > COPY_LIMIT:
+            if notices is not None:
+                notices.append(f"metadata {key} ({value_bytes(value):,} bytes) is cut to its first {PRINT_LIMIT:,} characters "
+                               "in the new file")
+            value = shorten(value)
+        out[key] = value
+    return out
+
+
 def _payload_hash(stream: io.BufferedIOBase) -> str:
     header_len = int.from_bytes(stream.read(8), "little")
     stream.seek(8 + header_len)
@@ -37,6 +66,28 @@ def model_hash_of_file(path: str | os.PathLike) -> str:
     """sshs_model_hash of a safetensors file on disk."""
     with open(path, "rb") as stream:
         return _payload_hash(stream)
+
+
+def legacy_model_hash(path: str | os.PathLike) -> str:
+    """kohya's model_hash (A1111's old checkpoint hash): the first 8 hex digits of SHA-256 over the
+    64 KiB at offset 1 MiB; "IsADirectory" for a folder (a diffusers model), as kohya writes it."""
+    if os.path.isdir(path):
+        return "IsADirectory"
+    with open(path, "rb") as stream:
+        stream.seek(0x100000)
+        return hashlib.sha256(stream.read(0x10000)).hexdigest()[:8]
+
+
+def model_file_sha256(path: str | os.PathLike) -> str:
+    """kohya's calculate_sha256 (A1111's new checkpoint hash): SHA-256 of the whole file;
+    "IsADirectory" for a folder. A multi-GB checkpoint takes some seconds: computed once per run."""
+    if os.path.isdir(path):
+        return "IsADirectory"
+    sha = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(_BLOCK), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 def compute_hashes(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> tuple[str, str]:
@@ -120,6 +171,9 @@ def build_modelspec(
     tags: str | None = None,
     usage_hint: str | None = None,
     architecture: str = MODELSPEC_ARCHITECTURE_LORA,
+    merged_from: str | None = None,
+    preprocessor: str | None = None,
+    is_negative_embedding: str | None = None,
 ) -> dict[str, str]:
     """ModelSpec 1.0.1 keys for an SDXL LoRA; optional keys are left out when not given."""
     date = date or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -137,5 +191,8 @@ def build_modelspec(
         "modelspec.license": license,
         "modelspec.tags": tags,
         "modelspec.usage_hint": usage_hint,
+        "modelspec.merged_from": merged_from,
+        "modelspec.preprocessor": preprocessor,
+        "modelspec.is_negative_embedding": is_negative_embedding,
     }
     return {k: v for k, v in spec.items() if v}

@@ -1,6 +1,6 @@
 """The trainable LoRA module that wraps one Linear or Conv2d of the model (kohya's LoRAModule).
 
-Forward: org(x) + up(down(x)) * alpha/r * multiplier, with kohya's three dropouts during training
+Forward: org(x) + up(down(x)) * alpha/r * multiplier (the factor applied to up's weight), with kohya's three dropouts during training
 (neuron dropout after `down`, rank dropout per sample with 1/(1-p) compensation, module dropout
 that skips the whole LoRA). The wrapped module's `forward` is replaced (apply_to) and can be put
 back (restore); the wrapped module is kept in a list so it never enters this module's state dict,
@@ -59,8 +59,9 @@ class LoRAModule(nn.Module):
             self.org_forward = None
 
     def lora_output(self, x: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
-        """up(down(x)) * scale * multiplier, with the training-time dropouts (one elementwise
-        product: folding the multiplier into the scale saves an op per module, forward and backward)."""
+        """up(down(x)) * scale * multiplier, with the training-time dropouts. The scale multiplies
+        lora_up's small (out x rank) weight instead of the full-size output: one activation-sized
+        product less per module, in forward and in backward (the gradients are the same)."""
         lx = self.lora_down(x)
         if self.dropout and self.training:
             lx = torch.nn.functional.dropout(lx, p=self.dropout)
@@ -73,7 +74,14 @@ class LoRAModule(nn.Module):
                 mask = mask[:, :, None, None]
             lx = lx * mask
             scale = scale / (1.0 - self.rank_dropout)  # as if the surviving ranks were the whole rank
-        return self.lora_up(lx) * (scale * multiplier)
+        return self.scaled_up(lx, scale * multiplier)
+
+    def scaled_up(self, lx: torch.Tensor, factor: float) -> torch.Tensor:
+        up = self.lora_up
+        weight = up.weight * factor
+        if isinstance(up, nn.Conv2d):  # 1x1, stride 1, no bias
+            return torch.nn.functional.conv2d(lx, weight)
+        return torch.nn.functional.linear(lx, weight)
 
     def forward(self, x, *args, **kwargs):
         org_out = self.org_forward(x, *args, **kwargs)

@@ -3,7 +3,9 @@
 Canonical file names are `lora_unet_<SAI path>` for the UNet (diffusers paths are mapped through
 library.models.unet_names) and `lora_te1_text_model_...` / `lora_te2_text_model_...` for the text
 encoders. The `text_model_` level is always written, because transformers 5's CLIPTextModel has
-no such level in memory while ComfyUI and A1111 only load names that carry it.
+no such level in memory while ComfyUI and A1111 only load names that carry it. TE2's
+`text_projection` sits beside `text_model`, not inside it: it is written `lora_te2_text_projection`
+(as ComfyUI and LyCORIS name it); the old spelling `lora_te2_text_model_text_projection` still loads.
 
 On load, `ModelNames.normalise` accepts the other spellings seen in the wild and maps them to the
 canonical names: diffusers-style UNet names (`lora_unet_down_blocks_...`), text-encoder names
@@ -22,6 +24,8 @@ UNET_PREFIX = "lora_unet_"
 TE_PREFIXES = ("lora_te1_", "lora_te2_")
 CANONICAL_PREFIXES = (UNET_PREFIX,) + TE_PREFIXES
 TEXT_MODEL = "text_model."
+# Text-encoder modules outside the text_model level (CLIPTextModelWithProjection.text_projection).
+_BESIDE_TEXT_MODEL = ("text_projection",)
 # diffusers pipelines save PEFT keys under these component names.
 _PEFT_COMPONENTS = {"unet": "unet", "text_encoder": "te1", "text_encoder_2": "te2"}
 
@@ -46,11 +50,17 @@ def unet_lora_name(module_path: str, layout: UNetLayout = SDXL_UNET_LAYOUT) -> s
     return UNET_PREFIX + sai.replace(".", "_")
 
 
+def _full_te_path(module_path: str) -> str:
+    """The module path as in CLIPTextModel(WithProjection) with its `text_model.` level."""
+    if module_path.startswith(TEXT_MODEL) or module_path.split(".")[0] in _BESIDE_TEXT_MODEL:
+        return module_path
+    return TEXT_MODEL + module_path
+
+
 def te_lora_name(index: int, module_path: str) -> str:
-    """Text-encoder module path (with or without `text_model.`) -> `lora_te{index}_text_model_...`."""
-    if not module_path.startswith(TEXT_MODEL):
-        module_path = TEXT_MODEL + module_path
-    return f"lora_te{index}_" + module_path.replace(".", "_")
+    """Text-encoder module path (with or without `text_model.`) -> `lora_te{index}_text_model_...`
+    (`lora_te{index}_text_projection` for the projection, which is not inside text_model)."""
+    return f"lora_te{index}_" + _full_te_path(module_path).replace(".", "_")
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -107,10 +117,11 @@ class ModelNames:
             for path, module in te.named_modules():
                 if not _has_own_weight(module):
                     continue
-                full = path if path.startswith(TEXT_MODEL) else TEXT_MODEL + path
-                bare = full[len(TEXT_MODEL):]
+                full = _full_te_path(path)
+                bare = full.removeprefix(TEXT_MODEL)
                 name = te_lora_name(index, path)
-                aliases = [f"lora_te{index}_" + bare.replace(".", "_"), f"{peft}.{full}", f"{peft}.{bare}"]
+                aliases = [f"lora_te{index}_" + bare.replace(".", "_"), f"{peft}.{full}", f"{peft}.{bare}",
+                           f"lora_te{index}_" + (TEXT_MODEL + bare).replace(".", "_")]  # our files before the fix
                 if index == 1:  # single-encoder files (SD1 style) use lora_te_
                     aliases += ["lora_te_" + full.replace(".", "_"), "lora_te_" + bare.replace(".", "_")]
                 self._add(ModuleRef(name, component, path, module), aliases)

@@ -5,6 +5,7 @@ naming the file and what to do, before any model is built.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -45,13 +46,68 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict]:
     if not isinstance(header, dict):
         raise UserError(f"{path}: not a safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
-    data_end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise UserError(f"{path}: damaged safetensors header (__metadata__ must map names to strings); download or copy it again")
+    data_end = _check_entries(path, header)
     expected = 8 + header_len + data_end
     if size < expected:
         raise UserError(
             f"{path}: file is truncated ({size:,} of {expected:,} bytes); download or copy it again"
         )
     return header, metadata
+
+
+# bytes per element of every dtype the safetensors format names (F4/F6 pack several per byte: skipped)
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1,
+                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "C64": 8, "F64": 8, "I64": 8, "U64": 8}
+
+
+def _check_entries(path: Path, header: dict) -> int:
+    """Check every tensor entry as the safetensors library will (dtype, shape, offsets that tile the
+    data block without gaps), so a damaged header is one clear line here instead of a SafetensorError
+    or TypeError later. Returns the end of the data block."""
+    spans = []
+    for key, entry in header.items():
+        problem = None
+        if not isinstance(entry, dict):
+            problem = "is not an object"
+        else:
+            dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+            if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+                problem = f"has an invalid shape {shape!r}"
+            elif not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) and n >= 0 for n in offsets)
+                      and offsets[0] <= offsets[1]):
+                problem = f"has invalid data_offsets {offsets!r}"
+            elif dtype not in _DTYPE_BYTES and dtype not in ("F4", "F6_E2M3", "F6_E3M2"):
+                problem = f"has an unknown dtype {dtype!r}"
+            elif dtype in _DTYPE_BYTES:
+                count = 1
+                for n in shape:
+                    count *= n
+                if offsets[1] - offsets[0] != count * _DTYPE_BYTES[dtype]:
+                    problem = f"holds {offsets[1] - offsets[0]} bytes, but shape {shape} of {dtype} needs {count * _DTYPE_BYTES[dtype]}"
+        if problem:
+            raise UserError(f"{path}: damaged safetensors header (tensor {key!r} {problem}); download or copy the file again")
+        spans.append((offsets[0], offsets[1], key))
+    position = 0
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            raise UserError(f"{path}: damaged safetensors header (tensor {key!r} starts at byte {begin}, expected {position}); "
+                            "download or copy the file again")
+        position = end
+    return position
+
+
+@contextlib.contextmanager
+def safetensors_errors(path: str | os.PathLike):
+    """Turn the safetensors library's own errors for a bad file into one line naming the file."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as error:
+        first = (str(error).strip().splitlines() or ["unreadable"])[0][:200]
+        raise UserError(f"{path}: damaged safetensors file ({first}); download or copy it again") from None
 
 
 def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
@@ -69,7 +125,8 @@ def load_weights(path: str | os.PathLike, device: str = "cpu") -> dict[str, torc
     read_safetensors_header(path)
     from safetensors.torch import load_file
 
-    return load_file(str(path), device=device)
+    with safetensors_errors(path):
+        return load_file(str(path), device=device)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -68,9 +68,14 @@ def load_sdxl(
     vae: str | os.PathLike | None = None,
     tokenizer_dir: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,
+    dtypes: dict | None = None,
 ) -> SDXLModel:
-    """Load all SDXL components; every failure is a UserError naming the file and the fix."""
+    """Load all SDXL components; every failure is a UserError naming the file and the fix.
+    `dtypes` ({"unet", "text_encoder", "vae"} -> dtype) overrides `dtype` per component: each
+    tensor is converted once, as it is read, to the dtype it is stored in for training, so no fp32
+    copy of an fp16 file's weights is ever made when training in half precision."""
     path = Path(path)
+    dtypes = {"unet": dtype, "text_encoder": dtype, "vae": dtype, **(dtypes or {})}
     if not path.exists():
         raise UserError(
             f"{path}: model not found (pretrained_model_name_or_path); give a local SDXL .safetensors file or "
@@ -79,9 +84,9 @@ def load_sdxl(
     if path.is_dir():
         if not sdxl_diffusers.is_diffusers_folder(path):
             raise UserError(f"{path}: folder is not a diffusers SDXL model (no model_index.json or unet/)")
-        unet = sdxl_diffusers.load_unet(path, dtype)
-        te1, te2 = sdxl_diffusers.load_text_encoders(path, dtype)
-        vae_model = None if vae else sdxl_diffusers.load_vae_folder(path / "vae", dtype)
+        unet = sdxl_diffusers.load_unet(path, dtypes["unet"])
+        te1, te2 = sdxl_diffusers.load_text_encoders(path, dtypes["text_encoder"])
+        vae_model = None if vae else sdxl_diffusers.load_vae_folder(path / "vae", dtypes["vae"])
         tokenizers = (
             load_tokenizers_from_user_folder(tokenizer_dir) if tokenizer_dir else load_tokenizers_from_model_folder(path)
         )
@@ -89,10 +94,10 @@ def load_sdxl(
     else:
         if path.suffix.lower() not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
             raise UserError(f"{path}: unsupported model file type '{path.suffix}'; use .safetensors (or .ckpt)")
-        parts = sdxl_single_file.load_single_file(path, dtype)
+        parts = sdxl_single_file.load_single_file(path, dtypes=dtypes)
         unet, te1, te2, vae_model, extra = parts.unet, parts.text_encoder1, parts.text_encoder2, parts.vae, parts.extra_tensors
         tokenizers = load_tokenizers_from_user_folder(tokenizer_dir) if tokenizer_dir else packaged_clip_tokenizers()
         layout = "single_file"
     if vae:
-        vae_model = load_vae(vae, dtype)
+        vae_model = load_vae(vae, dtypes["vae"])
     return SDXLModel(unet, te1, te2, vae_model, tokenizers[0], tokenizers[1], path, layout, extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from library.errors import UserError
 from library.file_io import save_safetensors_atomic
 from library.models import sdxl_architecture as arch
-from library.models.checkpoint_file import PICKLE_SUFFIXES, load_weights, read_shapes
+from library.models.checkpoint_file import PICKLE_SUFFIXES, load_weights, read_safetensors_header, safetensors_errors
 from library.models.model_build import assign_weights, empty_text_encoder, empty_unet, empty_vae
 from library.models.text_encoder_names import (
     TE1_PREFIX,
@@ -32,6 +33,7 @@ from library.models.text_encoder_names import (
 from library.models.unet_names import layout_from_config, unet_state_dict_to_diffusers, unet_state_dict_to_sai
 from library.models.vae_names import vae_state_dict_to_diffusers, vae_state_dict_to_ldm
 
+STORED_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 COMPONENT_PREFIXES = (arch.UNET_PREFIX, TE1_PREFIX, TE2_PREFIX, arch.VAE_PREFIX)
 
 
@@ -45,7 +47,12 @@ class SingleFileComponents:
 
 
 class _TensorSource:
-    """Uniform access to a safetensors file (lazy, tensor by tensor) or an already loaded dict."""
+    """Uniform access to a safetensors file (tensor by tensor) or an already loaded dict.
+
+    A tensor wanted in the dtype it is stored in is the file's memory-mapped view (no copy). One
+    wanted in another dtype is read into a buffer of its own size and converted, so the process
+    never maps the whole file next to the converted copies (loading fp16 SDXL for a bf16 run peaked
+    at the mapped 6.9 GB plus the copies; see docs/performance.md)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -56,14 +63,40 @@ class _TensorSource:
         else:
             from safetensors import safe_open
 
-            self.shapes = read_shapes(path)
+            self._entries, _ = read_safetensors_header(path)
+            self.shapes = {key: tuple(entry["shape"]) for key, entry in self._entries.items()}
+            with open(path, "rb") as handle:
+                self._data_start = 8 + struct.unpack("<Q", handle.read(8))[0]
             self._tensors = None
-            self._handle = safe_open(str(path), framework="pt", device="cpu")
+            with safetensors_errors(path):
+                self._handle = safe_open(str(path), framework="pt", device="cpu")
+
+    def _read_as(self, key: str, dtype: torch.dtype) -> torch.Tensor | None:
+        """The tensor read (not mapped) and converted to `dtype`; None when no conversion is needed."""
+        entry = self._entries[key]
+        stored = STORED_DTYPES.get(entry["dtype"])
+        if stored is None or stored == dtype or not stored.is_floating_point:
+            return None
+        start, end = entry["data_offsets"]
+        buffer = torch.empty(end - start, dtype=torch.uint8)
+        with open(self.path, "rb") as handle:
+            handle.seek(self._data_start + start)
+            if handle.readinto(memoryview(buffer.numpy())) != end - start:
+                raise UserError(f"{self.path}: file is truncated inside '{key}'; download or copy it again")
+        return buffer.view(stored).reshape(entry["shape"]).to(dtype)
 
     def get(self, keys, dtype: torch.dtype | None) -> dict:
         out = {}
         for key in keys:
-            tensor = self._tensors[key] if self._tensors is not None else self._handle.get_tensor(key)
+            if self._tensors is not None:
+                tensor = self._tensors[key]
+            else:
+                tensor = self._read_as(key, dtype) if dtype is not None else None
+                if tensor is not None:
+                    out[key] = tensor
+                    continue
+                with safetensors_errors(self.path):
+                    tensor = self._handle.get_tensor(key)
             out[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         return out
 
@@ -86,8 +119,12 @@ def describe_non_sdxl(path: Path, keys) -> str | None:
     return f"{path}: not an SDXL checkpoint (no model.diffusion_model.* and conditioner.embedders.* keys)"
 
 
-def load_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> SingleFileComponents:
+def load_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float32, dtypes: dict | None = None) -> SingleFileComponents:
+    """The four components; `dtypes` ({"unet", "text_encoder", "vae"} -> dtype) overrides `dtype` per
+    component. Tensors are converted one by one as they are read from the memory-mapped file (a
+    tensor already in its dtype is the file's own mapped view: no copy at all)."""
     path = Path(path)
+    dtypes = {"unet": dtype, "text_encoder": dtype, "vae": dtype, **(dtypes or {})}
     source = _TensorSource(path)
     problem = describe_non_sdxl(path, source.shapes)
     if problem:
@@ -102,7 +139,7 @@ def load_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float32
 
     layout = layout_from_config(unet_config)
     unet_keys = [arch.UNET_PREFIX + k for k in groups["unet"]]
-    unet_sd = {k[len(arch.UNET_PREFIX):]: v for k, v in source.get(unet_keys, dtype).items()}
+    unet_sd = {k[len(arch.UNET_PREFIX):]: v for k, v in source.get(unet_keys, dtypes["unet"]).items()}
     try:
         unet_sd = unet_state_dict_to_diffusers(unet_sd, layout)
     except ValueError as error:
@@ -113,18 +150,18 @@ def load_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float32
     te1 = empty_text_encoder(te1_config, with_projection=False)
     has_level = any(k.startswith("text_model.") for k in te1.state_dict())
     te1_keys = [TE1_PREFIX + k for k in groups["te1"]]
-    te1 = assign_weights(te1, te1_from_checkpoint(source.get(te1_keys, dtype), has_level), "text encoder 1", path)
+    te1 = assign_weights(te1, te1_from_checkpoint(source.get(te1_keys, dtypes["text_encoder"]), has_level), "text encoder 1", path)
 
     te2_keys = [TE2_PREFIX + k for k in groups["te2"] if TE2_PREFIX + k not in TE2_EXTRA_KEYS]
     te2 = assign_weights(
         empty_text_encoder(te2_config, with_projection=True),
-        te2_from_checkpoint(source.get(te2_keys, dtype)),
+        te2_from_checkpoint(source.get(te2_keys, dtypes["text_encoder"])),
         "text encoder 2",
         path,
     )
 
     vae_keys = [arch.VAE_PREFIX + k for k in groups["vae"]]
-    vae_sd = {k[len(arch.VAE_PREFIX):]: v for k, v in source.get(vae_keys, dtype).items()}
+    vae_sd = {k[len(arch.VAE_PREFIX):]: v for k, v in source.get(vae_keys, dtypes["vae"]).items()}
     vae_sd = vae_state_dict_to_diffusers(vae_sd, len(vae_config["block_out_channels"]), vae_config["layers_per_block"])
     vae = assign_weights(empty_vae(vae_config), vae_sd, "VAE", path)
 

@@ -11,6 +11,12 @@ _CAPTION_CHANGERS = ("shuffle_caption", "caption_dropout_rate", "caption_tag_dro
                      "token_warmup_step", "enable_wildcard")
 
 
+def caption_changers(args, subsets=()) -> tuple[str, ...]:
+    """The options (of the config or any subset) that change a caption from step to step, which
+    cached text-encoder outputs cannot follow; shared with tools/cache_text_encoder_outputs.py."""
+    return tuple(name for name in _CAPTION_CHANGERS if getattr(args, name) or any(getattr(s, name) for s in subsets))
+
+
 def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
     def where(name):
         return sources.get(name, "command line")
@@ -19,6 +25,7 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         raise UserError("pretrained_model_name_or_path is not set; give the local SDXL .safetensors file or diffusers folder")
     if not args.output_dir and not args.print_config:
         raise UserError("output_dir is not set; add output_dir = \"...\" under [training_arguments]")
+    check_values(args, where)
     if args.network_train_unet_only and args.network_train_text_encoder_only:
         raise UserError("network_train_unet_only and network_train_text_encoder_only together train nothing; keep one")
     check_pivotal_options(args, sources, notices)
@@ -29,13 +36,11 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
                 f"{where('cache_text_encoder_outputs')}: cache_text_encoder_outputs needs network_train_unet_only = true "
                 "(cached outputs cannot train the text-encoder LoRA)"
             )
-        for name in _CAPTION_CHANGERS:
-            values = [getattr(args, name)] + [getattr(s, name) for s in subsets]
-            if any(values):
-                raise UserError(
-                    f"{where(name)}: {name} changes captions every step, which cache_text_encoder_outputs cannot follow; "
-                    "disable one of them"
-                )
+        for name in caption_changers(args, subsets)[:1]:
+            raise UserError(
+                f"{where(name)}: {name} changes captions every step, which cache_text_encoder_outputs cannot follow; "
+                "disable one of them"
+            )
         if args.train_text_encoder_ti:
             raise UserError("pivotal tuning (train_text_encoder_ti) cannot use cache_text_encoder_outputs: the new tokens change the outputs")
     if (args.face_crop_aug_range or any(s.face_crop_aug_range for s in subsets)) and args.enable_bucket:
@@ -51,16 +56,19 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         raise UserError("train_batch_size and gradient_accumulation_steps must be at least 1")
     if args.lr_warmup_steps and args.lr_scheduler == "constant":
         notices.append("lr_warmup_steps has no effect with lr_scheduler = \"constant\"; use \"constant_with_warmup\"")
-    if args.noise_offset and args.multires_noise_iterations:
-        raise UserError("noise_offset and multires_noise_iterations cannot be combined; choose one")
+    if args.adaptive_noise_scale is not None and args.noise_offset is None:  # as kohya: it scales the offset
+        raise UserError(f"{where('adaptive_noise_scale')}: adaptive_noise_scale adds to noise_offset; set noise_offset too (e.g. 0.0357)")
+    if args.scale_v_pred_loss_like_noise_pred and not args.v_parameterization:  # kohya refuses it too
+        raise UserError(f"{where('scale_v_pred_loss_like_noise_pred')}: scale_v_pred_loss_like_noise_pred only applies to "
+                        "v-prediction models; add v_parameterization = true or remove it")
     if args.v_pred_like_loss and args.v_parameterization:
         raise UserError("v_pred_like_loss is for epsilon models; remove it with v_parameterization")
-    if args.save_model_as != "safetensors":
-        raise UserError(f"{where('save_model_as')}: save_model_as = \"{args.save_model_as}\": LoRA files are saved as safetensors only "
-                        "(pickles can run code when loaded, and every UI reads safetensors); remove the option")
-    if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask for s in subsets)):
-        raise UserError(f"{where('masked_loss')}: masked_loss needs alpha_mask = true (masks come from the images' alpha channel; "
-                        "conditioning_data_dir masks are not supported)")
+    if args.masked_loss and not (args.alpha_mask or any(s.alpha_mask or s.conditioning_data_dir for s in subsets)):
+        raise UserError(f"{where('masked_loss')}: masked_loss needs masks: alpha_mask = true (the images' alpha channel) or "
+                        "conditioning_data_dir (a folder of mask images)")
+    for subset in subsets:
+        if subset.alpha_mask and subset.conditioning_data_dir and args.masked_loss:
+            raise UserError(f"{subset.image_dir}: alpha_mask and conditioning_data_dir both give loss masks; keep one")
     if args.log_with in ("wandb", "all"):
         import importlib.util
 
@@ -70,3 +78,24 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
         value = getattr(args, name)
         if value and not Path(value).exists():
             raise UserError(f"{where(name)}: {name} {value!r}: file or folder not found")
+
+
+def check_values(args, where) -> None:
+    """Values that would otherwise fail deep inside torch or the network with a traceback."""
+    for name in ("learning_rate", "unet_lr", "text_encoder_lr"):
+        value = getattr(args, name)
+        for number in value if isinstance(value, (list, tuple)) else [value]:
+            if number is not None and (number < 0 or number != number):
+                raise UserError(f"{where(name)}: {name} = {number}: a learning rate cannot be negative; "
+                                "use e.g. 1e-4 (0 turns that part's training off)")
+    if args.network_dim is not None and args.network_dim < 1:
+        raise UserError(f"{where('network_dim')}: network_dim = {args.network_dim}: the LoRA rank must be at least 1 "
+                        "(typical values 4 to 128)")
+    if args.network_alpha is not None and args.network_alpha < 0:
+        raise UserError(f"{where('network_alpha')}: network_alpha = {args.network_alpha} must not be negative "
+                        "(the scale is alpha / rank; 0 means alpha = rank)")
+    for name in ("caption_extension", "caption_extention"):
+        value = getattr(args, name)
+        if value and ("/" in value or "\\" in value):
+            raise UserError(f"{where(name)}: {name} = {value!r} contains a folder separator; it is only the file ending "
+                            "of the caption files next to the images, e.g. \".caption\" or \".txt\"")

@@ -1,20 +1,22 @@
 """Resolve the training configuration: defaults < --config_file TOML < command line.
 
-Every key is checked against the option table before any model is loaded: an unknown key, a wrong
-type, a value outside its choices, a dataset-only key or an option this toolkit does not offer is a
-UserError naming the file, the section and the key (with a "did you mean" suggestion).
+As in kohya, every TOML table merges into one namespace whatever its name, and flat files load too.
+Every key we know is checked against the option table before any model is loaded: a wrong type, a
+value outside its choices, a dataset-only key or an option this toolkit does not offer is a
+UserError naming the file, the section and the key. Keys we do not know are kohya's business:
+unknown_keys.py ignores them with one notice, stops on a likely typo, or refuses them all under
+strict_config.
 """
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.errors import UserError
-from library.training.option_types import TYPE_NAMES, parse_bool, parse_str_list
+from library.training.option_types import TYPE_NAMES, parse_bool, parse_str, parse_str_list
 from library.training.options import (
     DATASET_ONLY_KEYS,
     IGNORED,
@@ -25,6 +27,8 @@ from library.training.options import (
     UNSUPPORTED,
     Option,
 )
+from library.training.kohya_compat import apply_kohya_compat
+from library.training.unknown_keys import UnknownKeys
 
 
 @dataclass
@@ -32,11 +36,6 @@ class ResolvedConfig:
     args: argparse.Namespace
     sources: dict = field(default_factory=dict)  # option name -> "default" | "<file> [section]" | "command line"
     notices: list = field(default_factory=list)  # one-line messages shown before training
-
-
-def _suggest(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +61,19 @@ def _parse_value(option: Option, value, where: str):
         parsed = option.parse(value)
     except ValueError as error:
         raise UserError(f"{where} {option.name}: {error} ({TYPE_NAMES.get(option.parse, 'value')})") from None
+    if option.refused_choices and parsed in option.refused_choices:
+        raise UserError(f"{where} {option.name} = {parsed!r}: not supported: {option.refused_choices[parsed]}")
     if option.choices and parsed is not None and parsed not in option.choices:
         raise UserError(f"{where} {option.name}: {parsed!r} is not one of {', '.join(map(str, option.choices))}")
     return parsed
+
+
+def _config_path(given: str) -> Path:
+    """kohya appends .toml to a --config_file given without it."""
+    path = Path(given)
+    if not path.exists() and path.suffix != ".toml" and path.with_name(path.name + ".toml").exists():
+        return path.with_name(path.name + ".toml")
+    return path
 
 
 def _read_toml(path: Path) -> dict:
@@ -78,17 +87,35 @@ def _read_toml(path: Path) -> dict:
         raise UserError(f"{path}: not a UTF-8 text file") from None
 
 
-def _flatten_file(path: Path, data: dict, notices: list) -> dict[str, tuple[object, str]]:
-    """Validated {option: (raw value, "file [section]")}; network keys are collected separately."""
+def _inert(option: Option, value) -> bool:
+    """Values GUIs write for "not set": "" for an option that is not a plain string, or for one that
+    is unset by default; false for an optional path. kohya never reads them; neither do we."""
+    if value == "" and (option.parse is not parse_str or option.default is None):
+        return True
+    return value is False and option.parse is parse_str and option.default is None
+
+
+def _flatten_file(path: Path, data: dict, notices: list) -> tuple[dict[str, tuple[object, str]], UnknownKeys]:
+    """({option: (raw value, "file [section]")}, unknown keys); network keys are collected separately.
+
+    As in kohya, every table merges into one namespace whatever its name ([model], [train],
+    [network_arguments] ...); a table nested in a table is a key whose value is a table.
+    """
     entries: dict[str, tuple[object, str]] = {}
     forwarded: list[str] = []
+    unknown = UnknownKeys(str(path))
 
     def visit(key: str, value, section: str | None):
         where = f"{path}: [{section}]" if section else f"{path}:"
+        source = f"{path} [{section}]" if section else str(path)
         if key in OPTIONS:
-            if key in entries:
-                raise UserError(f"{where} {key}: set twice (also in {entries[key][1]}); keep one")
-            entries[key] = (value, f"{path} [{section}]" if section else str(path))
+            if _inert(OPTIONS[key], value):
+                return
+            if key in entries and entries[key][0] != value:
+                # kohya keeps the later value; say so, since one of the two is a mistake
+                notices.append(f"{where} {key} = {value!r} replaces {key} = {entries[key][0]!r} from {entries[key][1]} "
+                               "(set twice; the later one wins, as in kohya)")
+            entries[key] = (value, source)
         elif key in NETWORK_ARG_KEYS:
             forwarded.append(f"{key}={_toml_scalar(value)}")
             notices.append(
@@ -101,21 +128,17 @@ def _flatten_file(path: Path, data: dict, notices: list) -> dict[str, tuple[obje
                 f"file under {DATASET_ONLY_KEYS[key]}"
             )
         else:
-            raise UserError(f"{where} {key}: unknown option{_suggest(key, list(OPTIONS) + list(NETWORK_ARG_KEYS))}")
+            unknown.add(key, value, where)
 
     for key, value in data.items():
         if isinstance(value, dict):
-            if key not in SECTIONS:
-                raise UserError(f"{path}: [{key}]: unknown section{_suggest(key, SECTIONS)} (sections: {', '.join(SECTIONS)})")
             for inner_key, inner_value in value.items():
-                if isinstance(inner_value, dict):
-                    raise UserError(f"{path}: [{key}.{inner_key}]: nested tables are not options; write keys directly under [{key}]")
                 visit(inner_key, inner_value, key)
         else:
             visit(key, value, None)
     if forwarded:
         entries["__forwarded_network_args__"] = (forwarded, str(path))
-    return entries
+    return entries, unknown
 
 
 def _toml_scalar(value) -> str:
@@ -142,10 +165,11 @@ def resolve_config(argv=None) -> ResolvedConfig:
     values = {name: option.default for name, option in OPTIONS.items()}
     sources = {name: "default" for name in OPTIONS}
 
-    config_path = Path(cli.pop("config_file")) if cli.get("config_file") else None
+    config_path = _config_path(cli.pop("config_file")) if cli.get("config_file") else None
     forwarded: list[str] = []
+    unknown = None
     if config_path is not None:
-        entries = _flatten_file(config_path, _read_toml(config_path), notices)
+        entries, unknown = _flatten_file(config_path, _read_toml(config_path), notices)
         forwarded = entries.pop("__forwarded_network_args__", ([], ""))[0]
         for name, (raw, where) in entries.items():
             section = where[len(str(config_path)):].strip() or ""
@@ -154,12 +178,15 @@ def resolve_config(argv=None) -> ResolvedConfig:
     for name, raw in cli.items():
         values[name] = _parse_value(OPTIONS[name], raw, "command line:")
         sources[name] = "command line"
+    if unknown is not None:  # after the command line: --strict_config applies to the file too
+        unknown.resolve([*OPTIONS, *NETWORK_ARG_KEYS, *DATASET_ONLY_KEYS], values["strict_config"], notices)
     if forwarded:
         values["network_args"] = _merge_network_args(values["network_args"], forwarded, str(config_path))
 
     args = argparse.Namespace(**values, config_file=str(config_path) if config_path else None)
     _apply_aliases(args, sources, notices)
     _check_status(args, sources, notices)
+    apply_kohya_compat(args, sources, notices)
     return ResolvedConfig(args, sources, notices)
 
 
@@ -178,6 +205,7 @@ def _apply_aliases(args, sources: dict, notices: list) -> None:
 
 
 def _check_status(args, sources: dict, notices: list) -> None:
+    ignored: dict[str, list[str]] = {}  # reason -> options, so each reason is one line
     for name, option in OPTIONS.items():
         value = getattr(args, name)
         if sources[name] == "default" or value == option.default:
@@ -188,7 +216,9 @@ def _check_status(args, sources: dict, notices: list) -> None:
         if option.status == UNSUPPORTED:
             raise UserError(f"{where}: {name}: not supported: {option.reason}")
         if option.status == IGNORED:
-            notices.append(f"{where}: {name} is ignored: {option.reason}")
+            ignored.setdefault(option.reason, []).append(name)
+    for reason, names in ignored.items():
+        notices.append(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} ignored: {reason}")
 
 
 def print_notices(resolved: ResolvedConfig, stream=None) -> None:
@@ -218,5 +248,8 @@ def write_resolved_config(resolved: ResolvedConfig) -> Path:
         width, height = args.resolution
         sections["dataset_arguments"]["resolution"] = f"{width},{height}"
     target = Path(args.output_dir) / f"{args.output_name}_config.toml"
+    if args.config_file and target.resolve() == Path(args.config_file).resolve():
+        raise UserError(f"{target}: output_config would overwrite the --config_file it reads (comments and "
+                        "layout would be lost); give another output_name or output_dir")
     write_text_atomic(target, "# resolved by sdxl_train_network.py --output_config\n" + toml.dumps(sections))
     return target

@@ -7,7 +7,6 @@ DreamBooth folders are named `<repeats>_<class tokens>` (e.g. `10_catwomen`).
 from __future__ import annotations
 
 import difflib
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -43,6 +42,9 @@ SUBSET_OPTIONS = {
     "random_crop": (T.parse_bool, False),
     "alpha_mask": (T.parse_bool, False),
     "resize_interpolation": (T.parse_str, None),
+    "conditioning_data_dir": (T.parse_str, None),
+    "cache_info": (T.parse_bool, False),
+    "custom_attributes": (T.parse_table, None),
 }
 DATASET_OPTIONS = {
     "resolution": (T.parse_resolution, None),
@@ -54,10 +56,10 @@ DATASET_OPTIONS = {
     "bucket_no_upscale": (T.parse_bool, False),
     "validation_seed": (T.parse_int, None),
     "validation_split": (T.parse_float, 0.0),
+    "network_multiplier": (T.parse_float, 1.0),
 }
 # training-config names that feed the dataset options above
 TRAINING_ALIASES = {"batch_size": "train_batch_size"}
-_DREAMBOOTH_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
 @dataclass
@@ -76,6 +78,9 @@ class SubsetSpec(CaptionOptions):
     random_crop: bool = False
     alpha_mask: bool = False
     resize_interpolation: str | None = None
+    conditioning_data_dir: str | None = None  # loss masks for masked_loss (condition_masks.py)
+    cache_info: bool = False  # metadata_cache.json of DreamBooth folders (library/data/image_info_cache.py)
+    custom_attributes: dict | None = None  # kohya's per-subset attributes (diff_output_preservation)
 
 
 @dataclass
@@ -89,6 +94,7 @@ class DatasetSpec:
     bucket_no_upscale: bool = False
     validation_seed: int | None = None
     validation_split: float = 0.0
+    network_multiplier: float = 1.0  # LoRA strength while training on this dataset, as kohya's dataset option
     subsets: list[SubsetSpec] = field(default_factory=list)
 
 
@@ -122,6 +128,17 @@ def _build(cls, values: dict):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
+def parse_dreambooth_folder(name: str) -> tuple[int, str] | None:
+    """(repeats, class tokens) of a DreamBooth folder name `<repeats>_<class tokens>`, as kohya reads
+    it: the text after the first underscore, kept as written (`10_ohwx_woman` -> 10, "ohwx_woman");
+    None for a folder kohya ignores (no leading number, or fewer than 1 repeat).
+    The one parser of these names: the trainer and the caching tools both get folders from here."""
+    repeats, _, class_tokens = name.partition("_")
+    if not repeats.isdecimal() or int(repeats) < 1:
+        return None
+    return int(repeats), class_tokens
+
+
 def dreambooth_subsets(folder: str, is_reg: bool, base: dict) -> list[SubsetSpec]:
     """One subset per `<repeats>_<class tokens>` sub-folder; a clear error when there is none."""
     root = Path(folder)
@@ -130,12 +147,11 @@ def dreambooth_subsets(folder: str, is_reg: bool, base: dict) -> list[SubsetSpec
         raise UserError(f"{root}: {option} folder not found")
     subsets, ignored = [], []
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        match = _DREAMBOOTH_FOLDER.match(child.name)
-        if not match:
+        parsed = parse_dreambooth_folder(child.name)
+        if parsed is None:
             ignored.append(child.name)
             continue
-        values = {**base, "image_dir": str(child), "num_repeats": int(match.group(1)), "is_reg": is_reg,
-                  "class_tokens": match.group(2).replace("_", " ").strip() or None}
+        values = {**base, "image_dir": str(child), "num_repeats": parsed[0], "is_reg": is_reg, "class_tokens": parsed[1] or None}
         subsets.append(_build(SubsetSpec, values))
     if not subsets:
         found = f"sub-folders found: {', '.join(ignored[:5])}" if ignored else "it has no sub-folders"
@@ -159,7 +175,10 @@ def specs_from_args(args) -> list[DatasetSpec]:
         raise UserError("no dataset: set train_data_dir (with in_json or <repeats>_<class> folders) or dataset_config")
     subsets = dreambooth_subsets(args.train_data_dir, False, base)
     if args.reg_data_dir:
-        subsets += dreambooth_subsets(args.reg_data_dir, True, base)
+        reg_subsets = dreambooth_subsets(args.reg_data_dir, True, base)
+        for subset in reg_subsets:  # the training config's mask folder is for the training images
+            subset.conditioning_data_dir = None
+        subsets += reg_subsets
     return [_build(DatasetSpec, {**base, "subsets": subsets})]
 
 

@@ -15,17 +15,19 @@ _SNR_CAP = 1000.0  # snr at t=0 is huge; weights that divide by it are capped as
 
 
 def huber_c(args, noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    """Per-sample huber threshold for loss_type huber/smooth_l1 under huber_schedule."""
+    """Per-sample huber threshold for loss_type huber/smooth_l1 under huber_schedule.
+
+    As kohya: huber_scale multiplies the constant and exponential schedules only; the snr schedule
+    runs from 1 (clean) down to huber_c (pure noise) and ignores huber_scale.
+    """
     if args.huber_schedule == "constant":
-        c = torch.full(timesteps.shape, float(args.huber_c))
-    elif args.huber_schedule == "exponential":
+        return torch.full(timesteps.shape, float(args.huber_c) * args.huber_scale)
+    if args.huber_schedule == "exponential":
         alpha = -math.log(args.huber_c) / SDXL_NUM_TIMESTEPS
-        c = torch.exp(-alpha * timesteps.float())
-    else:  # snr
-        alphas_cumprod = noise_scheduler.alphas_cumprod[timesteps]
-        sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        c = (1.0 - args.huber_c) / (1.0 + sigmas) ** 2 + args.huber_c
-    return c * args.huber_scale
+        return torch.exp(-alpha * timesteps.float()) * args.huber_scale
+    alphas_cumprod = noise_scheduler.alphas_cumprod[timesteps]
+    sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
+    return (1.0 - args.huber_c) / (1.0 + sigmas) ** 2 + args.huber_c
 
 
 def elementwise_loss(prediction, target, loss_type: str, c: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,12 +46,12 @@ def elementwise_loss(prediction, target, loss_type: str, c: torch.Tensor | None 
 
 
 def reduce_per_sample(loss: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over all but the batch dimension; with a mask [B,1,h,w] a mask-weighted mean."""
-    if mask is None:
-        return loss.mean(dim=list(range(1, loss.ndim)))
-    mask = mask.to(loss.dtype)
-    weighted = (loss * mask).sum(dim=list(range(1, loss.ndim)))
-    return weighted / (mask.expand_as(loss).sum(dim=list(range(1, loss.ndim))).clamp(min=1e-6))
+    """Mean over all but the batch dimension. With a mask [B,1,h,w] (0..1) it is kohya's masked
+    loss: the mean of loss * mask over all pixels, not divided by the mask's area (so a mask
+    covering a third of the image gives a third of the gradient, as in kohya)."""
+    if mask is not None:
+        loss = loss * mask.to(loss.dtype)
+    return loss.mean(dim=list(range(1, loss.ndim)))
 
 
 def min_snr_weight(snr_t: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:

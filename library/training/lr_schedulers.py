@@ -1,4 +1,6 @@
-"""Learning-rate schedulers by kohya name, with warm-up/decay given as steps or as a fraction."""
+"""Learning-rate schedulers by kohya name (any schedule transformers builds, diffusers'
+piecewise_constant, adafactor[:lr]) or by class (lr_scheduler_type), with warm-up/decay given as
+steps or as a fraction. Schedule-free optimizers get kohya's constant schedule."""
 from __future__ import annotations
 
 import importlib
@@ -14,22 +16,39 @@ def steps_from(value, total_steps: int) -> int:
     return int(value or 0)
 
 
-def build_lr_scheduler(args, optimizer, total_steps: int):
+def build_lr_scheduler(args, optimizer, total_steps: int, notices: list | None = None):
+    from library.training.optimizers import is_schedule_free
+    from library.training.schedule_free import constant_schedule
+
+    if is_schedule_free(optimizer):
+        if notices is not None and (args.lr_scheduler not in ("constant", "constant_with_warmup") or args.lr_warmup_steps
+                                    or args.lr_scheduler_type):
+            notices.append("schedule-free optimizers keep a constant learning rate (as in kohya): lr_scheduler, "
+                           "lr_scheduler_type and lr_warmup_steps are not used; warm up with optimizer_args \"warmup_steps=...\"")
+        return constant_schedule(optimizer)
     warmup = steps_from(args.lr_warmup_steps, total_steps)
     decay = steps_from(args.lr_decay_steps, total_steps)
     extra = parse_kwargs(args.lr_scheduler_args, "lr_scheduler_args")
     if args.lr_scheduler_type:
+        if warmup:
+            raise UserError(f"lr_scheduler_type {args.lr_scheduler_type} takes its settings from lr_scheduler_args only; "
+                            "remove lr_warmup_steps (kohya refuses it too)")
+        # kohya: a bare class name is looked up in torch.optim.lr_scheduler
         module_name, _, class_name = args.lr_scheduler_type.rpartition(".")
         try:
-            cls = getattr(importlib.import_module(module_name), class_name)
+            cls = getattr(importlib.import_module(module_name or "torch.optim.lr_scheduler"), class_name)
         except (ImportError, AttributeError, ValueError) as error:
             raise UserError(f"lr_scheduler_type {args.lr_scheduler_type}: cannot import ({error})") from None
-        return cls(optimizer, **extra)
+        try:
+            return cls(optimizer, **extra)
+        except TypeError as error:
+            raise UserError(f"lr_scheduler_args for {args.lr_scheduler_type}: {error}") from None
     name = args.lr_scheduler
-    if name == "adafactor":
+    if name.startswith("adafactor"):
         from transformers.optimization import AdafactorSchedule
 
-        initial_lr = extra.pop("initial_lr", args.learning_rate)
+        # kohya writes the initial lr into the name: "adafactor:1e-3"
+        initial_lr = float(name.split(":", 1)[1]) if ":" in name else extra.pop("initial_lr", args.learning_rate)
         return AdafactorSchedule(optimizer, initial_lr)
     from transformers.optimization import get_scheduler
 
@@ -40,7 +59,7 @@ def build_lr_scheduler(args, optimizer, total_steps: int):
         specific.setdefault("power", args.lr_scheduler_power)
     elif name == "inverse_sqrt" and args.lr_scheduler_timescale:
         specific.setdefault("timescale", args.lr_scheduler_timescale)
-    elif name == "cosine_with_min_lr":
+    elif name in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
         specific.setdefault("min_lr_rate", args.lr_scheduler_min_lr_ratio or 0.0)
     elif name == "warmup_stable_decay":
         specific.setdefault("num_decay_steps", decay)

@@ -7,12 +7,15 @@ pass creates and frees. Its high-water mark is the working memory (activations, 
 with gradient checkpointing, LoRA gradients); the static parts (base weights, LoRA weights,
 optimizer state) are counted from parameter shapes.
 
-Calibrated on the CPU against the same counter run on real tensors in a real training process
-(`run_allocated`, used by tests/test_memory_estimate.py). Accuracy on GPUs is unverified: CUDA
-kernels (attention backends, cuDNN workspaces, the caching allocator's fragmentation) differ.
+Calibrated against the process's own memory: the anonymous memory a real CPU training step adds
+(RssAnon; library/benchmark/calibration.py, tests/test_memory_estimate.py, and at real SDXL size
+`tools/bench.py --sections realsize`), or `torch.cuda.max_memory_allocated` on a GPU. What is
+estimated is tensor bytes: on the CPU, glibc's malloc keeps part of what a step frees (see
+docs/performance.md), and on a GPU the caching allocator's reserve comes on top.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from types import SimpleNamespace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from library.errors import UserError
 
@@ -34,23 +38,34 @@ OPTIMIZER_STATE_BYTES = {
 
 class AllocationCounter(TorchDispatchMode):
     """Live and peak bytes of tensor storages created while the mode is active (views share a
-    storage and count once; a storage counts until its last tensor is gone)."""
+    storage and count once; a storage counts until its last tensor is gone).
 
-    def __init__(self):
+    An op's output that shares a storage with one of its inputs (a view, an in-place or `out=` op)
+    allocated nothing: when that storage existed before the mode started (a frozen weight reached
+    through the transposed view a Linear takes), it is not counted at all. Counting those was the
+    old error: every base weight seen through a view became a "new" allocation that stayed live."""
+
+    def __init__(self, conv_workspace: bool = False):
         super().__init__()
         self.live = self.peak = 0
         self._storages: dict[int, int] = {}
+        self.conv_workspace = conv_workspace  # see CONVOLUTIONS
+        self.largest_workspace = 0
 
     def _free(self, key: int) -> None:
         self.live -= self._storages.pop(key, 0)
 
-    def _track(self, tensor) -> None:
+    @staticmethod
+    def _key(tensor) -> int | None:
         if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+            return None
+        return tensor.untyped_storage()._cdata
+
+    def _track(self, tensor, existing: set) -> None:
+        key = self._key(tensor)
+        if key is None or key in self._storages or key in existing:
             return
         storage = tensor.untyped_storage()
-        key = storage._cdata
-        if key in self._storages:
-            return
         nbytes = storage.nbytes()
         self._storages[key] = nbytes
         self.live += nbytes
@@ -58,10 +73,25 @@ class AllocationCounter(TorchDispatchMode):
         weakref.finalize(storage, self._free, key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for item in out if isinstance(out, (tuple, list)) else (out,):
-            self._track(item)
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {key for key in map(self._key, tree_leaves((args, kwargs))) if key is not None}
+        for item in tree_leaves(out):
+            self._track(item, inputs)
+        if self.conv_workspace and func in CONVOLUTIONS:  # the weight's blocked-layout copy, for the call only
+            weight = args[1] if func == CONVOLUTIONS[0] else args[2]  # (input, weight, ...) / (grad_output, input, weight, ...)
+            workspace = weight.numel() * weight.element_size()
+            self.largest_workspace = max(self.largest_workspace, workspace)
+            self.peak = max(self.peak, self.live + workspace)
         return out
+
+
+# Memory convolution kernels take beside the tensors: on the CPU, oneDNN copies a plain-layout weight
+# into its blocked layout for every call, forward and backward (measured: a 2560->1280 3x3
+# convolution adds its 112.5 MiB weight to the process per call, a Linear nothing). The counter adds
+# that copy to the live bytes at each convolution (`conv_workspace`) when the run is on a CPU. GPUs
+# (cuDNN workspaces) are not modelled.
+CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
 
 
 def tensor_bytes(modules, skip_meta: bool = False) -> int:
@@ -107,7 +137,8 @@ class MemoryEstimate:
     def lines(self) -> list[str]:
         d = self.details
         rows = [
-            ("base weights (frozen UNet, VAE" + (")" if d.get("text_encoders_freed") else ", text encoders)"), self.base_weights),
+            ("base weights (frozen UNet" + ("" if d.get("vae_freed") else ", VAE") + ("" if d.get("text_encoders_freed") else ", text encoders")
+             + (", fp8 UNet" if d.get("fp8_unet") else "") + ")", self.base_weights),
             ("LoRA weights", self.lora_weights),
             ("LoRA gradients", self.lora_gradients),
             (f"optimizer state ({d.get('optimizer')})", self.optimizer_state),
@@ -116,8 +147,11 @@ class MemoryEstimate:
         ]
         out = [f"estimated peak accelerator memory: {self.accelerator_total / MIB:,.0f} MiB"]
         out += [f"  {name:<66} {value / MIB:>10,.1f} MiB" for name, value in rows]
-        if d.get("text_encoders_freed"):
-            out.append(f"  (text encoders freed after caching their outputs; set-up phase with them: {d['setup_total'] / MIB:,.1f} MiB)")
+        freed = [name for name, key in (("text encoders", "text_encoders_freed"), ("VAE", "vae_freed")) if d.get(key)]
+        if d.get("conv_workspace"):
+            out.append(f"  (activations include the CPU's per-call copy of each convolution weight, up to {d['conv_workspace'] / MIB:,.1f} MiB)")
+        if freed:
+            out.append(f"  ({' and '.join(freed)} freed after caching; set-up phase with them: {d['setup_total'] / MIB:,.1f} MiB)")
         out.append(f"  {'caches in host memory (latents, text-encoder outputs)':<66} {self.caches_host / MIB:>10,.1f} MiB")
         out.append(f"  ({d.get('lora_parameters', 0):,} trainable parameters in {d.get('lora_modules', 0)} modules; "
                    "estimated from shapes on the meta device; calibrated on CPU, GPU accuracy unverified)")
@@ -185,8 +219,31 @@ def count_dataset_items(args) -> int | None:
         return None
 
 
-def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, train_text_encoder: bool) -> tuple[int, int]:
-    """(peak bytes of one training forward + backward on meta tensors, bytes of LoRA gradients)."""
+@contextlib.contextmanager
+def flash_attention_on_meta():
+    """On meta tensors `scaled_dot_product_attention` falls back to its math form, which keeps the
+    (tokens x tokens) attention map per head for backward: 335 MiB per bf16 self-attention at SDXL's
+    1024 px. The real kernels keep only the output and a logsumexp (flash attention on the CPU; flash
+    or memory-efficient attention on a GPU), so during the meta pass attention without a mask runs
+    the CPU flash kernel's meta implementation, which allocates what those kernels allocate."""
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def flash(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        if attn_mask is not None or kwargs or query.device.type != "meta":
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal, scale=scale)[0]
+
+    torch.nn.functional.scaled_dot_product_attention = flash
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, train_text_encoder: bool,
+                   conv_workspace: bool = False) -> tuple[int, int, int]:
+    """(peak bytes of one training forward + backward on meta tensors, bytes of LoRA gradients, the
+    largest convolution workspace counted)."""
     width, height = args.resolution or (1024, 1024)
     batch = args.train_batch_size
     unet = model.unet
@@ -203,9 +260,9 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())
-    counter = AllocationCounter()
+    counter = AllocationCounter(conv_workspace)
     meta = torch.device("meta")
-    with counter:
+    with counter, flash_attention_on_meta():
         latents = torch.empty(batch, 4, height // 8, width // 8, dtype=torch.float32, device=meta)
         noise = torch.empty_like(latents)
         if train_text_encoder:
@@ -227,16 +284,16 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
         loss = torch.nn.functional.mse_loss(prediction.float(), noise)
         loss.backward()
     grads = sum(p.grad.numel() * p.grad.element_size() for p in network.parameters() if p.grad is not None)
-    return counter.peak, grads
+    return counter.peak, grads, counter.largest_workspace
 
 
 def estimate_memory(args) -> MemoryEstimate:
     """The estimate for a resolved training config (nothing is loaded but file headers)."""
     from library.lora.network_modules import import_network_module
     from library.training.network_setup import network_kwargs
-    from library.training.precision import has_cuda, weight_dtype
+    from library.training.precision import weight_dtype
 
-    mixed = args.mixed_precision if has_cuda() else "no"
+    mixed = args.mixed_precision  # as configured on every device (library/training/precision.py)
     dtype = weight_dtype(mixed)
     model = meta_models(args.pretrained_model_name_or_path)
     for module in (model.unet, *model.text_encoders, model.vae):
@@ -245,6 +302,11 @@ def estimate_memory(args) -> MemoryEstimate:
     if dtype != torch.float32:
         for module in (model.unet, *model.text_encoders) + (() if args.no_half_vae else (model.vae,)):
             module.to(dtype=dtype)
+    if args.fp8_base or args.fp8_base_unet:  # as placement.py stores them: fp8 Linear/Conv2d weights
+        from library.training.fp8_weights import store_in_fp8
+
+        for module in (model.unet,) + (() if args.fp8_base_unet else tuple(model.text_encoders)):
+            store_in_fp8(module, torch.device("meta"), dtype)
     train_unet = not args.network_train_text_encoder_only
     train_text_encoder = not args.network_train_unet_only
     module = import_network_module(args.network_module or "networks.lora")
@@ -270,17 +332,25 @@ def estimate_memory(args) -> MemoryEstimate:
     caching_text = bool(args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk)
     # as Trainer.setup: cached outputs replace the text encoders unless samples or validation need them
     text_encoders_freed = caching_text and not (args.sample_prompts or args.validation_split)
+    # ... and cached latents replace the VAE unless samples need it (library/training/placement.py)
+    vae_freed = bool(args.cache_latents or args.cache_latents_to_disk) and not args.sample_prompts
     full_half = bool(args.full_fp16 or args.full_bf16) and dtype != torch.float32
     if dtype != torch.float32:
         # Meta tensors have no autocast: run the pass in the half dtype (what autocast produces for
         # matmuls and convolutions); fp32 LoRA gradients are twice the half ones.
         network.to(dtype)
-    peak, grads = working_memory(model, network, args, dtype, train_unet, train_text_encoder)
+    from library.training.placement import compute_device
+
+    device_type = compute_device().type
+    peak, grads, workspace = working_memory(model, network, args, dtype, train_unet, train_text_encoder, device_type == "cpu")
     if dtype != torch.float32 and not full_half:
         peak, grads = peak + grads, grads * 2
     if full_half:
         lora_bytes //= 2
-        state_bytes //= 2
+        if args.full_fp16:  # the optimizer steps fp32 master copies (library/training/loss_scaling.py): + 4 bytes each
+            state_bytes += 4 * trainable_count
+        else:  # full_bf16: the optimizer's state is bf16 like the weights, as in kohya
+            state_bytes //= 2
     items = count_dataset_items(args) or 0
     caches = 0
     if args.cache_latents or args.cache_latents_to_disk:
@@ -292,36 +362,13 @@ def estimate_memory(args) -> MemoryEstimate:
     details = {"optimizer": args.optimizer_type or "AdamW", "batch_size": args.train_batch_size, "resolution": f"{width}x{height}",
                "gradient_checkpointing": bool(args.gradient_checkpointing), "precision": mixed,
                "lora_parameters": trainable_count, "lora_modules": len(getattr(network, "loras", [])) or None,
-               "dataset_items": items, "text_encoders_freed": text_encoders_freed, "setup_total": base + lora_bytes}
-    held = base - text_encoder_bytes if text_encoders_freed else base
+               "dataset_items": items, "text_encoders_freed": text_encoders_freed, "vae_freed": vae_freed,
+               "fp8_unet": bool(args.fp8_base or args.fp8_base_unet), "setup_total": base + lora_bytes,
+               "device": device_type, "conv_workspace": workspace}
+    held = base - (text_encoder_bytes if text_encoders_freed else 0) - (tensor_bytes([model.vae]) if vae_freed else 0)
     return MemoryEstimate(held, lora_bytes, grads, state_bytes, max(peak - grads, 0), caches, details)
 
 
 def print_estimate(args) -> None:
     for line in estimate_memory(args).lines():
         print(line)
-
-
-# --- calibration: the same counter on real tensors in a real training process ----------------------
-def run_allocated(params: dict) -> dict:
-    """Train the config (params["config"], or each of params["configs"] in turn) for real on the CPU
-    and count tensor bytes: the static model and network tensors plus the peak of everything
-    allocated while training (the counter sees only what it allocates, so runs do not mix)."""
-    if "configs" in params:
-        single = {key: value for key, value in params.items() if key != "configs"}
-        return {"runs": [run_allocated({**single, "config": config}) for config in params["configs"]]}
-    from library.training.config_loader import resolve_config
-    from library.training.trainer import Trainer
-
-    resolved = resolve_config(["--config_file", params["config"]])
-    estimate = estimate_memory(resolved.args).as_dict() if params.get("with_estimate") else None
-    trainer = Trainer(resolved)
-    trainer.setup()
-    model = trainer.model
-    base = tensor_bytes([model.unet, *model.text_encoders, model.vae], skip_meta=True)  # freed encoders hold nothing
-    lora = tensor_bytes([trainer.network], skip_meta=True)
-    counter = AllocationCounter()
-    with counter:
-        trainer.run()
-    return {"base_weights": base, "lora_weights": lora, "training_peak": counter.peak,
-            "measured_total": base + lora + counter.peak, "estimate": estimate}

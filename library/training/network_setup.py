@@ -37,13 +37,18 @@ def apply_loraplus_options(network, args, kwargs: dict) -> None:
     network.set_loraplus_lr_ratio(*ratios)
 
 
+def merge_configured_base_weights(args, model) -> None:
+    """base_weights: LoRA files merged into the base model; done on the fp32 weights as loaded,
+    before they are stored in half precision or fp8 (placement.py)."""
+    if args.base_weights:
+        multipliers = [float(m) for m in (args.base_weights_multiplier or [])]
+        merge_base_weights(args.base_weights, multipliers, model.unet, model.text_encoders)
+
+
 def create_training_network(args, model, train_unet: bool, train_text_encoder: bool):
     if not args.network_module:
         raise UserError('network_module is not set; use network_module = "networks.lora" (or networks.dylora, lycoris.kohya)')
     module = import_network_module(args.network_module)
-    if args.base_weights:
-        multipliers = [float(m) for m in (args.base_weights_multiplier or [])]
-        merge_base_weights(args.base_weights, multipliers, model.unet, model.text_encoders)
     kwargs = network_kwargs(args)
     if args.dim_from_weights:
         if not args.network_weights:

@@ -38,9 +38,12 @@ def sample_timesteps(batch: int, min_timestep: int | None, max_timestep: int | N
 
 
 def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generator) -> torch.Tensor:
-    """Multi-resolution noise: coarser random fields upsampled and added with decaying weight."""
+    """Multi-resolution noise as kohya's pyramid_noise_like: levels i = 0..N-1, each a random field
+    at 1/r**i of the size (r uniform in [2, 4) per level; i = 0 is a second full-resolution field)
+    upsampled and added with weight discount**i, stopping after a 1-pixel level; then the sum is
+    divided by its standard deviation (over the whole tensor given)."""
     batch, channels, height, width = noise.shape
-    for level in range(1, iterations + 1):
+    for level in range(iterations):
         ratio = torch.rand((), generator=generator).item() * 2 + 2
         h, w = max(1, int(height / ratio**level)), max(1, int(width / ratio**level))
         coarse = torch.randn(batch, channels, h, w, generator=generator, dtype=noise.dtype)
@@ -51,7 +54,8 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generat
 
 
 def training_noise(latents: torch.Tensor, args, generator) -> torch.Tensor:
-    """Gaussian noise with the configured offset / adaptive offset / multi-resolution variants."""
+    """Gaussian noise with the configured variants, in kohya's order: noise offset (with random
+    strength / adaptive scale) first, then multi-resolution noise on top of it (both may be on)."""
     noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
     batch, channels = latents.shape[:2]
     if args.noise_offset:
@@ -62,7 +66,7 @@ def training_noise(latents: torch.Tensor, args, generator) -> torch.Tensor:
             mean = latents.mean(dim=(2, 3), keepdim=True)
             offset = torch.clamp(offset + args.adaptive_noise_scale * mean.abs(), min=0.0)
         noise = noise + offset * torch.randn((batch, channels, 1, 1), generator=generator, dtype=latents.dtype)
-    elif args.multires_noise_iterations:
+    if args.multires_noise_iterations:
         noise = pyramid_noise(noise, args.multires_noise_iterations, args.multires_noise_discount, generator)
     return noise
 

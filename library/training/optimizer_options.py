@@ -45,6 +45,9 @@ def check_optimizer_options(args, sources: dict, notices: list) -> None:
     for option in BETA_OPTIONS:
         if getattr(args, option) is not None and "betas" in given:
             raise UserError(f"{where(option)}: {option} and optimizer_args \"betas={given['betas']}\" set the same thing; keep one")
+    if args.optimizer_schedulefree_wrapper and (args.optimizer_type or "").lower().endswith("schedulefree"):
+        notices.append(f"{where('optimizer_schedulefree_wrapper')}: {args.optimizer_type} is schedule-free already; "
+                       "optimizer_schedulefree_wrapper is not applied")
     prodigy = _is_prodigy(args)
     for option in PRODIGY_OPTIONS:
         if getattr(args, option) is not None and not prodigy:

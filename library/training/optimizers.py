@@ -113,7 +113,9 @@ def _class_for(name: str):
 
 
 def is_schedule_free(optimizer) -> bool:
-    return hasattr(optimizer, "train") and hasattr(optimizer, "eval") and "schedulefree" in type(optimizer).__module__
+    """schedulefree's optimizers and its ScheduleFreeWrapper (train()/eval() switch the weights)."""
+    return (hasattr(optimizer, "train") and hasattr(optimizer, "eval")
+            and any(cls.__module__.startswith("schedulefree") for cls in type(optimizer).__mro__))
 
 
 def is_adaptive(optimizer) -> bool:
@@ -148,4 +150,6 @@ def build_optimizer(args, param_groups: list[dict]):
         optimizer = cls(param_groups, lr=lr, **kwargs) if lr is not None else cls(param_groups, **kwargs)
     except TypeError as error:
         raise UserError(f"optimizer_args for {cls.__name__}: {error}") from None
-    return optimizer
+    from library.training.schedule_free import wrap_schedule_free  # optimizer_schedulefree_wrapper
+
+    return wrap_schedule_free(optimizer, args)

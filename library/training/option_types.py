@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 
+from library.training.lr_scheduler_names import parse_lr_scheduler
+
 
 def _is_bool(value) -> bool:
     return isinstance(value, bool)
@@ -111,6 +113,13 @@ def parse_resolution(value):
     return tuple(numbers)
 
 
+def parse_table(value):
+    """A TOML table (kohya's custom_attributes = {diff_output_preservation = true})."""
+    if isinstance(value, dict):
+        return dict(value)
+    raise ValueError(f"expected a table such as {{ key = value }}, got {value!r}")
+
+
 def parse_float_pair(value):
     """"2.0,4.0" or [2.0, 4.0] -> (low, high)."""
     if isinstance(value, str):
@@ -134,4 +143,6 @@ TYPE_NAMES = {
     parse_float_or_float_list: "number or list of numbers",
     parse_resolution: '"width,height"',
     parse_float_pair: '"low,high"',
+    parse_lr_scheduler: "scheduler name",
+    parse_table: "table",
 }

@@ -7,12 +7,20 @@ sdxl_train_network.py knows about 200 options); `status` says what this toolkit 
   SUPPORTED    implemented
   PENDING      part of the kohya surface, not implemented yet: setting it is a clear error
   UNSUPPORTED  deliberately not offered here (the reason is in the error)
-  IGNORED      accepted with a warning, as kohya ignores it for SDXL too
+  IGNORED      accepted with a notice (the reason): kohya ignores it for SDXL LoRA too, or it asks
+               for machinery this toolkit replaces (DeepSpeed)
+  INERT        accepted silently: the value changes nothing here (upload settings); kohya_compat.py
+               says so when a value asks for an action
+
+The status is what the code does: `refused_choices` lists values of an otherwise supported option
+that are refused, and tests/test_option_status.py sets every SUPPORTED option (and every accepted
+choice) and fails if validation refuses it. Making an option work is flipping its status here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from library.training.lr_scheduler_names import LR_SCHEDULERS, parse_lr_scheduler as SCHEDULER
 from library.training.option_types import (
     parse_bool as B,
     parse_float as F,
@@ -25,7 +33,7 @@ from library.training.option_types import (
     parse_str_list as LIST,
 )
 
-SUPPORTED, PENDING, UNSUPPORTED, IGNORED = "supported", "pending", "unsupported", "ignored"
+SUPPORTED, PENDING, UNSUPPORTED, IGNORED, INERT = "supported", "pending", "unsupported", "ignored", "inert"
 
 SECTIONS = (
     "sdxl_arguments",
@@ -50,10 +58,17 @@ class Option:
     help: str
     status: str = SUPPORTED
     choices: tuple | None = None
-    reason: str = ""  # why an UNSUPPORTED/IGNORED option is not used
+    reason: str = ""  # why an UNSUPPORTED/IGNORED/INERT option is not used
+    refused_choices: dict | None = None  # value -> why it is refused (the option itself is supported)
+    requires: str = ""  # what the machine needs for a supported option to work (an error names it otherwise)
 
 
 _NO_NETWORK = "this toolkit never uses the network; upload or download files yourself"
+_PICKLE = ("LoRA files are saved as safetensors only (pickles can run code when loaded, and every UI reads safetensors); "
+           "remove the option")
+_UPLOAD = "used only for uploading, which this toolkit does not do (a non-empty huggingface_repo_id gets a notice)"
+_DEEPSPEED = ("LoRA training here uses accelerate's DDP (gradients averaged across processes); a LoRA's few parameters "
+              "gain nothing from DeepSpeed ZeRO")
 
 _TABLE = [
     # --- [sdxl_arguments] --------------------------------------------------------------------
@@ -82,6 +97,9 @@ _TABLE = [
     Option("bucket_reso_steps", I, 64, "dataset_arguments", "bucket side step (a multiple of 32 for SDXL; 64 recommended)"),
     Option("bucket_no_upscale", B, False, "dataset_arguments", "never enlarge small images to fill a bucket"),
     Option("resize_interpolation", S, None, "dataset_arguments", "resampling filter for resizing", choices=("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")),
+    Option("conditioning_data_dir", S, None, "dataset_arguments", "folder of loss masks for masked_loss: <image stem>.<png/jpg/...> per training image, white trains, black is ignored (the red channel, as kohya)"),
+    Option("cache_info", B, False, "dataset_arguments", "remember captions and image sizes of DreamBooth folders in <folder>/metadata_cache.json for faster start-up"),
+    Option("network_multiplier", F, 1.0, "dataset_arguments", "LoRA strength while training on this data (usually set per dataset in --dataset_config)"),
     Option("caption_extension", S, ".caption", "dataset_arguments", "caption file extension"),
     Option("caption_extention", S, None, "dataset_arguments", "misspelt alias of caption_extension, accepted as kohya does"),
     Option("shuffle_caption", B, False, "dataset_arguments", "shuffle comma-separated tags each step"),
@@ -107,7 +125,7 @@ _TABLE = [
     Option("cache_latents_to_disk", B, False, "dataset_arguments", "store latents as <image>_<W>x<H>_sdxl.npz and reuse them"),
     Option("vae_batch_size", I, 1, "dataset_arguments", "images per VAE batch when caching latents"),
     Option("skip_cache_check", B, False, "dataset_arguments", "trust existing latent caches without checking freshness"),
-    Option("max_token_length", I, None, "dataset_arguments", "75 (default), 150 or 225 tokens per caption", choices=(75, 150, 225)),
+    Option("max_token_length", I, None, "dataset_arguments", "75 (default), 150 or 225 tokens per caption (another value above 75 uses the 75-token chunks kohya would, with a notice)"),
     # --- [training_arguments] ----------------------------------------------------------------
     Option("output_dir", S, None, "training_arguments", "folder for LoRA files, samples and states"),
     Option("output_name", S, "last", "training_arguments", "base name of saved files"),
@@ -125,23 +143,25 @@ _TABLE = [
     Option("train_batch_size", I, 1, "training_arguments", "images per step"),
     Option("max_train_steps", I, 1600, "training_arguments", "total optimizer steps (max_train_epochs wins when set)"),
     Option("max_train_epochs", I, None, "training_arguments", "total epochs"),
-    Option("max_data_loader_n_workers", I, 8, "training_arguments", "data loader worker processes (0: load in the main process)", IGNORED, reason='samples are assembled in the main process from cached or on-the-fly latents; no loader workers are started'),
-    Option("persistent_data_loader_workers", B, False, "training_arguments", "keep workers alive between epochs", IGNORED, reason='samples are assembled in the main process from cached or on-the-fly latents; no loader workers are started'),
+    Option("max_data_loader_n_workers", I, 8, "training_arguments", "processes that decode, crop and augment images without cached latents (at most the CPU count; 0: the main process)"),
+    Option("persistent_data_loader_workers", B, False, "training_arguments", "keep the loader workers alive between epochs"),
     Option("seed", I, None, "training_arguments", "random seed (runs are reproducible on CPU)"),
     Option("gradient_checkpointing", B, False, "training_arguments", "recompute activations to save memory"),
     Option("gradient_accumulation_steps", I, 1, "training_arguments", "batches per optimizer step"),
-    Option("mixed_precision", S, "no", "training_arguments", "no, fp16 or bf16 (fp32 with a warning on a CPU)", choices=("no", "fp16", "bf16")),
-    Option("full_fp16", B, False, "training_arguments", "keep LoRA weights and gradients in fp16"),
+    Option("mixed_precision", S, "no", "training_arguments", "no, fp16 or bf16: base weights in that dtype, every forward under autocast (on a CPU too: fast only with AVX-512 BF16/FP16 or AMX)", choices=("no", "fp16", "bf16")),
+    Option("full_fp16", B, False, "training_arguments", "keep LoRA weights and gradients in fp16 (loss scaling; the optimizer steps fp32 master copies)"),
     Option("full_bf16", B, False, "training_arguments", "keep LoRA weights and gradients in bf16"),
-    Option("fp8_base", B, False, "training_arguments", "store the frozen base model in fp8 (GPU with fp8 support)"),
-    Option("fp8_base_unet", B, False, "training_arguments", "store only the frozen UNet in fp8"),
+    Option("fp8_base", B, False, "training_arguments", "store the frozen UNet and text encoders' Linear/Conv2d weights in float8 (per-channel scaled), upcast per layer to the mixed_precision dtype; any device"),
+    Option("fp8_base_unet", B, False, "training_arguments", "as fp8_base, for the UNet only (text encoders in the mixed_precision dtype)"),
     Option("lowram", B, False, "training_arguments", "load models straight to the GPU to save system RAM", IGNORED, reason='models are loaded tensor by tensor and moved once; there is nothing to tune'),
     Option("highvram", B, False, "training_arguments", "skip memory-saving cache clears", IGNORED, reason='models are loaded tensor by tensor and moved once; there is nothing to tune'),
     Option("mem_eff_attn", B, False, "training_arguments", "memory-efficient attention (mapped to PyTorch SDPA)"),
-    Option("xformers", B, False, "training_arguments", "xformers attention (needs a CUDA GPU and the xformers package)"),
+    Option("xformers", B, False, "training_arguments", "xformers attention", requires="a CUDA GPU and the xformers package"),
     Option("sdpa", B, False, "training_arguments", "PyTorch scaled-dot-product attention (the default)"),
-    Option("torch_compile", B, False, "training_arguments", "torch.compile the UNet", PENDING),
-    Option("dynamo_backend", S, "inductor", "training_arguments", "torch.compile backend", PENDING),
+    Option("torch_compile", B, False, "training_arguments", "torch.compile the UNet (with the network in it); the first step compiles"),
+    Option("dynamo_backend", S, "inductor", "training_arguments", "torch.compile backend for torch_compile (read only with torch_compile, as in kohya)", choices=(
+        "no", "NO", "eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs", "ofi", "fx2trt", "onnxrt",
+        "tensort", "ipex", "tvm")),
     Option("clip_skip", I, None, "training_arguments", "text-encoder layer skip", IGNORED, reason="SDXL always uses the penultimate layer; kohya ignores clip_skip for SDXL too"),
     Option("noise_offset", F, None, "training_arguments", "noise offset (0.0357 is common)"),
     Option("noise_offset_random_strength", B, False, "training_arguments", "scale the noise offset randomly per sample"),
@@ -171,25 +191,35 @@ _TABLE = [
     Option("validate_every_n_steps", I, None, "training_arguments", "validation loss every N steps"),
     Option("validate_every_n_epochs", I, None, "training_arguments", "validation loss every N epochs"),
     Option("max_validation_steps", I, None, "training_arguments", "limit validation batches"),
-    Option("cpu_offload_checkpointing", B, False, "training_arguments", "offload checkpointed activations to the CPU", PENDING),
-    Option("ddp_timeout", I, None, "training_arguments", "distributed timeout in minutes", IGNORED, reason='gradients are averaged across processes explicitly; no DDP wrapper is used'),
-    Option("ddp_gradient_as_bucket_view", B, False, "training_arguments", "DDP gradient_as_bucket_view", IGNORED, reason='gradients are averaged across processes explicitly; no DDP wrapper is used'),
-    Option("ddp_static_graph", B, False, "training_arguments", "DDP static_graph", IGNORED, reason='gradients are averaged across processes explicitly; no DDP wrapper is used'),
-    Option("deepspeed", B, False, "training_arguments", "DeepSpeed", UNSUPPORTED, reason="use plain accelerate multi-GPU (DDP) for LoRA training"),
+    Option("cpu_offload_checkpointing", B, False, "training_arguments", "with gradient checkpointing, hold the checkpointed block inputs in host memory (GPU; a no-op on the CPU)"),
+    Option("ddp_timeout", I, None, "training_arguments", "multi-process timeout of the process group, in minutes"),
+    Option("ddp_gradient_as_bucket_view", B, False, "training_arguments", "DDP gradient_as_bucket_view (gradients live in the all-reduce buckets: less memory)"),
+    Option("ddp_static_graph", B, False, "training_arguments", "DDP static_graph (the same LoRA modules train every step; not with module_dropout)"),
+    Option("ddp_check_sync", B, False, "training_arguments", "after every optimizer step, check that all processes hold bit-identical network weights (one small gather per step; for diagnosing multi-GPU setups)"),
+    Option("deepspeed", B, False, "training_arguments", "DeepSpeed", IGNORED, reason=_DEEPSPEED),
+    Option("zero_stage", I, 2, "training_arguments", "DeepSpeed ZeRO stage", IGNORED, choices=(0, 1, 2, 3), reason=_DEEPSPEED),
+    Option("offload_optimizer_device", S, None, "training_arguments", "DeepSpeed optimizer offload device", IGNORED, choices=("cpu", "nvme"), reason=_DEEPSPEED),
+    Option("offload_optimizer_nvme_path", S, None, "training_arguments", "DeepSpeed optimizer offload path", IGNORED, reason=_DEEPSPEED),
+    Option("offload_param_device", S, None, "training_arguments", "DeepSpeed parameter offload device", IGNORED, choices=("cpu", "nvme"), reason=_DEEPSPEED),
+    Option("offload_param_nvme_path", S, None, "training_arguments", "DeepSpeed parameter offload path", IGNORED, reason=_DEEPSPEED),
+    Option("zero3_init_flag", B, False, "training_arguments", "DeepSpeed ZeRO-3 deepspeed.zero.Init", IGNORED, reason=_DEEPSPEED),
+    Option("zero3_save_16bit_model", B, False, "training_arguments", "DeepSpeed ZeRO-3 16-bit save", IGNORED, reason=_DEEPSPEED),
+    Option("fp16_master_weights_and_gradients", B, False, "training_arguments", "DeepSpeed fp16 master weights", IGNORED, reason=_DEEPSPEED),
+    Option("strict_config", B, False, "training_arguments", "make every config key this toolkit does not know an error (default: ignored with one notice, as kohya ignores them silently; a likely typo stops the run either way)"),
     Option("output_config", B, False, "training_arguments", "write the resolved config next to the outputs and exit"),
     Option("print_config", B, False, "training_arguments", "validate, summarise the dataset and steps, and exit without training"),
     Option("estimate_memory", B, False, "training_arguments", "print the expected peak accelerator memory (from shapes only, no weights loaded) and exit"),
-    Option("huggingface_repo_id", S, None, "training_arguments", "upload target", UNSUPPORTED, reason=_NO_NETWORK),
-    Option("huggingface_repo_type", S, None, "training_arguments", "upload target", UNSUPPORTED, reason=_NO_NETWORK),
-    Option("huggingface_path_in_repo", S, None, "training_arguments", "upload target", UNSUPPORTED, reason=_NO_NETWORK),
-    Option("huggingface_token", S, None, "training_arguments", "upload token", UNSUPPORTED, reason=_NO_NETWORK),
-    Option("huggingface_repo_visibility", S, None, "training_arguments", "upload target", UNSUPPORTED, reason=_NO_NETWORK),
-    Option("save_state_to_huggingface", B, False, "training_arguments", "upload states", UNSUPPORTED, reason=_NO_NETWORK),
-    Option("resume_from_huggingface", B, False, "training_arguments", "download states", UNSUPPORTED, reason=_NO_NETWORK),
-    Option("async_upload", B, False, "training_arguments", "upload in the background", UNSUPPORTED, reason=_NO_NETWORK),
+    Option("huggingface_repo_id", S, None, "training_arguments", "upload target", INERT, reason=_UPLOAD),
+    Option("huggingface_repo_type", S, None, "training_arguments", "upload target", INERT, reason=_UPLOAD),
+    Option("huggingface_path_in_repo", S, None, "training_arguments", "upload target", INERT, reason=_UPLOAD),
+    Option("huggingface_token", S, None, "training_arguments", "upload token", INERT, reason=_UPLOAD),
+    Option("huggingface_repo_visibility", S, None, "training_arguments", "upload target", INERT, reason=_UPLOAD),
+    Option("save_state_to_huggingface", B, False, "training_arguments", "upload states", INERT, reason=_UPLOAD),
+    Option("resume_from_huggingface", B, False, "training_arguments", "download the resume state", INERT, reason=f"{_NO_NETWORK} (with resume set it is an error: give the local state folder)"),
+    Option("async_upload", B, False, "training_arguments", "upload in the background", INERT, reason=_UPLOAD),
     # --- [logging_arguments] -----------------------------------------------------------------
     Option("logging_dir", S, None, "logging_arguments", "TensorBoard log folder"),
-    Option("log_with", S, None, "logging_arguments", "tensorboard, wandb or all", choices=("tensorboard", "wandb", "all")),
+    Option("log_with", S, None, "logging_arguments", "tensorboard, wandb or all", choices=("tensorboard", "wandb", "all"), requires="the wandb package for wandb and all"),
     Option("log_prefix", S, None, "logging_arguments", "prefix of the run folder name"),
     Option("log_tracker_name", S, None, "logging_arguments", "tracker (project) name"),
     Option("log_tracker_config", S, None, "logging_arguments", "TOML with tracker init arguments"),
@@ -208,7 +238,8 @@ _TABLE = [
         "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
         "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")),
     # --- [saving_arguments] ------------------------------------------------------------------
-    Option("save_model_as", S, "safetensors", "saving_arguments", "LoRA file format", choices=("safetensors", "ckpt", "pt")),
+    Option("save_model_as", S, "safetensors", "saving_arguments", "LoRA file format", choices=("safetensors",), refused_choices={
+        "ckpt": _PICKLE, "pt": _PICKLE}),
     Option("use_safetensors", B, False, "saving_arguments", "save as safetensors (the default here)"),
     Option("no_metadata", B, False, "saving_arguments", "save only the minimal metadata set"),
     Option("training_comment", S, None, "saving_arguments", "free text stored as ss_training_comment"),
@@ -218,6 +249,10 @@ _TABLE = [
     Option("metadata_license", S, None, "saving_arguments", "modelspec.license"),
     Option("metadata_tags", S, None, "saving_arguments", "modelspec.tags (comma separated)"),
     Option("metadata_trigger_phrase", S, None, "saving_arguments", "modelspec.trigger_phrase"),
+    Option("metadata_usage_hint", S, None, "saving_arguments", "modelspec.usage_hint"),
+    Option("metadata_merged_from", S, None, "saving_arguments", "modelspec.merged_from"),
+    Option("metadata_preprocessor", S, None, "saving_arguments", "modelspec.preprocessor"),
+    Option("metadata_is_negative_embedding", S, None, "saving_arguments", "modelspec.is_negative_embedding"),
     Option("metadata_thumbnail", S, None, "saving_arguments", "image stored as modelspec.thumbnail (a JPEG data URI, at most 256 px)"),
     # --- [optimizer_arguments] ---------------------------------------------------------------
     Option("optimizer_type", S, "", "optimizer_arguments", "AdamW, AdamW8bit, PagedAdamW8bit, Lion, Lion8bit, SGDNesterov, SGDNesterov8bit, Prodigy, AdaFactor, DAdapt*, *ScheduleFree, or a dotted class path"),
@@ -226,10 +261,8 @@ _TABLE = [
     Option("use_lion_optimizer", B, False, "optimizer_arguments", "old spelling of optimizer_type = Lion"),
     Option("learning_rate", F, 2e-6, "optimizer_arguments", "learning rate (the default for groups without their own)"),
     Option("max_grad_norm", F, 1.0, "optimizer_arguments", "gradient clipping norm (0 disables)"),
-    Option("lr_scheduler", S, "constant", "optimizer_arguments", "learning-rate schedule", choices=(
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "inverse_sqrt",
-        "cosine_with_min_lr", "warmup_stable_decay", "piecewise_constant", "adafactor")),
-    Option("lr_scheduler_type", S, "", "optimizer_arguments", "dotted class path of a custom scheduler"),
+    Option("lr_scheduler", SCHEDULER, "constant", "optimizer_arguments", "learning-rate schedule: " + ", ".join(LR_SCHEDULERS) + ' ("adafactor:<lr>" as kohya)'),
+    Option("lr_scheduler_type", S, "", "optimizer_arguments", "scheduler class: a torch.optim.lr_scheduler name or a dotted path, given lr_scheduler_args"),
     Option("lr_scheduler_args", LIST, None, "optimizer_arguments", 'scheduler keyword arguments as "key=value" strings'),
     Option("lr_warmup_steps", I_OR_F, 0, "optimizer_arguments", "warm-up steps, or a fraction of all steps"),
     Option("lr_decay_steps", I_OR_F, 0, "optimizer_arguments", "decay steps (warmup_stable_decay), or a fraction"),
@@ -238,8 +271,8 @@ _TABLE = [
     Option("lr_scheduler_timescale", I, None, "optimizer_arguments", "timescale of inverse_sqrt (default: warm-up steps)"),
     Option("lr_scheduler_min_lr_ratio", F, None, "optimizer_arguments", "final lr / initial lr of cosine_with_min_lr and warmup_stable_decay"),
     Option("fused_backward_pass", B, False, "optimizer_arguments", "fuse the optimizer step into backward", UNSUPPORTED, reason="kohya supports it for full fine-tuning only, not LoRA"),
-    Option("optimizer_schedulefree_wrapper", B, False, "optimizer_arguments", "wrap any optimizer in schedule-free averaging"),
-    Option("schedulefree_wrapper_args", LIST, None, "optimizer_arguments", 'schedule-free wrapper "key=value" arguments'),
+    Option("optimizer_schedulefree_wrapper", B, False, "optimizer_arguments", "wrap any optimizer in schedulefree.ScheduleFreeWrapper (evaluated, sampled and saved at the averaged weights)"),
+    Option("schedulefree_wrapper_args", LIST, None, "optimizer_arguments", 'ScheduleFreeWrapper "key=value" arguments (momentum, weight_decay_at_y, r, weight_lr_power)'),
     # --- [additional_network_arguments] ------------------------------------------------------
     Option("network_module", S, None, "additional_network_arguments", 'network to train: "networks.lora", "networks.dylora" or "lycoris.kohya"'),
     Option("network_dim", I, None, "additional_network_arguments", "LoRA rank"),
@@ -282,13 +315,10 @@ assert len(OPTIONS) == len(_TABLE), "an option is declared twice"
 # a mistake worth naming precisely.
 DATASET_ONLY_KEYS = {
     "image_dir": "[[datasets.subsets]]",
-    "num_repeats": "[[datasets.subsets]]",
     "class_tokens": "[[datasets.subsets]]",
     "is_reg": "[[datasets.subsets]]",
     "metadata_file": "[[datasets.subsets]]",
-    "cache_info": "[[datasets.subsets]]",
     "custom_attributes": "[[datasets.subsets]]",
-    "batch_size": "[general] or [[datasets]] (the training config calls it train_batch_size)",
 }
 
 # Network options that kohya-era configs (and the seed tutorial) write as top-level keys; kohya

@@ -1,7 +1,8 @@
 """Precision, attention backend and memory options for training, decided before models load.
 
-Each helper handles one option family and says in one line what it did when the hardware forces
-a different choice (e.g. fp16 requested on a machine without a GPU trains in fp32).
+Each helper handles one option family. Precision runs as configured on every device (the CPU
+included: autocast, GradScaler and float8 tensors exist there), so the tested path is the GPU path;
+where each model lives and in which dtype is library/training/placement.py's business.
 """
 from __future__ import annotations
 
@@ -19,20 +20,38 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def effective_mixed_precision(args, notices: list) -> str:
-    """kohya's mixed_precision, downgraded to fp32 (with a notice) where the hardware lacks it."""
+def check_precision(args) -> None:
+    """The precision options that only work together; before any model loads (--print_config too)."""
     requested = args.mixed_precision
-    if requested != "no" and not has_cuda():
-        notices.append(f"mixed_precision = \"{requested}\" needs a GPU; training in fp32 on the CPU")
-        if args.full_fp16 or args.full_bf16:
-            notices.append("full_fp16/full_bf16 ignored on the CPU (fp32 training)")
-            args.full_fp16 = args.full_bf16 = False
-        return "no"
     if args.full_fp16 and requested != "fp16":
         raise UserError("full_fp16 needs mixed_precision = \"fp16\"")
     if args.full_bf16 and requested != "bf16":
         raise UserError("full_bf16 needs mixed_precision = \"bf16\"")
+    if (args.fp8_base or args.fp8_base_unet) and requested == "no":
+        raise UserError("fp8_base / fp8_base_unet need mixed_precision = \"bf16\" or \"fp16\" (the dtype fp8 weights are computed in)")
+
+
+def effective_mixed_precision(args, notices: list) -> str:
+    """kohya's mixed_precision, checked against full_fp16/full_bf16/fp8_base; it runs as configured on
+    any device (CPU autocast does fp16 and bf16), with a notice on a CPU without kernels for it."""
+    requested = args.mixed_precision
+    check_precision(args)
+    if requested != "no" and not has_cuda() and not cpu_has_half_kernels(requested):
+        notices.append(f"mixed_precision = \"{requested}\" on this CPU is correct but slow: it has no {requested} matrix instructions "
+                       f"({_CPU_INSTRUCTIONS[requested]}), so convolutions and matmuls take a path tens of times slower than fp32")
     return requested
+
+
+_CPU_INSTRUCTIONS = {"bf16": "AVX-512 BF16 or AMX", "fp16": "AVX-512 FP16 or AMX-FP16"}
+
+
+def cpu_has_half_kernels(mixed_precision: str) -> bool:
+    """Whether oneDNN runs this half dtype's convolutions and matmuls natively on this CPU."""
+    try:
+        ops = torch.ops.mkldnn
+        return bool(ops._is_mkldnn_bf16_supported() if mixed_precision == "bf16" else ops._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -42,14 +61,6 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
 
 def save_dtype(save_precision: str | None) -> torch.dtype | None:
     return _SAVE_DTYPES[save_precision]
-
-
-def check_fp8(args) -> None:
-    if not (args.fp8_base or args.fp8_base_unet):
-        return
-    if not has_cuda():
-        raise UserError("fp8_base / fp8_base_unet need a CUDA GPU with fp8 support (Ada or newer); remove them on this machine")
-    raise UserError("fp8_base / fp8_base_unet are not supported yet by this toolkit; train with mixed_precision = \"bf16\" instead")
 
 
 def configure_attention(unet, args, notices: list) -> str:

@@ -1,7 +1,14 @@
 """Stopping a run cleanly: Ctrl-C or SIGTERM finishes the current optimizer step, then the trainer
-saves a resumable state and the LoRA so far instead of dying mid-write. A second Ctrl-C stops at once."""
+saves a resumable state and the LoRA so far instead of dying mid-write. A second Ctrl-C stops at once.
+
+A stopped run ends with `RunStopped`: the script prints how to resume as its last line and exits
+with the shell's code for the signal (130 for SIGINT, 143 for SIGTERM), so `train && publish`
+never publishes an unfinished LoRA.
+"""
 from __future__ import annotations
 
+import os
+import shlex
 import signal
 import sys
 
@@ -9,14 +16,23 @@ import sys
 class StopRequest:
     def __init__(self):
         self.requested = False
+        self.signum: int | None = None
         self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested:  # second signal: the user really wants out now
+            if signum == signal.SIGTERM and self.signum == signal.SIGINT:
+                return  # a launcher forwarding SIGTERM after the user's Ctrl-C: keep saving
             self.restore()
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstop requested: finishing this step, then saving a resumable state (Ctrl-C again to abort)", file=sys.stderr)
+        self.signum = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this step, then saving a resumable state (Ctrl-C again to abort)", file=sys.stderr)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGINT)
 
     def install(self) -> "StopRequest":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -30,3 +46,28 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class RunStopped(Exception):
+    """Training stopped on request after saving a resumable state."""
+
+    def __init__(self, exit_code: int, step: int, state_folder, output_dir):
+        super().__init__(f"stopped at step {step}")
+        self.exit_code, self.step, self.state_folder, self.output_dir = exit_code, step, state_folder, output_dir
+
+
+def resume_command(script: str, argv: list[str], output_dir) -> str:
+    """The command that continues this run: the same arguments with --resume <output_dir>."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        if arg.startswith("--resume="):
+            continue
+        kept.append(arg)
+    launcher = "accelerate launch [your launch options] " if any(k.startswith("ACCELERATE_") for k in os.environ) else "python "
+    return launcher + " ".join(shlex.quote(a) for a in [script, *kept, "--resume", str(output_dir)])

@@ -6,6 +6,7 @@ Files: output_dir/sample/<output_name>_<e000001|000500>_<prompt index>_<seed>.pn
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -47,9 +48,30 @@ def sample_file_name(output_name: str, epoch: int | None, step: int, index: int,
 
 
 @torch.no_grad()
+def decode_to_image(pipe, latents: torch.Tensor):
+    """VAE-decode sampled latents in the VAE's own dtype, outside autocast (fp32 with no_half_vae; the
+    SDXL VAE overflows when its convolutions run in fp16). An fp16 VAE whose config asks for it
+    (force_upcast) decodes in fp32 and goes back to fp16, as diffusers' pipeline does."""
+    vae = pipe.vae
+    dtype = next(vae.parameters()).dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    with torch.autocast(latents.device.type, enabled=False):
+        if upcast:
+            vae.to(dtype=torch.float32)
+        try:
+            decoder_dtype = next(vae.post_quant_conv.parameters()).dtype if vae.post_quant_conv is not None else torch.float32
+            pixels = vae.decode((latents / vae.config.scaling_factor).to(decoder_dtype)).sample
+        finally:
+            if upcast:
+                vae.to(dtype=dtype)
+    return pipe.image_processor.postprocess(pixels.float(), output_type="pil")[0]
+
+
+@torch.no_grad()
 def generate(model, prompt, default_size: tuple[int, int], default_sampler: str, max_token_length, v_parameterization=False,
-             prompt_transform=None, seed: int = 0):
-    """One PIL image for a SamplePrompt; the global torch RNG state is left as it was."""
+             prompt_transform=None, seed: int = 0, autocast=contextlib.nullcontext):
+    """One PIL image for a SamplePrompt; the global torch RNG state is left as it was. `autocast` is the
+    context the text encoders and the UNet run in (half base weights with fp32 LoRA weights)."""
     from diffusers import StableDiffusionXLPipeline
 
     width = prompt.width or default_size[0]
@@ -64,16 +86,18 @@ def generate(model, prompt, default_size: tuple[int, int], default_sampler: str,
         scheduler=make_sampler(prompt.sample_sampler or default_sampler, v_parameterization),
     )
     pipe.set_progress_bar_config(disable=True)
-    context, pooled = encode_captions(model, [text, negative], max_token_length, weighted=True)  # (word:1.2) as in A1111
     rng_state = torch.get_rng_state()
     try:
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        image = pipe(
-            prompt_embeds=context[:1], pooled_prompt_embeds=pooled[:1],
-            negative_prompt_embeds=context[1:], negative_pooled_prompt_embeds=pooled[1:],
-            width=width, height=height, num_inference_steps=prompt.sample_steps, guidance_scale=prompt.scale,
-            generator=generator, output_type="pil",
-        ).images[0]
+        with autocast():
+            context, pooled = encode_captions(model, [text, negative], max_token_length, weighted=True)  # (word:1.2) as in A1111
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            latents = pipe(
+                prompt_embeds=context[:1], pooled_prompt_embeds=pooled[:1],
+                negative_prompt_embeds=context[1:], negative_pooled_prompt_embeds=pooled[1:],
+                width=width, height=height, num_inference_steps=prompt.sample_steps, guidance_scale=prompt.scale,
+                generator=generator, output_type="latent",
+            ).images
+        image = decode_to_image(pipe, latents)
     finally:
         torch.set_rng_state(rng_state)
     return image
@@ -81,7 +105,7 @@ def generate(model, prompt, default_size: tuple[int, int], default_sampler: str,
 
 def write_samples(model, prompts, output_dir: Path, output_name: str, epoch: int | None, step: int, default_size,
                   default_sampler: str, max_token_length, v_parameterization=False, prompt_transform=None,
-                  base_seed: int = 0) -> list[tuple[Path, object]]:
+                  base_seed: int = 0, autocast=contextlib.nullcontext) -> list[tuple[Path, object]]:
     """Render every prompt; a prompt without --d gets base_seed + its index, so the same prompt is
     rendered from the same noise at every sampling point and the images show what training changed."""
     folder = Path(output_dir) / "sample"
@@ -91,7 +115,8 @@ def write_samples(model, prompts, output_dir: Path, output_name: str, epoch: int
     model.unet.eval()
     for index, prompt in enumerate(prompts):
         seed = prompt.seed if prompt.seed is not None else base_seed + index
-        image = generate(model, prompt, default_size, default_sampler, max_token_length, v_parameterization, prompt_transform, seed)
+        image = generate(model, prompt, default_size, default_sampler, max_token_length, v_parameterization, prompt_transform, seed,
+                         autocast)
         path = folder / sample_file_name(output_name, epoch, step, index, seed)
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")

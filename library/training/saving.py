@@ -1,13 +1,16 @@
-"""Saving trained networks: file names, kohya/ModelSpec metadata, and keeping only the last N."""
+"""Saving trained networks: file names, kohya's ss_* metadata (run_metadata.py) with ModelSpec,
+and keeping only the last N."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from library.lora.file_io import output_file_name
-from library.lora.metadata import build_modelspec, build_training_metadata
+from library.lora.metadata import build_modelspec
 from library.training.precision import save_dtype
+
+# kohya's SS_METADATA_MINIMUM_KEYS: all that no_metadata keeps (enough for UIs to load the file)
+MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args")
 
 
 def thumbnail_data_uri(path: str, max_side: int = 256) -> str:
@@ -37,76 +40,44 @@ class NetworkSaver:
         self.extension = ".safetensors" if args.save_model_as == "safetensors" else f".{args.save_model_as}"
         self.thumbnail = thumbnail_data_uri(args.metadata_thumbnail) if args.metadata_thumbnail else None
         self.extra_metadata = None  # optional callable(path) -> dict, e.g. pivotal tuning's tokens and trigger phrase
+        self.run_metadata: dict[str, str] = {}  # kohya's ss_* keys, set by describe_run
 
-    def metadata(self, epoch: int, step: int, optimizer_name: str) -> dict[str, str]:
+    def describe_run(self, *, items, val_items, specs, optimizer, batches_per_epoch: int, epochs: int) -> None:
+        """Compute kohya's ss_* keys of this run once (library/training/run_metadata.py), before training."""
+        from library.training.run_metadata import kohya_run_metadata
+
+        self.run_metadata = kohya_run_metadata(
+            self.args, items=items, val_items=val_items, specs=specs, optimizer=optimizer,
+            batches_per_epoch=batches_per_epoch, max_steps=self.summary["max_train_steps"], epochs=epochs,
+            total_batch_size=self.summary["total_batch_size"], started_at=self.run_started)
+
+    def metadata(self, epoch: int, step: int) -> dict[str, str]:
+        """kohya's ss_* keys (only its minimal set with no_metadata) plus ModelSpec 1.0.1."""
         args = self.args
         resolution = self.summary["resolution"]
-        network_args = dict(item.split("=", 1) for item in (args.network_args or []))
-        title = args.metadata_title or args.output_name
         spec = build_modelspec(
-            title=title, resolution=resolution, trigger_phrase=args.metadata_trigger_phrase,
+            title=args.metadata_title or args.output_name, resolution=resolution, trigger_phrase=args.metadata_trigger_phrase,
             description=args.metadata_description, author=args.metadata_author, license=args.metadata_license,
-            tags=args.metadata_tags,
+            tags=args.metadata_tags, usage_hint=args.metadata_usage_hint, merged_from=args.metadata_merged_from,
+            preprocessor=args.metadata_preprocessor, is_negative_embedding=args.metadata_is_negative_embedding,
         )
         if args.metadata_thumbnail:
             spec["modelspec.thumbnail"] = self.thumbnail
-        minimal = {
-            "ss_network_module": args.network_module,
-            "ss_network_dim": str(args.network_dim),
-            "ss_network_alpha": str(args.network_alpha),
-            "ss_network_args": json.dumps(network_args),
-            "ss_base_model_version": "sdxl_base_v1-0",
-        }
-        if args.no_metadata:
-            return {**minimal, **spec}
-        training = build_training_metadata(
-            network_module=args.network_module, network_dim=args.network_dim, network_alpha=args.network_alpha,
-            network_args=network_args, output_name=args.output_name, learning_rate=args.learning_rate,
-            unet_lr=args.unet_lr, text_encoder_lr=args.text_encoder_lr, optimizer=optimizer_name, steps=step,
-            epoch=epoch, num_train_images=self.summary["num_train_images"], resolution=resolution, seed=args.seed,
-            tag_frequency=self.summary["tag_frequency"], training_comment=args.training_comment,
-            extra={
-                "ss_training_started_at": self.run_started,
-                "ss_num_reg_images": self.summary["num_reg_images"],
-                "ss_num_batches_per_epoch": self.summary["batches_per_epoch"],
-                "ss_batch_size_per_device": args.train_batch_size,
-                "ss_total_batch_size": self.summary["total_batch_size"],
-                "ss_gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "ss_max_train_steps": self.summary["max_train_steps"],
-                "ss_lr_warmup_steps": args.lr_warmup_steps,
-                "ss_lr_scheduler": args.lr_scheduler,
-                "ss_mixed_precision": args.mixed_precision,
-                "ss_full_fp16": args.full_fp16,
-                "ss_gradient_checkpointing": args.gradient_checkpointing,
-                "ss_cache_latents": args.cache_latents or args.cache_latents_to_disk,
-                "ss_caption_dropout_rate": args.caption_dropout_rate,
-                "ss_shuffle_caption": args.shuffle_caption,
-                "ss_keep_tokens": args.keep_tokens,
-                "ss_noise_offset": args.noise_offset,
-                "ss_multires_noise_iterations": args.multires_noise_iterations,
-                "ss_min_snr_gamma": args.min_snr_gamma,
-                "ss_loss_type": args.loss_type,
-                "ss_max_grad_norm": args.max_grad_norm,
-                "ss_prior_loss_weight": args.prior_loss_weight,
-                "ss_max_token_length": args.max_token_length,
-                "ss_sd_model_name": Path(args.pretrained_model_name_or_path).name,
-                "ss_vae_name": Path(args.vae).name if args.vae else None,
-                "ss_training_finished_at": time.time(),
-                "ss_dataset_dirs": json.dumps(self.summary["dataset_dirs"]),
-            },
-        )
-        return {**training, **spec}
+        metadata = {**self.run_metadata, "ss_training_finished_at": str(time.time()), "ss_steps": str(step), "ss_epoch": str(epoch)}
+        if args.no_metadata:  # kohya's SS_METADATA_MINIMUM_KEYS
+            metadata = {k: v for k, v in metadata.items() if k in MINIMUM_KEYS}
+        return {**metadata, **spec}
 
-    def save(self, network, epoch: int, step: int, optimizer_name: str, kind: str) -> Path:
-        """kind: "epoch" (-000001), "step" (-step00000500) or "final"."""
+    def save(self, network, epoch: int, step: int, kind: str, folder: Path | None = None) -> Path:
+        """kind: "epoch" (-000001), "step" (-step00000500) or "final"; into `folder` (default output_dir)."""
         name = output_file_name(
             self.args.output_name,
             epoch=epoch if kind == "epoch" else None,
             step=step if kind == "step" else None,
             ext=self.extension,
         )
-        path = self.output_dir / name
-        metadata = self.metadata(epoch, step, optimizer_name)
+        path = Path(folder or self.output_dir) / name
+        metadata = self.metadata(epoch, step)
         if self.extra_metadata is not None:
             metadata.update(self.extra_metadata(path))
         network.save_weights(str(path), save_dtype(self.args.save_precision), metadata)

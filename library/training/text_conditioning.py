@@ -7,6 +7,8 @@ Used only when captions cannot change per step (the config check forbids shuffli
 """
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -19,6 +21,14 @@ from library.data.text_encoder_cache import (
     te_cache_path,
     text_encoder_fingerprint,
 )
+from library.training.caption_processing import process_caption
+
+
+def cached_captions(items) -> list[str]:
+    """The text each item is encoded with when text-encoder outputs are cached: its caption after
+    the fixed processing (prefix/suffix, secondary_separator; no option that changes per step is
+    allowed then). tools/cache_text_encoder_outputs.py encodes exactly these texts."""
+    return [process_caption(item.caption, item.subset, random.Random(0)) for item in items]
 
 
 class TextEncoderCache:

@@ -9,16 +9,16 @@ half state that looks complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from library.errors import UserError
+from library.file_io import apply_umask, atomic_folder
+from library.models.checkpoint_file import load_weights
 
 STATE_FILE = "train_state.json"
 FORMAT_VERSION = 1
@@ -44,25 +44,16 @@ def state_folder_name(output_name: str, epoch: int | None = None, step: int | No
 
 def save_state(folder: Path, progress: Progress, network, optimizer, lr_scheduler, scaler=None, extra: dict | None = None) -> Path:
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    # atomic_folder: written beside the target and swapped in whole; a full disk is a WriteFailed naming the folder
+    with atomic_folder(folder) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(tmp / "network.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None,
                     "extra": extra or {}}, tmp / "rng_and_extra.pt")
         (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "complete": True, **asdict(progress)}, indent=1))
-        if folder.exists():  # replace an older state of the same name only once the new one is whole
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for file in tmp.iterdir():
+            apply_umask(file)
     return folder
 
 
@@ -96,18 +87,37 @@ def find_state(resume: str | Path) -> Path:
     return max(complete, key=lambda pair: pair[1].global_step)[0]
 
 
+def _damaged(folder: Path, name: str, error: Exception) -> UserError:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:200]  # torch adds paragraphs
+    others = sorted(p.name for p in Path(folder).parent.glob("*-state") if p != Path(folder) and read_progress(p) is not None)
+    hint = f"resume from an older state ({', '.join(others[-3:])}) or " if others else ""
+    return UserError(f"{Path(folder) / name}: damaged or truncated ({first}); this state cannot be resumed: "
+                     f"{hint}delete {Path(folder).name} and start again")
+
+
+def _read(folder: Path, name: str, loader):
+    try:
+        return loader(Path(folder) / name)
+    except UserError as error:
+        raise _damaged(folder, name, error) from None
+    except Exception as error:  # torch, safetensors and pickle each raise their own types for a cut file
+        raise _damaged(folder, name, error) from None
+
+
 def load_state(folder: Path, network, optimizer, lr_scheduler, scaler=None) -> tuple[Progress, dict]:
     progress = read_progress(folder)
     if progress is None:
         raise UserError(f"{folder}: incomplete training state")
-    weights = load_file(str(Path(folder) / "network.safetensors"))
+    weights = _read(folder, "network.safetensors", lambda path: load_weights(path))
     missing, unexpected = network.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise UserError(f"{folder}: the saved network does not match this config (e.g. {(missing or unexpected)[0]}); "
                         "resume with the same network_module, network_dim and network_args")
-    optimizer.load_state_dict(torch.load(Path(folder) / "optimizer.pt", weights_only=True))
-    lr_scheduler.load_state_dict(torch.load(Path(folder) / "scheduler.pt", weights_only=True))
-    rng = torch.load(Path(folder) / "rng_and_extra.pt", weights_only=True)
+    optimizer_state = _read(folder, "optimizer.pt", lambda path: torch.load(path, weights_only=True))
+    scheduler_state = _read(folder, "scheduler.pt", lambda path: torch.load(path, weights_only=True))
+    rng = _read(folder, "rng_and_extra.pt", lambda path: torch.load(path, weights_only=True))
+    optimizer.load_state_dict(optimizer_state)
+    lr_scheduler.load_state_dict(scheduler_state)
     torch.set_rng_state(rng["torch"])
     if scaler is not None and rng.get("scaler"):
         scaler.load_state_dict(rng["scaler"])

@@ -19,29 +19,43 @@ from tqdm import tqdm
 
 from library.data.images import SkipLog
 from library.errors import UserError
+from library.file_io import WriteFailed
 from library.training import loss as loss_lib
+from library.training import data_parallel
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
+from library.training.checkpointing import enable_unet_checkpointing
+from library.training.compilation import compile_unet
+from library.training.condition_masks import attach_masks
 from library.training.config_checks import check_combinations
+from library.training.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
 from library.training.dataset_config import dataset_specs
-from library.training.latent_source import LatentSource
+from library.training.kohya_compat import dataset_difference_notices
+from library.training.latent_source import ImageBroken, LatentSource
+from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
-from library.training.network_setup import create_training_network
+from library.training.network_setup import create_training_network, merge_configured_base_weights
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
-from library.training.precision import configure_attention, effective_mixed_precision, check_fp8, weight_dtype
+from library.training.pixel_loading import pixel_loader, sample_randomness
+from library.training.placement import Placement, PrecisionPlan
+from library.training.precision import check_precision, configure_attention, effective_mixed_precision
+from library.training.save_rescue import save_or_rescue
 from library.training.saving import NetworkSaver
+from library.training.schedule_free import ScheduleFreeModes
 from library.models.sdxl_conditioning import encode_captions, time_ids
-from library.training.run_control import StopRequest
+from library.training import preflight
+from library.training.run_control import RunStopped, StopRequest
 from library.training.sample_prompts import load_sample_prompts
 from library.training.sampling import write_samples
-from library.training.text_conditioning import TextEncoderCache
+from library.training.text_conditioning import TextEncoderCache, cached_captions
 from library.training.train_items import build_items, split_validation
 from library.training.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
 from library.training.validation import fixed_noise_loss
 
 VAE_SCALE = 0.13025
+TEXT_ENCODERS = ("text_encoder1", "text_encoder2")
 
 
 def dataset_summary(items, specs, args) -> dict:
@@ -92,60 +106,116 @@ class Trainer:
         self.sources, self.notices = resolved.sources, resolved.notices
         self.specs = dataset_specs(args)
         check_combinations(args, self.sources, self.notices, [s for spec in self.specs for s in spec.subsets])
+        check_precision(args)  # before any model loads, --print_config included
         self.skipped = SkipLog()
         all_items = build_items(self.specs, self.skipped, self.notices)
+        attach_masks(all_items, args.masked_loss, self.notices)  # conditioning_data_dir masks
+        self.multipliers = dataset_multipliers(self.specs)  # per-dataset network_multiplier, None when all 1.0
+        dataset_difference_notices(args, self.specs, self.notices)
+        if unused_attribute_keys(self.specs):
+            self.notices.append(f"custom_attributes {', '.join(unused_attribute_keys(self.specs))}: carried as in kohya, "
+                                "but only diff_output_preservation changes training")
         split_seed = args.validation_seed if args.validation_seed is not None else (args.seed or 0)
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
 
-    # -- setup -------------------------------------------------------------------------------
+    # -- setup: load, place, cache, network, optimizer, trackers ------------------------------
     def setup(self):
+        self.setup_accelerator()
+        self.load_models()
+        self.place_for_caching()
+        self.cache()
+        self.place_for_training()
+        self.build_network()
+        self.build_optimizer()
+        self.init_trackers()
+
+    def setup_accelerator(self) -> None:
         from accelerate import Accelerator
 
         args = self.args
-        mixed = effective_mixed_precision(args, self.notices)
-        check_fp8(args)
-        log_with = args.log_with if args.log_with and args.logging_dir else None
+        self.mixed = effective_mixed_precision(args, self.notices)
+        self.log_with = args.log_with if args.log_with and args.logging_dir else None
         if args.log_with and not args.logging_dir:
             self.notices.append("log_with is set but logging_dir is not; not logging")
         # kohya's run folder: <logging_dir>/<log_prefix><timestamp>/network_train/
-        run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if log_with else None
+        run_dir = Path(args.logging_dir) / f"{args.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}" if self.log_with else None
         # Without a GPU, accelerate must be told cpu=True or two launched processes never synchronise.
-        self.accelerator = Accelerator(log_with=log_with, project_dir=run_dir, cpu=not torch.cuda.is_available())
+        # Precision is ours (placement + autocast), not accelerate's: "no" whatever `accelerate launch` said.
+        # So is torch.compile (of the UNet, torch_compile), whatever ACCELERATE_DYNAMO_BACKEND says.
+        self.accelerator = Accelerator(log_with=self.log_with, project_dir=run_dir, cpu=not torch.cuda.is_available(),
+                                       mixed_precision="no", dynamo_backend="no",
+                                       kwargs_handlers=data_parallel.accelerator_kwargs_handlers(args))
         self.device = self.accelerator.device
+        self.placement = Placement(self.device, PrecisionPlan.from_args(args, self.mixed))
+        self.autocast_dtype = self.placement.plan.compute_dtype
         self.seed = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
         args.seed = self.seed
         torch.manual_seed(self.seed)  # the same network initialisation on every process
-        self.mixed = mixed
-        self.autocast_dtype = weight_dtype(mixed)
 
+    def load_models(self) -> None:
+        """load: every component into host memory in its storage dtype; pivotal tokens; the attention backend."""
         from library.models.sdxl_loader import load_sdxl
 
-        self.model = load_sdxl(args.pretrained_model_name_or_path, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir)
+        args = self.args
+        self.model = load_sdxl(args.pretrained_model_name_or_path, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir,
+                               dtypes=self.placement.plan.load_dtypes(merging=bool(args.base_weights)))
         for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
             module.requires_grad_(False)
             module.eval()
+        merge_configured_base_weights(args, self.model)  # base_weights, into the fp32 weights before placement
         # pivotal tuning: new tokens in both tokenizers/encoders (a no-op object when train_text_encoder_ti is off)
         self.pivotal = setup_pivotal(args, self.model, self.items, self.notices)
         self.attention = configure_attention(self.model.unet, args, self.notices)
         self.train_unet = not args.network_train_text_encoder_only
         self.train_text_encoder = not args.network_train_unet_only
+
+    def place_for_caching(self) -> None:
+        """place: the VAE and the text encoders on the device in their dtypes, before anything is encoded."""
+        self.placement.place("vae", self.model.vae, "cache latents")
+        for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+            self.placement.place(name, encoder, "encode captions")
+
+    def cache(self) -> None:
+        """cache: latents (VAE, batched by vae_batch_size) and text-encoder outputs; then what no
+        later step needs leaves the device."""
+        args = self.args
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        self.placement.use("vae", self.model.vae, "cache latents")
+        # no autocast: the VAE runs in its own dtype (fp32 with no_half_vae), as the caching tools run it
         self.latents = LatentSource(self.items, self.model.vae, args, self.notices)
         self.latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.val_latents = LatentSource(self.val_items, self.model.vae, args, self.notices)
         self.val_latents.prepare(rank, world, self.accelerator.wait_for_everyone)
         self.caption_options = [item.subset for item in self.items]  # a SubsetSpec is a CaptionOptions
+        # uncached samples: decoding and augmentation in max_data_loader_n_workers processes
+        self.pixel_loader = pixel_loader(self.latents.pixels, self.latents.cached_indices, args)
         self.te_cache = None
         if args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk:
+            for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+                self.placement.use(name, encoder, "cache text-encoder outputs")
             self.te_cache = TextEncoderCache(self.model, self.items, args)
-            captions = [process_caption(item.caption, opts, random.Random(0)) for item, opts in zip(self.items, self.caption_options)]
-            self.te_cache.prepare(captions, write=self.accelerator.is_main_process)
+            with self.placement.autocast():
+                self.te_cache.prepare(cached_captions(self.items), write=self.accelerator.is_main_process)
+        if not (args.sample_prompts or self.latents.needs_vae or self.val_latents.needs_vae):
+            self.placement.release("vae", self.model.vae, "latents cached; no samples")
+        if self.te_cache is not None and not (args.sample_prompts or self.val_items):
+            self.release_text_encoders()
 
+    def place_for_training(self) -> None:
+        """place: the UNet on the device in its dtype (fp8 weights with fp8_base)."""
+        self.placement.place("unet", self.model.unet, "training")
+
+    def build_network(self) -> None:
+        """network: create and attach it, gradient checkpointing, on the device in its dtype."""
+        args = self.args
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
-        torch.manual_seed(self.seed + rank)  # dropout may differ between processes; everything else is per-sample seeded
+        torch.manual_seed(self.seed + self.accelerator.process_index)  # dropout may differ between processes
+        if args.cpu_offload_checkpointing and not args.gradient_checkpointing:
+            self.notices.append("cpu_offload_checkpointing turns gradient_checkpointing on (as in kohya)")
+            args.gradient_checkpointing = True
         if args.gradient_checkpointing:
-            self.model.unet.enable_gradient_checkpointing()
+            enable_unet_checkpointing(self.model.unet, args.cpu_offload_checkpointing, self.device, self.notices)
             self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
             if self.train_text_encoder:
                 for encoder in self.model.text_encoders:
@@ -153,17 +223,13 @@ class Trainer:
                     encoder.train()
             self.network.enable_gradient_checkpointing()
         self.network.prepare_grad_etc(self.model.text_encoders, self.model.unet)
-        self.network.to(self.device)
-        if args.full_fp16 or args.full_bf16:  # only reachable with a GPU (see effective_mixed_precision)
-            self.network.to(torch.float16 if args.full_fp16 else torch.bfloat16)
-        for module in (self.model.unet, *self.model.text_encoders, self.model.vae):
-            module.to(self.device)
-        if self.autocast_dtype != torch.float32:  # frozen base weights in the half dtype; the VAE too unless no_half_vae
-            for module in (self.model.unet, *self.model.text_encoders) + (() if args.no_half_vae else (self.model.vae,)):
-                module.to(dtype=self.autocast_dtype)
-        if self.te_cache is not None and not (args.sample_prompts or self.val_items):
-            self.release_text_encoders()
+        # full_fp16 / full_bf16: the trainable weights in the half dtype too (kohya's network.to(weight_dtype))
+        self.network.to(self.device, self.autocast_dtype if (args.full_fp16 or args.full_bf16) else None)
+        self.compiled = compile_unet(self.model.unet, args, self.notices)  # torch_compile: after the network is attached
 
+    def build_optimizer(self) -> None:
+        """optimizer: parameter groups, optimizer, step plan, lr schedule, loss scaling, saver."""
+        args = self.args
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
         prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
         self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
@@ -171,7 +237,12 @@ class Trainer:
         if not self.param_groups:
             raise UserError("the network has no trainable parameters (every learning rate is 0, or no module matched)")
         self.trainable = [p for group in self.param_groups for p in group["params"]]
-        self.optimizer = build_optimizer(args, self.param_groups)
+        # fp16: loss scaling (and with full_fp16 an optimizer over fp32 master copies); None otherwise
+        self.scaler = loss_scaling(self.mixed, args.full_fp16, self.device.type, self.param_groups)
+        self.optimizer = build_optimizer(args, self.scaler.optimizer_groups() if self.scaler else self.param_groups)
+        # train mode for steps, eval mode to sample/validate/save (the fp16 weights follow fp32 masters)
+        self.schedule_free = ScheduleFreeModes(self.optimizer, on_change=self.scaler.masters_to_model if self.scaler else None)
+        self.schedule_free.train()
         self.summary = dataset_summary(self.items, self.specs, args)
         world = self.accelerator.num_processes
         self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
@@ -180,14 +251,21 @@ class Trainer:
         if args.save_n_epoch_ratio:  # kohya: about N saves over the run
             args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
         self.summary["max_train_steps"] = self.max_steps
-        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps)
-        self.scaler = torch.amp.GradScaler("cuda") if mixed == "fp16" and not args.full_fp16 else None
+        self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps, self.notices)
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
+        self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer,
+                                batches_per_epoch=self.summary["batches_per_epoch"] // world, epochs=self.epochs)
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
+        # data parallel: DDP over the trained tensors (the network and pivotal rows); itself with one process
+        self.ddp = data_parallel.prepare(self.accelerator, self.network, self.pivotal.rows)
+
+    def init_trackers(self) -> None:
+        """trackers: TensorBoard / wandb, and the sample prompts."""
+        args = self.args
         self.tensorboard = None
-        if log_with:
+        if self.log_with:
             init_kwargs = {}
             if args.log_tracker_config:
                 import toml
@@ -200,7 +278,7 @@ class Trainer:
             if args.wandb_run_name:
                 init_kwargs.setdefault("wandb", {})["name"] = args.wandb_run_name
             self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=self.tracker_config(), init_kwargs=init_kwargs)
-            if log_with in ("tensorboard", "all"):
+            if self.log_with in ("tensorboard", "all"):
                 self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
         self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
         if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
@@ -209,8 +287,8 @@ class Trainer:
     def release_text_encoders(self) -> None:
         """With cached text-encoder outputs and nothing else needing them (no samples, no validation),
         the encoders' weights leave memory for the rest of the run (moved to the meta device)."""
-        for encoder in self.model.text_encoders:
-            encoder.to("meta")
+        for name, encoder in zip(TEXT_ENCODERS, self.model.text_encoders):
+            self.placement.release(name, encoder, "text-encoder outputs cached")
         self.notices.append("text-encoder outputs are cached: the text encoders were released from memory for training")
 
     def tracker_config(self) -> dict | None:
@@ -235,13 +313,13 @@ class Trainer:
         with torch.set_grad_enabled(self.train_text_encoder or self.pivotal.needs_grad):
             return encode_captions(self.model, captions, self.args.max_token_length, self.args.weighted_captions)
 
-    def batch_inputs(self, indices, seeds):
+    def batch_inputs(self, indices, seeds, pixels=None):
+        """`pixels`: {(index, seed): images} prepared by loader workers (pixel_loading.PixelLoader), or None."""
         latents, masks, originals, crops, targets = [], [], [], [], []
         for index, seed in zip(indices, seeds):
             item = self.items[index]
-            augment = random.Random(seed + 1)
-            flip = item.subset.flip_aug and augment.random() < 0.5
-            sample, mask, crop = self.latents.get(index, flip, augment)
+            flip, augment = sample_randomness(item, seed)
+            sample, mask, crop = self.latents.get(index, flip, augment, (pixels or {}).get((index, seed)))
             latents.append(sample)
             masks.append(mask)
             placement = item.placement
@@ -271,51 +349,90 @@ class Trainer:
             timesteps.append(timestep)
         return torch.cat(noises), torch.cat(timesteps), torch.cat(noisy)
 
-    def batch_loss(self, indices, seeds, epoch, step):
+    def predict(self, indices, seeds, epoch, step, latents, ids):
+        """The forward pass that uses the trained weights, run by DDP (data_parallel.TrainableWeights):
+        (prediction, noise, timesteps, noisy latents, context, pooled)."""
+        context, pooled = self.conditioning(indices, seeds, epoch, step)
+        noise, timesteps, noisy = self.sample_noise(latents, seeds)
+        timesteps = timesteps.to(self.device)
+        prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
+        if self.multipliers and self.accelerator.num_processes > 1:  # a dataset at network_multiplier 0 uses no trained tensor:
+            prediction = prediction + 0.0 * torch.stack([p.sum() for p in self.trainable]).sum()  # zeros, so DDP's backward still runs
+        return prediction, noise, timesteps, noisy, context, pooled
+
+    def batch_loss(self, indices, seeds, epoch, step, sync: bool = True, pixels=None):
+        """The batch's loss, or None when every image in it is broken (see LatentSource.usable).
+        `sync` False (inside an accumulation group) skips DDP's gradient all-reduce; `pixels` are
+        the batch's images prepared by loader workers."""
         args = self.args
-        latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.mixed != "no"):
-            context, pooled = self.conditioning(indices, seeds, epoch, step)
-            noise, timesteps, noisy = self.sample_noise(latents, seeds)
-            timesteps = timesteps.to(self.device)
-            prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
-        target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+        while True:
+            indices, seeds = self.latents.usable(indices, seeds)  # a broken image leaves the batch, the rest stay as they were
+            if not indices:
+                return None
+            try:
+                latents, mask, ids, sample_weights = self.batch_inputs(indices, seeds, pixels)
+                break
+            except ImageBroken:
+                continue
+        multiplier = self.multipliers[self.items[indices[0]].dataset_index] if self.multipliers else 1.0
+        if self.multipliers:  # a batch never mixes datasets
+            self.network.set_multiplier(multiplier)
+        try:
+            with self.placement.autocast():
+                with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
+                    prediction, noise, timesteps, noisy, context, pooled = self.ddp(self.predict, indices, seeds, epoch, step, latents, ids)
+
+                def predict(rows=slice(None)):
+                    return self.model.unet(noisy[rows], timesteps[rows], context[rows],
+                                           added_cond_kwargs={"text_embeds": pooled[rows], "time_ids": ids[rows]}).sample
+
+                target = noise_lib.prediction_target(self.noise_scheduler, latents, noise, timesteps, args.v_parameterization)
+                rows = preservation_rows(self.items, indices)  # custom_attributes diff_output_preservation
+                if rows:
+                    target = preserved_target(self.network, multiplier, target, rows, predict)
+        finally:
+            if self.multipliers:
+                self.network.set_multiplier(1.0)  # samples and validation use the LoRA at full strength
         return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
+
+    def zero_loss(self, sync: bool):
+        """0 x every trained tensor, through DDP like a real batch, so its gradients (zeros) are all-reduced."""
+        with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
+            return self.ddp(lambda: torch.stack([p.sum() for p in self.trainable]).sum() * 0.0)
+
+    def all_finite(self, loss) -> bool:
+        """Whether every process's loss is finite (each must take the same branch, or DDP hangs)."""
+        finite = torch.isfinite(loss.detach()).all().reshape(1).float()
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite.to(self.device), reduction="sum") / self.accelerator.num_processes
+        return bool(finite.item() == 1.0)
 
     # -- optimizer step ----------------------------------------------------------------------
     def optimizer_step(self) -> dict:
         logs = {}
-        if self.accelerator.num_processes > 1:
-            for param in self.trainable:
-                if param.grad is not None:
-                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.args.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
+            clipped = self.scaler.optimized if self.scaler is not None else self.trainable
+            torch.nn.utils.clip_grad_norm_(clipped, self.args.max_grad_norm, foreach=True)  # multi-tensor on CPU too
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
-            self.scaler.update()
         else:
             self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.num_processes > 1:
+        if self.args.ddp_check_sync and self.accelerator.num_processes > 1:
             self.check_ranks_in_sync()
         if self.args.scale_weight_norms:
             scaled, mean_norm, max_norm = self.network.apply_max_norm_regularization(self.args.scale_weight_norms, self.device)
             logs.update({"Keys Scaled": scaled, "Average key norm": mean_norm, "max_norm/max_key_norm": max_norm})
+            if self.scaler is not None:
+                self.scaler.model_to_masters()
         return logs
 
-    @torch.no_grad()
     def check_ranks_in_sync(self) -> None:
-        """Every process must hold the same network after a step; a mismatch would silently train
-        several different LoRAs, so it stops the run."""
-        checksum = torch.stack([p.detach().double().sum() for p in self.trainable]).sum().reshape(1).to(self.device)
-        gathered = self.accelerator.gather(checksum)
-        if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
-            raise UserError(f"processes hold different network weights after a step ({gathered.tolist()}); "
-                            "launch with accelerate launch --multi_gpu (on CPU too) so gradients are shared")
+        """ddp_check_sync: a mismatch would silently train several different LoRAs, so it stops the run."""
+        data_parallel.check_in_sync(self.accelerator, self.trainable, self.ranks_checked + 1)
         self.ranks_checked += 1
 
     def lr_logs(self) -> dict:
@@ -344,26 +461,34 @@ class Trainer:
     # -- events ------------------------------------------------------------------------------
     def save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None = None) -> Path | None:
         """LoRA file (kind "epoch", "step" or "final") plus, when asked, a resumable state holding
-        `progress` (the position training continues from). `epoch` numbers an epoch save."""
+        `progress` (the position training continues from). `epoch` numbers an epoch save. A save that
+        fails twice goes to a fallback folder and stops the run (save_rescue)."""
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
         path = None
         if accelerator.is_main_process:
-            completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
-            path = self.saver.save(self.network, completed_epochs, progress.global_step, type(self.optimizer).__name__, kind)
+            path = save_or_rescue(lambda folder: self.write_checkpoint(folder, kind, progress, with_state, epoch),
+                                  Path(args.output_dir), args.output_name)
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
-            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
-            print(f"saved {path}")
             if with_state:
-                name = state_folder_name(args.output_name, epoch=epoch if kind == "epoch" else None,
-                                         step=progress.global_step if kind == "step" else None)
-                folder = save_state(Path(args.output_dir) / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
-                                    extra={"pivotal": self.pivotal.state_dict()})
                 prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
                              epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
                              args.save_every_n_epochs)
-                print(f"saved state {folder}")
         accelerator.wait_for_everyone()
+        return path
+
+    def write_checkpoint(self, folder: Path, kind: str, progress: Progress, with_state: bool, epoch: int | None) -> Path:
+        completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
+        with self.schedule_free.evaluating():  # schedule-free: files hold the averaged weights (states: train mode)
+            path = self.saver.save(self.network, completed_epochs, progress.global_step, kind, folder)
+            self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
+        print(f"saved {path}")
+        if with_state:
+            name = state_folder_name(self.args.output_name, epoch=epoch if kind == "epoch" else None,
+                                     step=progress.global_step if kind == "step" else None)
+            state = save_state(folder / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
+                               extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()})
+            print(f"saved state {state}")
         return path
 
     def sample(self, epoch: int | None, step: int) -> None:
@@ -372,9 +497,17 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.network.eval()
-            written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch, step,
-                                    self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
-                                    self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt, base_seed=self.seed)
+            self.schedule_free.eval()  # schedule-free: sample the averaged weights
+            try:
+                written = write_samples(self.model, self.sample_prompts, Path(self.args.output_dir), self.args.output_name, epoch,
+                                        step, self.summary["resolution"], self.args.sample_sampler, self.args.max_token_length,
+                                        self.args.v_parameterization, prompt_transform=self.pivotal.replace_in_prompt,
+                                        base_seed=self.seed, autocast=self.placement.autocast)
+            except (WriteFailed, OSError) as error:  # samples are expendable: training goes on (the next save rescues the weights)
+                tqdm.write(f"notice: sample images not written: {error}")
+                written = []
+            finally:
+                self.schedule_free.train()
             self.network.train()
             if self.tensorboard is not None:
                 import numpy as np
@@ -390,18 +523,29 @@ class Trainer:
         limit = self.args.max_validation_steps or len(self.val_items)
         latents, contexts, pooleds, ids = [], [], [], []
         self.network.eval()
+        self.schedule_free.eval()  # schedule-free: validate the averaged weights
         for index, item in enumerate(self.val_items[:limit]):
-            latent, _, _ = self.val_latents.get(index, False)
+            try:
+                latent, _, _ = self.val_latents.get(index, False)
+            except ImageBroken:
+                continue
             latents.append(latent * VAE_SCALE)
             caption = self.pivotal.replace_in_prompt(item.caption)
-            context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
+            with self.placement.autocast():
+                context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
             contexts.append(context)
             pooleds.append(pooled)
             w, h = item.placement.original_size
             ids.append(time_ids([(h, w)], [item.placement.crop_top_left], [(item.bucket[1], item.bucket[0])]))
-        loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
-                                seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
-                                v_parameterization=self.args.v_parameterization)
+        if not latents:  # every validation image is broken
+            self.schedule_free.train()
+            self.network.train()
+            return None
+        with self.placement.autocast():
+            loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
+                                    seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
+                                    v_parameterization=self.args.v_parameterization)
+        self.schedule_free.train()
         self.network.train()
         return loss
 
@@ -414,8 +558,10 @@ class Trainer:
         if args.resume:
             folder = find_state(args.resume)
             progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            self.schedule_free.train()  # our states are saved in train mode; one saved in eval mode is switched back
             if extra.get("pivotal"):
                 self.pivotal.load_state_dict(extra["pivotal"])
+            self.latents.restore_broken(extra.get("broken_images"))
             if progress.seed != self.seed:
                 self.notices.append(f"resuming a run trained with seed {progress.seed}; using it (not {self.seed}) for identical data order")
                 self.seed = args.seed = progress.seed
@@ -446,14 +592,15 @@ class Trainer:
         self.network.train()
         try:
             while progress.global_step < self.max_steps and progress.epoch <= self.epochs:
-                if self.run_epoch(progress, world, rank, bar, stop):
-                    return None  # stopped on request, state saved
+                if self.run_epoch(progress, world, rank, bar, stop):  # stopped on request, state saved
+                    state = Path(args.output_dir) / state_folder_name(args.output_name, step=progress.global_step)
+                    raise RunStopped(stop.exit_code, progress.global_step, state, args.output_dir)
         finally:
             stop.restore()
             bar.close()
         final = self.save_checkpoint("final", progress, with_state=args.save_state or args.save_state_on_train_end)
-        if world > 1 and accelerator.is_main_process:
-            print(f"all {world} processes held identical network weights after each of {self.ranks_checked} steps")
+        if self.ranks_checked and accelerator.is_main_process:
+            print(f"ddp_check_sync: all {world} processes held identical network weights after each of {self.ranks_checked} steps")
         accelerator.end_training()
         return final
 
@@ -467,20 +614,29 @@ class Trainer:
         seeds = self.epoch_seeds(batches, epoch)[rank::world]
         batches = batches[rank::world]
         pending, group_start = 0, progress.batches_done_in_epoch
+        start = progress.batches_done_in_epoch
+        prepared = self.pixel_loader.epoch(batches[start:], seeds[start:]) if self.pixel_loader else None  # loader workers
         for batch_index in range(progress.batches_done_in_epoch, len(batches)):
-            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step)
-            if not torch.isfinite(loss):
-                progress.batches_done_in_epoch = group_start
-                self.optimizer.zero_grad(set_to_none=True)
-                self.save_checkpoint("step", progress, with_state=True)
-                raise UserError(
+            will_step = pending + 1 >= args.gradient_accumulation_steps or batch_index == len(batches) - 1
+            loss = self.batch_loss(batches[batch_index], seeds[batch_index], epoch, progress.global_step, sync=will_step,
+                                   pixels=next(prepared) if prepared else None)
+            self.latents.share_broken(accelerator)  # every process takes the same stop decision
+            if self.latents.too_many_broken():
+                self.stop_with_state(progress, group_start, self.latents.too_many_error("; the last good state was saved"))
+            empty = loss is None
+            if empty:  # every image of the batch is broken: a zero gradient keeps the step plan (and all processes) in step
+                loss = self.zero_loss(sync=will_step)
+            if not self.all_finite(loss):
+                self.stop_with_state(progress, group_start, UserError(
                     f"loss became {loss.item()} at step {progress.global_step + 1} (epoch {epoch}); the last good state was saved. "
                     "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
-                )
+                ))
             scaled = loss / args.gradient_accumulation_steps
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if scaled.requires_grad:  # not when a dataset trains at network_multiplier 0 (the LoRA is off)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             pending += 1
-            progress.epoch_losses.append(loss.item())
+            if not empty:
+                progress.epoch_losses.append(loss.item())
             if pending < args.gradient_accumulation_steps and batch_index < len(batches) - 1:
                 continue
             logs = self.optimizer_step()
@@ -488,9 +644,11 @@ class Trainer:
             progress.global_step += 1
             self.pivotal.after_optimizer_step(progress.global_step, self.max_steps)  # pivotal: pull-back; freeze at the pivot
             progress.batches_done_in_epoch = batch_index + 1
-            progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
-            logs.update({"loss/current": loss.item(), "loss/average": sum(progress.recent_losses) / len(progress.recent_losses),
-                         **self.lr_logs()})
+            if not empty:
+                progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
+            current = progress.recent_losses[-1] if empty and progress.recent_losses else loss.item()
+            logs.update({"loss/current": current,
+                         "loss/average": sum(progress.recent_losses) / max(len(progress.recent_losses), 1), **self.lr_logs()})
             step = progress.global_step
             if self.val_items and self.due(args.validate_every_n_steps, step):
                 logs["loss/validation/step_average"] = self.validation_loss()
@@ -499,7 +657,6 @@ class Trainer:
             bar.update(1)
             if stop.requested:
                 self.save_checkpoint("step", progress, with_state=True)
-                print(f"stopped at step {step}; resume with --resume {args.output_dir}")
                 return True
             if step < self.max_steps:
                 if self.due(args.save_every_n_steps, step):
@@ -511,6 +668,14 @@ class Trainer:
         if progress.batches_done_in_epoch >= len(batches):  # not when the run ended inside the epoch
             self.finish_epoch(progress)
         return False
+
+    def stop_with_state(self, progress: Progress, group_start: int, error: Exception):
+        """Save a resumable state at the last optimizer step (the current group's gradients are
+        dropped), then stop with `error`."""
+        progress.batches_done_in_epoch = group_start
+        self.optimizer.zero_grad(set_to_none=True)
+        self.save_checkpoint("step", progress, with_state=True)
+        raise error
 
     def finish_epoch(self, progress: Progress) -> None:
         args, epoch = self.args, progress.epoch
@@ -561,9 +726,16 @@ def train(resolved) -> Path | None:
             print(f"notice: {notice}")
         print_dataset_summary(summary, resolved.args, per_epoch, total, trainer.skipped)
         return None
-    trainer.setup()
-    for notice in trainer.notices:
-        print(f"notice: {notice}")
-    if trainer.skipped:
-        print("\n".join(trainer.skipped.summary_lines()))
-    return trainer.run()
+    with preflight.output_guard(resolved, trainer.items):  # before any model loads
+        trainer.setup()
+        preflight.check_free_space(trainer.args, trainer.network, trainer.optimizer, trainer.max_steps, trainer.epochs,
+                                   trainer.notices)
+        for notice in trainer.notices:
+            print(f"notice: {notice}")
+        if trainer.skipped:
+            print("\n".join(trainer.skipped.summary_lines()))
+        final = trainer.run()
+        if trainer.latents.broken:
+            print(f"{len(trainer.latents.broken)} image(s) could not be read during training and were skipped:")
+            print("\n".join(trainer.latents.broken_lines()))
+        return final
