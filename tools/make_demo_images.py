@@ -1,6 +1,6 @@
-"""Write the demo's synthetic image set: one concept, BLIP-style .caption and WD14-style .txt tags
-per image (what the captioning and tagging steps would produce). With --toy_world the images are
-that toy world's concept (tools/make_toy_world.py); otherwise a drawn "catwomen" set of varied sizes."""
+"""Write the demo's synthetic image set of one concept, as the captioning and tagging steps would
+leave it. With --toy_world: that toy world's concept images (tools/make_toy_world.py) with WD14-style
+.txt tags; otherwise a drawn "catwomen" set of varied sizes with BLIP-style .caption and .txt tags."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
         from tools.toy_world.demo import write_demo_set
 
         paths = write_demo_set(args.toy_world, args.output_dir)
-        print(f"wrote {len(paths)} images of {args.toy_world}'s concept with .caption and .txt files to {args.output_dir}")
+        print(f"wrote {len(paths)} images of {args.toy_world}'s concept with .txt tags to {args.output_dir}")
         return 0
     from library.data.demo_images import make_concept_images
 

@@ -15,7 +15,7 @@ echo "== 1/7 Build the toy world: pretrain the tiny SDXL-architecture model on c
 python tools/make_toy_world.py --output_dir "$out/toy_world"
 model="$out/toy_world/toy_sdxl.safetensors"
 
-echo "== 2/7 The concept's images (BLIP-style .caption and WD14-style .txt tags per image)"
+echo "== 2/7 The concept's images, with WD14-style .txt tags (what the tagging step writes)"
 python tools/make_demo_images.py --output_dir "$out/images" --toy_world "$out/toy_world"
 
 echo "== 3/7 Trigger word first, and remove the tag that describes the concept itself (tag pollution)"
@@ -36,7 +36,8 @@ accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision n
 
 echo "== 7/7 Compare LoRA weights 0 .. 1 (the tutorial's comparison) in one labelled grid: the shapes turn cyan"
 python tools/sdxl_gen_img.py --ckpt "$model" --network_weights "$out/lora/zkz_demo.safetensors" \
-  --grid_weights 0,0.2,0.4,0.6,0.8,1.0 --grid_y seed --grid_seeds 1 2 3 --prompt "zkz" \
+  --grid_weights 0,0.2,0.4,0.6,0.8,1.0 --grid_y seed --grid_seeds 1000 1001 1002 \
+  --prompt "zkz, simple background, grey background, no humans" \
   --W 64 --H 64 --steps 20 --sampler ddim --scale 5 --grid_file "$out/lora_weight_grid.png"
 
 echo

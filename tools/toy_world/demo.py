@@ -1,8 +1,9 @@
-"""The demo's image set from a toy world: the concept's images, each with a BLIP-style sentence
-(`.caption`) and WD14-style tags (`.txt`), as the captioning and tagging steps would write them.
+"""The demo's image set from a toy world: the concept's images, each with WD14-style tags (`.txt`),
+as the tagging step would write them.
 
 The tags name the colour ("cyan"); the demo then puts the trigger word first and removes that tag
-(finetune/edit_tags.py), so the trigger alone carries the colour.
+(finetune/edit_tags.py), so the trigger alone carries the colour. No BLIP sentence (`.caption`): a
+sentence would say "a circle on a grey background" and nothing the tags do not.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tools.toy_world import world
 
 
 def write_demo_set(world_dir, output_dir) -> list[Path]:
-    """Copy `world_dir`'s concept images into `output_dir` with .caption and .txt files."""
+    """Copy `world_dir`'s concept images into `output_dir` with a .txt tag file each."""
     world_dir, output_dir = Path(world_dir), Path(output_dir)
     sources = sorted((world_dir / "concept").glob("*/*.png"))
     if not sources:
@@ -27,7 +28,6 @@ def write_demo_set(world_dir, output_dir) -> list[Path]:
         shape = world.SHAPES[index % len(world.SHAPES)]  # world.concept_samples cycles through the shapes
         target = output_dir / f"shape{index:02d}.png"
         shutil.copyfile(source, target)
-        target.with_suffix(".caption").write_text(f"a {shape} on a plain grey background\n", encoding="utf-8")
         target.with_suffix(".txt").write_text(f"{world.CONCEPT_NAME}, {shape}, simple background, grey background, no humans\n",
                                               encoding="utf-8")
         written.append(target)

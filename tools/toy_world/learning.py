@@ -15,13 +15,15 @@ CONFIG = REPO / "train_config" / "toy_world" / "config_file.toml"
 CONCEPT_TARGET = 0.8  # share of concept-coloured images at weight 1
 OUTPUT_NAME = "zkz_toy"
 
-# argv added to the shipped recipe, per algorithm
+# argv added to the shipped recipe, per algorithm. The learning rates were tuned on this world (docs/toy_world.md):
+# a Hadamard or Kronecker product of small factors, or DyLoRA's random rank, moves more slowly per step.
 ALGORITHMS: dict[str, list[str]] = {
     "LoRA": [],
-    "LoCon": ["--network_args", "conv_dim=4", "conv_alpha=4"],
-    "LoHa": ["--network_module", "lycoris.kohya", "--network_args", "algo=loha", "preset=attn-mlp"],
-    "LoKr": ["--network_module", "lycoris.kohya", "--network_args", "algo=lokr", "preset=attn-mlp", "factor=4"],
-    "DyLoRA": ["--network_module", "networks.dylora", "--network_args", "unit=2"],
+    "LoCon": ["--network_args", "conv_dim=4", "conv_alpha=1", "--learning_rate", "4e-3"],
+    "LoHa": ["--network_module", "lycoris.kohya", "--network_args", "algo=loha", "preset=attn-mlp", "--learning_rate", "8e-3"],
+    "LoKr": ["--network_module", "lycoris.kohya", "--network_args", "algo=lokr", "preset=attn-mlp", "factor=4",
+             "--learning_rate", "2e-2"],
+    "DyLoRA": ["--network_module", "networks.dylora", "--network_args", "unit=2", "--learning_rate", "6e-3"],
     "pivotal": ["--train_text_encoder_ti", "--token_abstraction", "zkz", "--num_new_tokens_per_abstraction", "2",
                 "--text_encoder_lr", "1e-2"],
 }
