@@ -61,7 +61,7 @@ def test_config_trains_a_step_on_the_tiny_model(folder, datasets, tiny_single_fi
         overrides += ["--in_json", str(datasets / "meta_lat.json"), "--train_data_dir", str(datasets / "images")]
     else:
         overrides += ["--train_data_dir", str(datasets / "dreambooth")]
-    if "reg_data_dir" in flat:
+    if "reg_data_dir" in flat:  # the toy world recipe's prior preservation (trained for real in test_toy_world.py)
         overrides += ["--reg_data_dir", str(datasets / "dreambooth")]
     if flat.get("enable_bucket"):
         overrides += ["--min_bucket_reso", "32", "--max_bucket_reso", "128", "--bucket_reso_steps", "32"]
