@@ -77,6 +77,24 @@ def test_learning_only_report_validates_and_prints_one_row_per_network():
         validate_report(report)
 
 
+def test_learning_only_run_reports_and_keeps_each_network_as_it_finishes(tmp_path, monkeypatch):
+    """run_benchmark with --sections learning (no performance sections): target checks made, and each
+    network's figures written beside its files as soon as it is measured (the section takes ~20 min)."""
+    from library.benchmark import learning as learning_section
+    from library.benchmark.suite import run_benchmark
+
+    def fake_task(task, params, timeout=None, env=None):
+        if task == "toy_world":
+            return {"fingerprint": "f", "total_seconds": 1.0, "threads": 1}
+        return {**_learning_result(0.0, 0.9375, 0.75), "algorithm": params["algorithm"]}
+
+    monkeypatch.setattr(learning_section, "run_task", fake_task)
+    report = run_benchmark({"sections": ["learning"], "sizes": [], "algorithms": ["LoRA", "LoKr"]}, tmp_path)
+    assert report["target_checks"]["learning_LoRA"]["met"] is True and "step_time_ratio" not in report["target_checks"]
+    kept = json.loads((tmp_path / "learning" / "LoKr" / "result.json").read_text(encoding="utf-8"))
+    assert kept["algorithm"] == "LoKr" and kept["concept_rate"]["w1"] == 0.9375
+
+
 def test_hardware_section_table():
     """tools/bench.py --sections hardware prints its own tables (the figures of docs/performance.md)."""
     stat = summarize([1.0, 1.2])
