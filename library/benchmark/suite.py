@@ -237,7 +237,7 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
 
         report["learning"] = bench_learning(workdir, opts, log)
     report["fp8"] = fp8_support()
-    if (report["training"] and report.get("startup") and report.get("preparation")) or report.get("learning"):
+    if (report.get("training") and report.get("startup") and report.get("preparation")) or report.get("learning"):
         report["target_checks"] = target_checks(report, opts.get("target_size", "small"))  # not after a hardware-only run
     report["elapsed_seconds"] = time.time() - started
     return report
