@@ -81,15 +81,19 @@ def test_learning_only_run_reports_and_keeps_each_network_as_it_finishes(tmp_pat
     """run_benchmark with --sections learning (no performance sections): target checks made, and each
     network's figures written beside its files as soon as it is measured (the section takes ~20 min)."""
     from library.benchmark import learning as learning_section
-    from library.benchmark.suite import run_benchmark
 
     def fake_task(task, params, timeout=None, env=None):
         if task == "toy_world":
             return {"fingerprint": "f", "total_seconds": 1.0, "threads": 1}
         return {**_learning_result(0.0, 0.9375, 0.75), "algorithm": params["algorithm"]}
 
+    from tools import bench
+
     monkeypatch.setattr(learning_section, "run_task", fake_task)
-    report = run_benchmark({"sections": ["learning"], "sizes": [], "algorithms": ["LoRA", "LoKr"]}, tmp_path)
+    output = tmp_path / "report.json"
+    assert bench.main(["--sections", "learning", "--algorithms", "LoRA", "LoKr", "--workdir", str(tmp_path),
+                       "--output", str(output)]) == 0
+    report = json.loads(output.read_text(encoding="utf-8"))
     assert report["target_checks"]["learning_LoRA"]["met"] is True and "step_time_ratio" not in report["target_checks"]
     kept = json.loads((tmp_path / "learning" / "LoKr" / "result.json").read_text(encoding="utf-8"))
     assert kept["algorithm"] == "LoKr" and kept["concept_rate"]["w1"] == 0.9375

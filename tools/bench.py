@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             "sections": args.sections, "realsize_resolutions": args.realsize_resolutions, "algorithms": args.algorithms, "toy_world": args.toy_world, "previous": json.loads(Path(args.update).read_text(encoding="utf-8")) if args.update else None}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir()) / "sdxl_lora_bench"
     report = run_benchmark(opts, workdir, log=lambda message: print(message, file=sys.stderr, flush=True))
-    if (report["training"] and report.get("startup")) or report.get("learning"):  # a hardware-only report has just that section
+    if (report.get("training") and report.get("startup")) or report.get("learning"):  # a hardware-only report has just that section
         validate_report(report)
     text = json.dumps(report, indent=2)
     if args.output:
