@@ -15,22 +15,24 @@ RATIOS = ("step_ratio", "whole_run_ratio", "peak_rss_ratio")
 def validate_peer(peer: dict) -> None:
     from library.benchmark.report import SchemaError, _get, _stat
 
-    sizes = _get(peer, "sizes")
-    if not sizes:
+    def get(path: str):  # errors name the full path from the report's top
+        return _get({"peer": peer}, f"peer.{path}")
+
+    if not get("sizes"):
         raise SchemaError("peer.sizes: no model size measured")
-    for size, result in sizes.items():
+    for size, result in peer["sizes"].items():
         for key in ("resolution", "batch_size", "rank", "steps.short", "steps.long"):
-            if not isinstance(_get(result, key), int):
+            if not isinstance(get(f"sizes.{size}.{key}"), int):
                 raise SchemaError(f"peer.sizes.{size}.{key}: not an integer")
         if result["steps"]["long"] <= result["steps"]["short"]:
             raise SchemaError(f"peer.sizes.{size}.steps: the long run must have more steps than the short one")
         for side in ("peer", "ours"):
             for key in SIDE_STATS:
-                _stat(_get(result, f"{side}.{key}"), f"peer.sizes.{size}.{side}.{key}")
-            if not isinstance(_get(result, f"{side}.lora.modules"), int):
+                _stat(get(f"sizes.{size}.{side}.{key}"), f"peer.sizes.{size}.{side}.{key}")
+            if not isinstance(get(f"sizes.{size}.{side}.lora.modules"), int):
                 raise SchemaError(f"peer.sizes.{size}.{side}.lora.modules: not an integer")
         for key in RATIOS:
-            _stat(_get(result, key), f"peer.sizes.{size}.{key}")
+            _stat(get(f"sizes.{size}.{key}"), f"peer.sizes.{size}.{key}")
 
 
 def _check(value, limit) -> dict:
