@@ -128,6 +128,7 @@ def test_arithmetic_schema_table_and_targets():
     assert "| tiny, 128 px | 10 / 40 | 0.500 ±0% | 0.500 ±20% | 1.00 ±20% | 30.0 s ±0% | 25.0 s ±12% | 0.83 ±12% | 800 MiB ±0% " \
            "| 400 MiB ±0% | 0.50 ±0% | 176 / 242 |" in table
     assert "| process start to first model call (imports, loading) | 9.00 ±0% | 4.00 ±75% |" in table
+    assert "| process start to LoRA file written (ours / script per pair: tiny 0.83 ±12%) | 29.60 ±0% | 24.60 ±12% |" in table
     assert "| peer_whole_run_ratio_tiny | 0.833 | 0.8 | False |" in table
 
     del tiny["ours"]["peak_rss_bytes"]

@@ -217,6 +217,8 @@ def compare(pairs: dict) -> dict:
 
     return {"step_ratio": ratios(lambda p: per_step(p["short"], p["long"])),
             "whole_run_ratio": ratios(lambda p: p["long"]["wall_seconds"]),
+            # the script goes on after its LoRA file (reloads the pipeline, writes a kohya-format copy)
+            "start_to_saved_lora_ratio": ratios(lambda p: p["long"]["start_to_saved_lora_seconds"]),
             "peak_rss_ratio": ratios(lambda p: p["long"]["peak_rss_bytes"])}
 
 

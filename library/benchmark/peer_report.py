@@ -9,7 +9,7 @@ PHASE_LABELS = {"start_up": "process start to first model call (imports, loading
                 "training": "training (first UNet call to last step)", "save": "last step to LoRA file written",
                 "exit": "LoRA written to process end"}
 SIDE_STATS = ("step_seconds", "whole_run_seconds", "start_to_saved_lora_seconds", "peak_rss_bytes")
-RATIOS = ("step_ratio", "whole_run_ratio", "peak_rss_ratio")
+RATIOS = ("step_ratio", "whole_run_ratio", "start_to_saved_lora_ratio", "peak_rss_ratio")
 
 
 def validate_peer(peer: dict) -> None:
@@ -77,6 +77,12 @@ def peer_lines(peer: dict) -> list[str]:
                 stat = r[side]["whole_run_seconds"] if phase == "total" else r[side]["phases_seconds"].get(phase)
                 row += f" {_fmt_stat(stat, digits=2)} |"
         lines.append(row)
+    row = "| process start to LoRA file written (ours / script per pair: "
+    row += ", ".join(f"{size} {_fmt_stat(r['start_to_saved_lora_ratio'])}" for size, r in peer["sizes"].items()) + ") |"
+    for r in peer["sizes"].values():
+        for side in ("peer", "ours"):
+            row += f" {_fmt_stat(r[side]['start_to_saved_lora_seconds'], digits=2)} |"
+    lines.append(row)
     row = "| step interval inside the run (median) |"
     for r in peer["sizes"].values():
         for side in ("peer", "ours"):
