@@ -49,7 +49,7 @@ def tiny_sdxl(_tiny_sdxl_loaded):
 
 @pytest.fixture(scope="session")
 def toy_world_dir(tmp_path_factory):
-    """The toy world (tools/make_toy_world.py), built once per session: about two minutes."""
+    """The toy world exactly as `python tools/make_toy_world.py` builds it (about two minutes, once)."""
     from tools.toy_world.build import build_world
 
     folder = tmp_path_factory.mktemp("toy_world")

@@ -46,6 +46,55 @@ def test_schema_check_rejects_a_missing_figure():
                          "preparation": {}, "fp8": {}, "target_checks": {}})
 
 
+def _learning_result(w0, w1, base_w1, pivotal=False):
+    rates = {"a red circle": 1.0, "a green square": base_w1}
+    base = {"w0": {"mean": 1.0, "min": 1.0, "per_prompt": rates}, "w1": {"mean": (1 + base_w1) / 2, "min": base_w1, "per_prompt": rates}}
+    concept = {"w0": w0, "w1": w1, **({"w0_without_embedding": 0.0} if pivotal else {})}
+    return {"algorithm": "x", "train_seconds": 50.0, "steps": 160, "argv": [], "concept_rate": concept, "base_accuracy": base,
+            "curve": [[80, 0.5], [160, w1]], "steps_to_target": 160 if w1 >= 0.8 else None, "seeds": 16}
+
+
+def test_learning_only_report_validates_and_prints_one_row_per_network():
+    """tools/bench.py --sections learning: a report with only the learning section is complete."""
+    from library.benchmark.suite import target_checks
+
+    learning = {"world": {"path": "w", "fingerprint": "f", "build_seconds": 100.0, "build_threads": 1},
+                "sampler": {"name": "ddim", "steps": 20, "guidance": 5.0, "seeds": 16}, "targets": {},
+                "algorithms": {"LoRA": _learning_result(0.0, 0.9375, 0.75), "LoKr": _learning_result(0.0, 0.25, 1.0),
+                               "pivotal": _learning_result(1.0, 1.0, 0.875, pivotal=True)}}
+    report = {"schema_version": 1, "environment": {}, "targets": {}, "fp8": {"supported": False}, "learning": learning}
+    report["target_checks"] = target_checks(report, "tiny")
+    validate_report(report)
+    assert report["target_checks"]["learning_LoRA"]["met"] is True
+    assert report["target_checks"]["learning_LoKr"]["met"] is False  # 0.25 < 0.8 at weight 1
+    assert report["target_checks"]["learning_pivotal"]["met"] is True  # judged without its embedding at weight 0
+    table = format_table(report)
+    assert "| LoRA | 160 | 50 s | 0.00 | 0.94 | 1.00 (1.00) | 0.88 (0.75) | 160 |" in table
+    assert "| LoKr | 160 | 50 s | 0.00 | 0.25 |" in table and "not reached" in table
+    assert "0.00 (1.00 with the embedding)" in table
+    del learning["algorithms"]["LoRA"]["concept_rate"]["w1"]
+    with pytest.raises(SchemaError, match="learning.algorithms.LoRA.concept_rate.w1"):
+        validate_report(report)
+
+
+def test_learning_only_run_reports_and_keeps_each_network_as_it_finishes(tmp_path, monkeypatch):
+    """run_benchmark with --sections learning (no performance sections): target checks made, and each
+    network's figures written beside its files as soon as it is measured (the section takes ~20 min)."""
+    from library.benchmark import learning as learning_section
+    from library.benchmark.suite import run_benchmark
+
+    def fake_task(task, params, timeout=None, env=None):
+        if task == "toy_world":
+            return {"fingerprint": "f", "total_seconds": 1.0, "threads": 1}
+        return {**_learning_result(0.0, 0.9375, 0.75), "algorithm": params["algorithm"]}
+
+    monkeypatch.setattr(learning_section, "run_task", fake_task)
+    report = run_benchmark({"sections": ["learning"], "sizes": [], "algorithms": ["LoRA", "LoKr"]}, tmp_path)
+    assert report["target_checks"]["learning_LoRA"]["met"] is True and "step_time_ratio" not in report["target_checks"]
+    kept = json.loads((tmp_path / "learning" / "LoKr" / "result.json").read_text(encoding="utf-8"))
+    assert kept["algorithm"] == "LoKr" and kept["concept_rate"]["w1"] == 0.9375
+
+
 def test_hardware_section_table():
     """tools/bench.py --sections hardware prints its own tables (the figures of docs/performance.md)."""
     stat = summarize([1.0, 1.2])

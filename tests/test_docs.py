@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -97,21 +99,25 @@ def test_documented_command_names_real_scripts_options_and_files(doc, command):
 
 
 @pytest.mark.slow
-def test_readme_demo_command_produces_every_artefact(tmp_path):
-    """README's first command, minus the install: the demo end to end, in a fresh output folder."""
+def test_readme_demo_command_produces_every_artefact(tmp_path, toy_world_dir):
+    """README's first command, minus the install: the demo end to end, in a fresh output folder. The
+    session's toy world is copied in first, so the demo's first step shows that a built world is reused."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "pip install -r requirements.txt && bash tools/quickstart.sh" in readme
+    demo = tmp_path / "demo"
+    shutil.copytree(toy_world_dir, demo / "toy_world")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(["bash", str(REPO / "tools" / "quickstart.sh"), str(tmp_path / "demo")], capture_output=True,
+    result = subprocess.run(["bash", str(REPO / "tools" / "quickstart.sh"), str(demo)], capture_output=True,
                             text=True, cwd=REPO, env=env, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    demo = tmp_path / "demo"
-    assert (demo / "lora" / "catwomen_tiny.safetensors").exists()
+    assert "reusing the base model" in result.stdout
+    assert (demo / "lora" / "zkz_demo.safetensors").exists()
     assert list((demo / "lora" / "sample").glob("*.png"))
     assert list((demo / "logs").rglob("events.out.tfevents.*"))
     assert list((demo / "lora").glob("*-state"))
-    assert "catwomen" in (demo / "meta_lat.json").read_text()
+    meta = json.loads((demo / "meta_lat.json").read_text())
+    assert all(entry["tags"].startswith("zkz") and "cyan" not in entry["tags"] for entry in meta.values())
     from PIL import Image
 
     grid = Image.open(demo / "lora_weight_grid.png")
-    assert grid.size[1] > 2 * 64 and grid.size[0] > 6 * 64  # 6 weights across, 2 seeds down, plus labels
+    assert grid.size[1] > 3 * 64 and grid.size[0] > 6 * 64  # 6 weights across, 3 seeds down, plus labels

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end demo on the built-in tiny SDXL model, offline, on a CPU (a few minutes):
-# model -> images -> trigger word -> metadata -> buckets + latents -> LoRA training (accelerate)
-# with samples and TensorBoard logs -> a LoRA-weight comparison grid.
+# End-to-end demo on the toy world, offline, on a CPU (about five minutes): a tiny SDXL-architecture
+# model pretrained here on coloured shapes, and a concept it has never seen (the trigger "zkz", a cyan
+# shape). Model -> images with captions and tags -> trigger word -> metadata -> buckets + latents ->
+# LoRA training (accelerate) with samples and TensorBoard logs -> a LoRA-weight comparison grid in
+# which the concept appears as the weight rises (docs/toy_world.md).
 # Usage: bash tools/quickstart.sh [OUTPUT_DIR]   (default: demo_output/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,15 +11,15 @@ out="${1:-demo_output}"
 mkdir -p "$out"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny model: one thread is fastest
 
-echo "== 1/7 Build the tiny SDXL-architecture model (diffusers folder + single file)"
-python tools/make_tiny_sdxl.py --output_dir "$out/tiny_sdxl" --seed 0
-model="$out/tiny_sdxl/sdxl_tiny.safetensors"
+echo "== 1/7 Build the toy world: pretrain the tiny SDXL-architecture model on coloured shapes (reused when present)"
+python tools/make_toy_world.py --output_dir "$out/toy_world"
+model="$out/toy_world/toy_sdxl.safetensors"
 
-echo "== 2/7 Create the image set (BLIP-style .caption and WD14-style .txt tags per image)"
-python tools/make_demo_images.py --output_dir "$out/images" --count 8
+echo "== 2/7 The concept's images, with WD14-style .txt tags (what the tagging step writes)"
+python tools/make_demo_images.py --output_dir "$out/images" --toy_world "$out/toy_world"
 
-echo "== 3/7 Trigger word first, and remove tags that describe the concept itself (tag pollution)"
-python finetune/edit_tags.py "$out/images" --add catwomen --remove "black bodysuit,mask" --dedupe --frequency 8
+echo "== 3/7 Trigger word first, and remove the tag that describes the concept itself (tag pollution)"
+python finetune/edit_tags.py "$out/images" --add zkz --remove cyan --dedupe --frequency 8
 
 echo "== 4/7 Merge captions and tags into metadata"
 python finetune/merge_all_to_metadata.py "$out/images" "$out/meta_clean.json"
@@ -32,14 +34,15 @@ accelerate launch --quiet --num_processes 1 --num_machines 1 --mixed_precision n
   --pretrained_model_name_or_path "$model" --train_data_dir "$out/images" --in_json "$out/meta_lat.json" \
   --output_dir "$out/lora" --logging_dir "$out/logs"
 
-echo "== 7/7 Compare LoRA weights 0 .. 1 (the tutorial's comparison) in one labelled grid"
-python tools/sdxl_gen_img.py --ckpt "$model" --network_weights "$out/lora/catwomen_tiny.safetensors" \
-  --grid_weights 0,0.2,0.4,0.6,0.8,1.0 --grid_y seed --grid_seeds 1 2 --prompt "catwomen, 1girl, night" \
-  --W 64 --H 64 --steps 8 --scale 5 --grid_file "$out/lora_weight_grid.png"
+echo "== 7/7 Compare LoRA weights 0 .. 1 (the tutorial's comparison) in one labelled grid: the shapes turn cyan"
+python tools/sdxl_gen_img.py --ckpt "$model" --network_weights "$out/lora/zkz_demo.safetensors" \
+  --grid_weights 0,0.2,0.4,0.6,0.8,1.0 --grid_y seed --grid_seeds 1000 1001 1002 \
+  --prompt "zkz, simple background, grey background, no humans" \
+  --W 64 --H 64 --steps 20 --sampler ddim --scale 5 --grid_file "$out/lora_weight_grid.png"
 
 echo
 echo "Artefacts:"
-echo "  tiny model:        $out/tiny_sdxl/  (diffusers/ and sdxl_tiny.safetensors)"
+echo "  toy world:         $out/toy_world/  (toy_sdxl.safetensors, diffusers/, world.json, images)"
 echo "  images + tags:     $out/images/  (with <image>_<W>x<H>_sdxl.npz latent caches)"
 echo "  metadata:          $out/meta_clean.json, $out/meta_lat.json"
 echo "  LoRA files:        $(ls "$out"/lora/*.safetensors | tr '\n' ' ')"

@@ -49,7 +49,11 @@ def _validate_learning(learning: dict) -> None:
         raise SchemaError("learning.algorithms: no network measured")
     for name, result in learning["algorithms"].items():
         for path in LEARNING_FIGURES:
-            if not isinstance(_get(result, path), (int, float)):
+            try:
+                value = _get(result, path)
+            except SchemaError:
+                raise SchemaError(f"learning.algorithms.{name}.{path}: missing") from None
+            if not isinstance(value, (int, float)):
                 raise SchemaError(f"learning.algorithms.{name}.{path}: not a number")
         if "steps_to_target" not in result or not isinstance(result.get("curve"), list):
             raise SchemaError(f"learning.algorithms.{name}: no learning curve")
@@ -108,7 +112,8 @@ def format_learning_table(learning: dict) -> str:
     for name, r in learning["algorithms"].items():
         c, b = r["concept_rate"], r["base_accuracy"]
         reached = r["steps_to_target"] if r["steps_to_target"] is not None else "not reached"
-        lines.append(f"| {name} | {r['steps']} | {r['train_seconds']:.0f} s | {c['w0']:.2f} | {c['w1']:.2f} "
+        w0 = f"{c['w0']:.2f}" if "w0_without_embedding" not in c else f"{c['w0_without_embedding']:.2f} ({c['w0']:.2f} with the embedding)"
+        lines.append(f"| {name} | {r['steps']} | {r['train_seconds']:.0f} s | {w0} | {c['w1']:.2f} "
                      f"| {b['w0']['mean']:.2f} ({b['w0']['min']:.2f}) | {b['w1']['mean']:.2f} ({b['w1']['min']:.2f}) | {reached} |")
     return "\n".join(lines)
 

@@ -15,13 +15,15 @@ CONFIG = REPO / "train_config" / "toy_world" / "config_file.toml"
 CONCEPT_TARGET = 0.8  # share of concept-coloured images at weight 1
 OUTPUT_NAME = "zkz_toy"
 
-# argv added to the shipped recipe, per algorithm
+# argv added to the shipped recipe, per algorithm. The learning rates were tuned on this world (docs/toy_world.md):
+# a Hadamard or Kronecker product of small factors, or DyLoRA's random rank, moves more slowly per step.
 ALGORITHMS: dict[str, list[str]] = {
     "LoRA": [],
-    "LoCon": ["--network_args", "conv_dim=4", "conv_alpha=4"],
-    "LoHa": ["--network_module", "lycoris.kohya", "--network_args", "algo=loha", "preset=attn-mlp"],
-    "LoKr": ["--network_module", "lycoris.kohya", "--network_args", "algo=lokr", "preset=attn-mlp", "factor=4"],
-    "DyLoRA": ["--network_module", "networks.dylora", "--network_args", "unit=2"],
+    "LoCon": ["--network_args", "conv_dim=4", "conv_alpha=1", "--learning_rate", "4e-3"],
+    "LoHa": ["--network_module", "lycoris.kohya", "--network_args", "algo=loha", "preset=attn-mlp", "--learning_rate", "8e-3"],
+    "LoKr": ["--network_module", "lycoris.kohya", "--network_args", "algo=lokr", "preset=attn-mlp", "factor=4",
+             "--learning_rate", "2e-2"],
+    "DyLoRA": ["--network_module", "networks.dylora", "--network_args", "unit=2", "--learning_rate", "6e-3"],
     "pivotal": ["--train_text_encoder_ti", "--token_abstraction", "zkz", "--num_new_tokens_per_abstraction", "2",
                 "--text_encoder_lr", "1e-2"],
 }
@@ -68,7 +70,9 @@ def _embedding(path: Path) -> Path | None:
 
 def measure(world_dir, output_dir, total_steps: int, seeds=None, sampler=None) -> dict:
     """Concept rate and base accuracy at weights 0 and 1 of the final network; the concept rate at
-    weight 1 of every intermediate one (the learning curve) and the first step reaching the target."""
+    weight 1 of every intermediate one (the learning curve) and the first step reaching the target.
+    A pivotal run's embedding stays loaded at weight 0 (it is not a LoRA weight); its concept rate
+    with the trigger as a plain word is `w0_without_embedding`."""
     from tools.toy_world.evaluation import SEEDS, Evaluator, SamplerSettings
 
     seeds = tuple(seeds or SEEDS)
@@ -85,8 +89,11 @@ def measure(world_dir, output_dir, total_steps: int, seeds=None, sampler=None) -
     curve.append([total_steps, w1])
     base = {weight: evaluator.base_accuracy(weight, seeds) for weight in (0.0, 1.0)}
     reached = next((step for step, rate in curve if rate >= CONCEPT_TARGET), None)
+    concept = {"w0": evaluator.concept_rate(0.0, seeds), "w1": w1}
+    if _embedding(final):  # at LoRA weight 0 the learned tokens still speak; the trigger as a plain word:
+        concept["w0_without_embedding"] = Evaluator(world_dir, settings=sampler).concept_rate(0.0, seeds)
     return {
-        "concept_rate": {"w0": evaluator.concept_rate(0.0, seeds), "w1": w1},
+        "concept_rate": concept,
         "base_accuracy": {f"w{weight:g}": {"mean": sum(rates.values()) / len(rates), "min": min(rates.values()),
                                           "per_prompt": rates} for weight, rates in base.items()},
         "curve": curve, "steps_to_target": reached, "seeds": len(seeds),
