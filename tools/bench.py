@@ -6,6 +6,8 @@
     python tools/bench.py --sections realsize     # the real SDXL architecture, random weights (~1 hour here)
     python tools/bench.py --sections efficiency   # FLOP/s of the step vs the GEMM rate, 1 and 2 threads
     python tools/bench.py --sections learning     # does each network type learn the toy world's concept?
+    python tools/bench.py --sections peer --peer_script train_dreambooth_lora_sdxl_advanced.py --peer_python venv/bin/python
+                                                  # diffusers' own SDXL LoRA script side by side (docs/performance.md)
 
 Every variant runs in its own process; compared variants alternate (ours, reference, ours, ...)
 and the report gives medians, per-pair ratios and spreads. On a shared machine run-to-run spread
@@ -51,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="one calibration case, 1 memory repeat (for tests)")
     parser.add_argument("--in_process", action="store_true",
                         help="run every task in this process (fast check of the report; memory/start-up figures not meaningful)")
-    parser.add_argument("--sections", nargs="+", default=None, choices=["training", "startup", "calibration", "preparation", "hardware", "efficiency", "realsize", "learning"],
-                        help="measure only these sections (default: all but hardware, efficiency, realsize and learning, which run only when named)")
+    parser.add_argument("--sections", nargs="+", default=None, choices=["training", "startup", "calibration", "preparation", "hardware", "efficiency", "realsize", "learning", "peer"],
+                        help="measure only these sections (default: all but hardware, efficiency, realsize, learning and peer, which run only when named)")
+    parser.add_argument("--peer_script", default=None,
+                        help="peer section: diffusers' examples/advanced_diffusion_training/train_dreambooth_lora_sdxl_advanced.py")
+    parser.add_argument("--peer_python", default=None,
+                        help="peer section: the interpreter that runs the script (needs torchvision; default: this one)")
     parser.add_argument("--algorithms", nargs="+", default=None, help="learning section: which networks (default: "
                         "LoRA LoCon LoHa LoKr DyLoRA pivotal)")
     parser.add_argument("--toy_world", default=None,
@@ -79,6 +85,9 @@ def main(argv=None) -> int:
         unknown = [name for name in args.algorithms if name not in ALGORITHMS]
         if unknown:
             raise UserError(f"--algorithms {' '.join(unknown)}: unknown; choose from {' '.join(ALGORITHMS)}")
+    if args.sections and "peer" in args.sections and not args.peer_script:
+        raise UserError("--sections peer needs --peer_script PATH (diffusers' train_dreambooth_lora_sdxl_advanced.py; "
+                        "docs/performance.md says where to get it)")
     runner.THREADS = args.threads or None
     runner.ISOLATED = not args.in_process
     opts = {"sizes": args.sizes, "sdxl": args.sdxl, "resolution": args.resolution, "batch_size": args.batch_size, "rank": args.rank,
@@ -87,10 +96,11 @@ def main(argv=None) -> int:
             "caching_images": args.caching_images, "caching_size": args.caching_size,
             "calibration_sizes": args.calibration_sizes, "calibration_cases": DEFAULT_CASES[:1] if args.quick else DEFAULT_CASES,
             "target_size": "small" if "small" in args.sizes else args.sizes[0], "isolated": not args.in_process,
-            "sections": args.sections, "realsize_resolutions": args.realsize_resolutions, "algorithms": args.algorithms, "toy_world": args.toy_world, "previous": json.loads(Path(args.update).read_text(encoding="utf-8")) if args.update else None}
+            "sections": args.sections, "realsize_resolutions": args.realsize_resolutions, "algorithms": args.algorithms, "toy_world": args.toy_world,
+            "peer_script": args.peer_script, "peer_python": args.peer_python, "previous": json.loads(Path(args.update).read_text(encoding="utf-8")) if args.update else None}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir()) / "sdxl_lora_bench"
     report = run_benchmark(opts, workdir, log=lambda message: print(message, file=sys.stderr, flush=True))
-    if (report.get("training") and report.get("startup")) or report.get("learning"):  # a hardware-only report has just that section
+    if (report.get("training") and report.get("startup")) or report.get("learning") or report.get("peer"):  # not hardware-only
         validate_report(report)
     text = json.dumps(report, indent=2)
     if args.output:

@@ -88,3 +88,24 @@ def write_model(size: str, folder: str | Path, seed: int = 0) -> Path:
 def parameter_counts(components) -> dict[str, int]:
     names = ("unet", "text_encoder1", "text_encoder2", "vae")
     return {name: sum(p.numel() for p in module.parameters()) for name, module in zip(names, components)}
+
+
+def write_diffusers_model(size: str, folder: str | Path, seed: int = 0) -> Path:
+    """The same generated model as a diffusers folder with its tokenizers (what diffusers' own training
+    scripts read), reused when it exists; written to a temporary folder and renamed into place."""
+    import shutil
+
+    from library.models.sdxl_diffusers import save_diffusers_folder
+    from library.models.tokenizers import packaged_clip_tokenizers
+
+    folder = Path(folder)
+    path = folder / f"sdxl_{size}_seed{seed}_diffusers"
+    if (path / "model_index.json").exists():
+        return path
+    staging = folder / f"{path.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_diffusers_folder(staging, *build_components(size, seed), packaged_clip_tokenizers())
+    shutil.rmtree(path, ignore_errors=True)
+    staging.rename(path)
+    return path

@@ -66,8 +66,13 @@ def validate_report(report: dict) -> None:
         _get(report, key)
     if "learning" in report:
         _validate_learning(report["learning"])
-        if not any(report.get(key) for key in ("training", "startup", "memory_estimate", "preparation")):
-            return  # a learning-only report (tools/bench.py --sections learning)
+    if "peer" in report:
+        from library.benchmark.peer_report import validate_peer
+
+        validate_peer(report["peer"])
+    if ("learning" in report or "peer" in report) and not any(
+            report.get(key) for key in ("training", "startup", "memory_estimate", "preparation")):
+        return  # an opt-in-only report (tools/bench.py --sections learning / peer)
     for key in ("training", "startup", "memory_estimate", "preparation"):
         _get(report, key)
     if not report["training"]:
@@ -122,6 +127,10 @@ def format_table(report: dict) -> str:
         lines += _other_lines(report)
     if report.get("learning"):
         lines += ["", format_learning_table(report["learning"])]
+    if report.get("peer"):
+        from library.benchmark.peer_report import peer_lines
+
+        lines += peer_lines(report["peer"])
     lines += _calibration_and_hardware_lines(report)
     return "\n".join(lines).strip("\n")
 

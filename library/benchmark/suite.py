@@ -16,8 +16,8 @@ from library.benchmark.models import write_model
 from library.benchmark.runner import run_task
 
 SCHEMA_VERSION = 1
-SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware", "efficiency", "realsize"
-# and "learning" (six networks trained on the toy world, ~15 min) only when asked for
+SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware", "efficiency", "realsize",
+# "learning" (six networks trained on the toy world, ~15 min) and "peer" (diffusers' own script) only when asked for
 TARGETS = {
     "step_time_ratio_max": 1.10,
     "peak_memory_ratio_max": 1.15,
@@ -25,6 +25,8 @@ TARGETS = {
     "caching_ratio_min": 0.8,
     "indexing_seconds_max": 20.0,
     "checkpointing_reduction_min": 0.30,
+    "peer_whole_run_ratio_max": 0.8,  # issue 17: tiny, 40 steps, process start to saved LoRA, vs diffusers' script
+    "peer_small_step_ratio_max": 0.85,
 }
 
 
@@ -236,8 +238,12 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
         from library.benchmark.learning import bench_learning
 
         report["learning"] = bench_learning(workdir, opts, log)
+    if "peer" in sections:  # opt-in (--sections peer --peer_script PATH): diffusers' SDXL LoRA script, side by side
+        from library.benchmark.peer import bench_peer
+
+        report["peer"] = bench_peer(workdir, opts, log)
     report["fp8"] = fp8_support()
-    if (report.get("training") and report.get("startup") and report.get("preparation")) or report.get("learning"):
+    if (report.get("training") and report.get("startup") and report.get("preparation")) or report.get("learning") or report.get("peer"):
         report["target_checks"] = target_checks(report, opts.get("target_size", "small"))  # not after a hardware-only run
     report["elapsed_seconds"] = time.time() - started
     return report
@@ -255,7 +261,11 @@ def target_checks(report: dict, size: str) -> dict:
         from library.benchmark.learning import learning_checks
 
         checks.update(learning_checks(report["learning"]))
-    if not (report.get("training") and report.get("preparation")):  # a learning-only report
+    if "peer" in report:
+        from library.benchmark.peer_report import peer_checks
+
+        checks.update(peer_checks(report["peer"]))
+    if not (report.get("training") and report.get("preparation")):  # an opt-in-only report (learning, peer)
         return {"size": size, **checks}
     training_result = report["training"].get(size) or next(iter(report["training"].values()), None)
     prep = report["preparation"]
