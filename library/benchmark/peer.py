@@ -27,7 +27,7 @@ from library.benchmark.measure import summarize
 from library.benchmark.runner import ROOT, TaskFailed
 
 # model size -> (resolution, short steps, long steps)
-PLAN = {"tiny": (128, 10, 40), "small": (256, 5, 20)}
+PLAN = {"tiny": (128, 10, 40), "small": (256, 5, 40)}
 IMAGES = 8
 CAPTION = "bench concept, 1girl, night sky"
 RANK = 4

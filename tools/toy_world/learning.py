@@ -23,7 +23,7 @@ ALGORITHMS: dict[str, list[str]] = {
     "LoHa": ["--network_module", "lycoris.kohya", "--network_args", "algo=loha", "preset=attn-mlp", "--learning_rate", "8e-3"],
     "LoKr": ["--network_module", "lycoris.kohya", "--network_args", "algo=lokr", "preset=attn-mlp", "factor=4",
              "--learning_rate", "2e-2"],
-    "DyLoRA": ["--network_module", "networks.dylora", "--network_args", "unit=2", "--learning_rate", "6e-3"],
+    "DyLoRA": ["--network_module", "networks.dylora", "--network_args", "unit=2", "--learning_rate", "4e-3"],
     "pivotal": ["--train_text_encoder_ti", "--token_abstraction", "zkz", "--num_new_tokens_per_abstraction", "2",
                 "--text_encoder_lr", "1e-2"],
 }
