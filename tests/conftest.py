@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The tiny model's ops are microseconds long: a second intra-op thread costs more in
 # synchronisation than it saves (measured 0.05 s vs up to 1.5 s per UNet forward on a busy
@@ -47,11 +53,44 @@ def tiny_sdxl(_tiny_sdxl_loaded):
     return copy.deepcopy(_tiny_sdxl_loaded)
 
 
-@pytest.fixture(scope="session")
-def toy_world_dir(tmp_path_factory):
-    """The toy world exactly as `python tools/make_toy_world.py` builds it (about two minutes, once)."""
-    from tools.toy_world.build import build_world
+TOY_WORLD_FIXTURE = "toy_world_dir"
 
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that need the toy world run last: its build (about two minutes of one core) then runs in
+    a background process while the rest of the suite, single-threaded, uses the other core."""
+    needing = [item for item in items if TOY_WORLD_FIXTURE in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in needing] + needing
+    config.stash[_TOY_WORLD_WANTED] = bool(needing)
+
+
+_TOY_WORLD_WANTED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _toy_world_build(request, tmp_path_factory):
+    """Starts `python tools/make_toy_world.py` at the beginning of the session when a selected test needs it."""
+    if not request.config.stash.get(_TOY_WORLD_WANTED, False):
+        yield None
+        return
     folder = tmp_path_factory.mktemp("toy_world")
-    build_world(folder, log=lambda message: None, progress=False)
-    return folder
+    log = open(folder.parent / "toy_world_build.log", "w", encoding="utf-8")
+    command = [sys.executable, str(REPO / "tools" / "make_toy_world.py"), "--output_dir", str(folder)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    yield {"folder": folder, "process": process, "log": folder.parent / "toy_world_build.log"}
+    if process.poll() is None:  # the session ended (or was interrupted) before a toy-world test ran
+        process.kill()
+        process.wait()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def toy_world_dir(_toy_world_build):
+    """The toy world exactly as `python tools/make_toy_world.py` builds it (about two minutes, once)."""
+    process = _toy_world_build["process"]
+    if process.wait(timeout=3600) != 0:
+        tail = "\n".join(_toy_world_build["log"].read_text(encoding="utf-8").splitlines()[-20:])
+        pytest.fail(f"tools/make_toy_world.py failed (exit {process.returncode}):\n{tail}")
+    return _toy_world_build["folder"]
