@@ -214,7 +214,8 @@ def main(argv=None) -> int:
         raise UserError("--steps and --images_per_prompt must be at least 1")
     prompts = _prompts(args)
     seed = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
-    if args.seed is None:
+    seeds_given_per_row = args.grid_weights is not None and args.grid_y == "seed"
+    if args.seed is None and not seeds_given_per_row:  # so a random result can be drawn again
         print(f"seed: {seed}")
     if args.grid_weights is not None:
         run_grid(args, prompts, seed)
