@@ -58,14 +58,28 @@ TOY_WORLD_FIXTURE = "toy_world_dir"
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(session, config, items):
-    """Tests that need the toy world run last: its build (about two minutes of one core) then runs in
-    a background process while the rest of the suite, single-threaded, uses the other core."""
-    needing = [item for item in items if TOY_WORLD_FIXTURE in getattr(item, "fixturenames", ())]
-    items[:] = [item for item in items if item not in needing] + needing
-    config.stash[_TOY_WORLD_WANTED] = bool(needing)
+    """Tests that need the toy world or the pretend-CUDA runs go last: the toy world's build (about two
+    minutes of one core) and the pretend-CUDA worker (about five) run in background processes while
+    the rest of the suite, single-threaded, uses the other core."""
+    toy_world = [item for item in items if TOY_WORLD_FIXTURE in getattr(item, "fixturenames", ())]
+    cuda_sim = [item for item in items if CUDA_SIM_FIXTURE in getattr(item, "fixturenames", ()) and item not in toy_world]
+    items[:] = [item for item in items if item not in toy_world and item not in cuda_sim] + cuda_sim + toy_world
+    config.stash[_TOY_WORLD_WANTED] = bool(toy_world)
+    config.stash[_CUDA_SIM_WANTED] = sorted({name for item in cuda_sim for name in _scenarios_of(item)})
+
+
+def _scenarios_of(item) -> list[str]:
+    """The pretend-CUDA scenarios a test reads (its `scenario` parameter, or its cuda_sim_scenarios marker)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "scenario" in callspec.params:
+        return [callspec.params["scenario"]]
+    marker = item.get_closest_marker("cuda_sim_scenarios")
+    return list(marker.args) if marker else []
 
 
 _TOY_WORLD_WANTED = pytest.StashKey[bool]()
+_CUDA_SIM_WANTED = pytest.StashKey[list]()
+CUDA_SIM_FIXTURE = "cuda_sim_results"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -94,3 +108,50 @@ def toy_world_dir(_toy_world_build):
         tail = "\n".join(_toy_world_build["log"].read_text(encoding="utf-8").splitlines()[-20:])
         pytest.fail(f"tools/make_toy_world.py failed (exit {process.returncode}):\n{tail}")
     return _toy_world_build["folder"]
+
+
+class CudaSimResults:
+    """The pretend-CUDA worker's results (tests/cuda_sim/worker.py), read as each scenario finishes."""
+
+    def __init__(self, folder: Path, process, log: Path):
+        self.folder, self.process, self.log = folder, process, log
+
+    def result(self, name: str, timeout: float = 1800) -> dict:
+        import json
+        import time
+
+        path = self.folder / f"{name}.json"
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.process.poll() is not None and not path.exists():
+                tail = "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
+                pytest.fail(f"the pretend-CUDA worker ended (exit {self.process.returncode}) without {name}:\n{tail}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"pretend-CUDA scenario {name} did not finish within {timeout:.0f} s")
+            time.sleep(0.5)
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cuda_sim_worker(request, tmp_path_factory):
+    """Starts the pretend-CUDA worker at the beginning of the session for the scenarios selected tests read."""
+    scenarios = request.config.stash.get(_CUDA_SIM_WANTED, [])
+    if not scenarios:
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("cuda_sim")
+    log_path = folder.parent / "cuda_sim_worker.log"
+    log = open(log_path, "w", encoding="utf-8")
+    command = [sys.executable, str(REPO / "tests" / "cuda_sim" / "worker.py"), "--output_dir", str(folder), *scenarios]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    yield CudaSimResults(folder, process, log_path)
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def cuda_sim_results(_cuda_sim_worker):
+    return _cuda_sim_worker

@@ -120,7 +120,9 @@ def dora_weight(base: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tenso
 
 
 def apply_group(base: torch.Tensor, group: dict, strength: float = 1.0) -> torch.Tensor:
-    """The base weight with the key group applied at `strength`, in the base's dtype."""
+    """The base weight with the key group applied at `strength`, in the base's dtype, computed on the
+    base's device (a model on the GPU merges a LoRA loaded on the CPU)."""
+    group = {key: value.to(base.device) for key, value in group.items()}
     delta = delta_weight(group, base.shape)
     if is_dora(group):
         target = dora_weight(base, delta, group["dora_scale"])
@@ -135,4 +137,4 @@ def apply_bias(base_bias: torch.Tensor | None, group: dict, strength: float = 1.
     diff_b = group.get("diff_b")
     if diff_b is None or base_bias is None:
         return base_bias
-    return (base_bias.to(torch.float32) + strength * diff_b.to(torch.float32)).to(base_bias.dtype)
+    return (base_bias.to(torch.float32) + strength * diff_b.to(base_bias.device, torch.float32)).to(base_bias.dtype)

@@ -1,6 +1,7 @@
 """Diffusion noise for training: the SDXL DDPM schedule, timestep sampling and noise variants.
 
-All randomness flows through one torch.Generator so a run with a seed is reproducible on CPU.
+All randomness flows through one CPU torch.Generator, so a run with a seed draws the same numbers on
+any device; the draws then move to the latents' device, where the arithmetic happens.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generat
     for level in range(iterations):
         ratio = torch.rand((), generator=generator).item() * 2 + 2
         h, w = max(1, int(height / ratio**level)), max(1, int(width / ratio**level))
-        coarse = torch.randn(batch, channels, h, w, generator=generator, dtype=noise.dtype)
+        coarse = torch.randn(batch, channels, h, w, generator=generator, dtype=noise.dtype).to(noise.device)
         noise = noise + F.interpolate(coarse, size=(height, width), mode="bilinear") * discount**level
         if h == 1 or w == 1:
             break
@@ -55,29 +56,38 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generat
 
 def training_noise(latents: torch.Tensor, args, generator) -> torch.Tensor:
     """Gaussian noise with the configured variants, in kohya's order: noise offset (with random
-    strength / adaptive scale) first, then multi-resolution noise on top of it (both may be on)."""
-    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+    strength / adaptive scale) first, then multi-resolution noise on top of it (both may be on).
+    Drawn on the CPU from `generator`, returned on the latents' device."""
+    device = latents.device
+
+    def normal(shape) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, dtype=latents.dtype).to(device)
+
+    noise = normal(latents.shape)
     batch, channels = latents.shape[:2]
     if args.noise_offset:
         offset = torch.full((batch, 1, 1, 1), float(args.noise_offset), dtype=latents.dtype)
         if args.noise_offset_random_strength:
             offset = offset * torch.rand((batch, 1, 1, 1), generator=generator, dtype=latents.dtype)
+        offset = offset.to(device)
         if args.adaptive_noise_scale:
             mean = latents.mean(dim=(2, 3), keepdim=True)
             offset = torch.clamp(offset + args.adaptive_noise_scale * mean.abs(), min=0.0)
-        noise = noise + offset * torch.randn((batch, channels, 1, 1), generator=generator, dtype=latents.dtype)
+        noise = noise + offset * normal((batch, channels, 1, 1))
     if args.multires_noise_iterations:
         noise = pyramid_noise(noise, args.multires_noise_iterations, args.multires_noise_discount, generator)
     return noise
 
 
 def noisy_latents(noise_scheduler, latents, noise, timesteps, args, generator) -> torch.Tensor:
-    """Forward-diffuse; input perturbation (ip_noise_gamma) perturbs the input noise, not the target."""
+    """Forward-diffuse; input perturbation (ip_noise_gamma) perturbs the input noise, not the target.
+    The perturbation is drawn on the CPU from `generator` like the noise, then moved to the device."""
     if args.ip_noise_gamma:
         gamma = torch.full((latents.shape[0], 1, 1, 1), float(args.ip_noise_gamma), dtype=latents.dtype)
         if args.ip_noise_gamma_random_strength:
             gamma = gamma * torch.rand(gamma.shape, generator=generator, dtype=latents.dtype)
-        noise = noise + gamma * torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        perturbation = gamma * torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
+        noise = noise + perturbation.to(noise.device)
     return noise_scheduler.add_noise(latents, noise.to(latents.device), timesteps.to(latents.device))
 
 

@@ -342,7 +342,7 @@ class Trainer:
         for row, seed in enumerate(seeds):
             generator = torch.Generator().manual_seed(seed)
             sample = latents[row : row + 1]
-            noise = noise_lib.training_noise(sample.cpu(), self.args, generator).to(self.device)
+            noise = noise_lib.training_noise(sample, self.args, generator)  # drawn on the CPU, returned on the device
             timestep = noise_lib.sample_timesteps(1, self.args.min_timestep, self.args.max_timestep, generator)
             noisy.append(noise_lib.noisy_latents(self.noise_scheduler, sample, noise, timestep, self.args, generator))
             noises.append(noise)

@@ -63,3 +63,9 @@ def _patch_conversions(torch, cuda_tensor) -> None:
         return compatible(input, from_)
 
     torch._has_compatible_shallow_copy_type = has_compatible_shallow_copy_type
+    from tools.pretend_cuda.tensor import device_aware_constructor, install_data_property
+
+    install_data_property()
+
+    for name in ("tensor", "as_tensor", "asarray"):
+        setattr(torch, name, device_aware_constructor(getattr(torch, name)))

@@ -70,6 +70,9 @@ class CudaTensor(torch.Tensor):
             return self.elem.detach().numpy()
         raise TypeError(f"can't convert {self.device} device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first.")
 
+    def new_tensor(self, data, dtype=None, device=None, requires_grad=False, layout=None, pin_memory=False):
+        return torch.tensor(data, dtype=dtype or self.dtype, device=device or self.device, requires_grad=requires_grad)
+
     def tolist(self):
         return self.elem.tolist()
 
@@ -87,19 +90,6 @@ class CudaTensor(torch.Tensor):
             clone.grad = copy.deepcopy(self.grad, memo)
         memo[id(self)] = clone
         return clone
-
-    # `param.data = other` copies the C++ metadata only; the Python-held data must follow it.
-    @property
-    def data(self):
-        return torch._C.TensorBase.data.__get__(self)
-
-    @data.setter
-    def data(self, new):
-        if not isinstance(new, CudaTensor):
-            raise RuntimeError(f"pretend CUDA: cannot point a {self.device} tensor's .data at a {new.device} tensor in place; "
-                               "assign the result of .to() to the module attribute instead")
-        torch._C.TensorBase.data.__set__(self, new)
-        self.elem = new.elem
 
     # Module.to(): converting into a CudaTensor swaps the parameter in place (keeps its identity,
     # as set_data does on a real GPU); these two make torch treat the class as swappable.
@@ -176,6 +166,19 @@ class _DeviceMemory:
 
 
 MEMORY = _DeviceMemory()
+
+
+class _Stats:
+    """How many ops ran on a pretend device (a test's proof that the work happened "on the GPU")."""
+
+    def __init__(self):
+        self.cuda_ops = 0
+
+    def reset(self) -> None:
+        self.cuda_ops = 0
+
+
+STATS = _Stats()
 
 
 def _device_of(value) -> torch.device | None:
@@ -296,6 +299,8 @@ def run_op(func, args, kwargs):
     own_generator = _check_generators(func, flat, target)
     if target is not None and target.type == "cuda" and target.index is not None and target.index >= len(default_generators()):
         raise RuntimeError(f"CUDA error: invalid device ordinal {target} (pretend CUDA has {len(default_generators())} device(s))")
+    if target is not None and target.type == "cuda":
+        STATS.cuda_ops += 1
     cpu_args = tree_map(_unwrap, args)
     cpu_kwargs = tree_map(_unwrap, kwargs)
     if cpu_kwargs.get("device") is not None and torch.device(cpu_kwargs["device"]).type == "cuda":
@@ -325,11 +330,26 @@ class PretendCudaMode(TorchDispatchMode):
         return run_op(func, args, kwargs or {})
 
 
+_INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
+
+
+def _index_lists_as_tensors(index):
+    """`t[[0, 2]]`: torch turns the list into an index tensor on t's device with the dispatch mode off
+    (so it would reach the absent CUDA kernels); a CPU index tensor is what CUDA accepts too."""
+    if isinstance(index, list):
+        return torch.tensor(index) if all(isinstance(i, (int, bool)) for i in index) else index
+    if isinstance(index, tuple):
+        return tuple(_index_lists_as_tensors(part) for part in index)
+    return index
+
+
 class PretendCudaFunctionMode(TorchFunctionMode):
     """Records the device of a generator passed to a torch call (`generator=`), for the dispatch-level check."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _INDEXING and len(args) > 1 and isinstance(args[0], CudaTensor):
+            args = (args[0], _index_lists_as_tensors(args[1]), *args[2:])
         generator = kwargs.get("generator")
         if generator is None:
             return func(*args, **kwargs)
@@ -339,3 +359,53 @@ class PretendCudaFunctionMode(TorchFunctionMode):
             return func(*args, **kwargs)
         finally:
             _GENERATOR_CALL.device_type = previous
+
+
+def device_aware_constructor(original):
+    """torch.tensor / as_tensor / asarray build their tensor with the dispatch mode switched off, so a
+    cuda device would reach the (absent) CUDA kernels: build on the CPU, then move it like `.to()`."""
+
+    def build(*args, device=None, **kwargs):
+        if device is not None and torch.device(device).type == "cuda":
+            requires_grad = kwargs.pop("requires_grad", False)
+            built = original(*args, device="cpu", **kwargs).to(device)
+            return built.requires_grad_(requires_grad) if requires_grad else built
+        return original(*args, device=device, **kwargs)
+
+    build.__wrapped__ = original
+    build.__name__ = getattr(original, "__name__", "build")
+    build.__doc__ = getattr(original, "__doc__", None)
+    return build
+
+
+_NATIVE_DATA = torch._C.TensorBase.data
+
+
+def _get_data(tensor):
+    return _NATIVE_DATA.__get__(tensor)
+
+
+def _set_data(tensor, new):
+    """`tensor.data = new` (e.g. `param.data = param.data.to("cuda")`, a parameter moved in place).
+    Natively it copies the C++ metadata only, which would leave a cuda tensor without its CPU data:
+    between CPU and pretend cuda the tensor is swapped in place instead (same Python object, as
+    set_data keeps it), and within pretend cuda the held data follows the metadata."""
+    if isinstance(tensor, CudaTensor) == isinstance(new, CudaTensor):
+        _NATIVE_DATA.__set__(tensor, new)
+        if isinstance(tensor, CudaTensor):
+            tensor.elem = new.elem
+        return
+    grad = tensor.grad
+    if grad is not None:
+        tensor.grad = None
+    if isinstance(tensor, torch.nn.Parameter):
+        replacement = torch.nn.Parameter(new.detach(), requires_grad=tensor.requires_grad)
+    else:
+        replacement = new.detach().requires_grad_(tensor.requires_grad)
+    torch.utils.swap_tensors(tensor, replacement)
+    if grad is not None and grad.device == tensor.device and grad.dtype == tensor.dtype:
+        tensor.grad = grad
+
+
+def install_data_property() -> None:
+    torch.Tensor.data = property(_get_data, _set_data, doc=_NATIVE_DATA.__doc__)
