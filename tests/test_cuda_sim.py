@@ -1,6 +1,6 @@
 """Training and generation as a GPU user runs them, on pretend CUDA (tools/pretend_cuda).
 
-Every scenario of tests/cuda_sim/scenarios.py is a real `sdxl_train_network.main` run (2 steps, a
+Every scenario of tools/pretend_cuda/scenarios.py is a real `sdxl_train_network.main` run (2 steps, a
 sample, validation, a save) with the trainer on cuda:0, run by the background worker
 (tests/cuda_sim/worker.py, started at session start by conftest.py). A tensor left on the CPU, a
 CPU generator used for cuda tensors, or a device-specific RNG not saved for resume fails here
@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from tests.cuda_sim.scenarios import SCENARIOS
+from tools.pretend_cuda.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.cuda_sim
 

@@ -69,7 +69,8 @@ def test_fp8_base_trains_with_a_quarter_of_the_unet_bytes_and_a_loss_close_to_bf
     assert weight_bytes(reference.model.unet) == pytest.approx(fp32_bytes / 2, rel=0.01)
     assert weight_bytes(fp8.model.unet) == pytest.approx(fp32_bytes / 4, rel=0.03)
     placed = {e.component: e.dtypes for e in fp8.placement.where("place")}
-    assert placed["unet"] == placed["text_encoder1"] == ("bfloat16", "float8_e4m3fn") and placed["vae"] == ("bfloat16",)
+    # fp8 weights, their float32 per-channel scales, everything else in bf16
+    assert placed["unet"] == placed["text_encoder1"] == ("bfloat16", "float32", "float8_e4m3fn") and placed["vae"] == ("bfloat16",)
     losses = [v for _, v in logged(tmp_path / "l_fp8", "loss/current")]
     expected = [v for _, v in logged(tmp_path / "l_bf16", "loss/current")]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
@@ -132,6 +133,25 @@ def test_base_weights_merge_into_fp32_weights_before_fp8_storage(tiny_single_fil
     layer = trainer.model.unet.get_submodule(name)
     reference = expected.unet.get_submodule(name).weight
     assert not torch.equal(reference, load_sdxl(tiny_single_file).unet.get_submodule(name).weight)  # the merge changed it
-    stored, scale = quantize(reference, "cpu", torch.bfloat16)
+    stored, scale = quantize(reference, "cpu")
     assert torch.equal(layer.weight.view(torch.uint8), stored.view(torch.uint8)) and torch.equal(layer.weight_scale, scale)
     torch.testing.assert_close(dequantize(layer.weight, layer.weight_scale, torch.float32), reference, rtol=0.07, atol=1e-3)
+
+
+def test_fp8_scale_stays_float32_under_fp16():
+    """amax / 448 of a small layer is subnormal in fp16 (below amax ~0.027): the scale must stay fp32."""
+    from library.training.fp8_weights import dequantize, store_in_fp8
+
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Linear(64, 32))
+    with torch.no_grad():
+        layer[0].weight.mul_(0.0005 / layer[0].weight.abs().max())  # amax 5e-4: scale 1.1e-6, fp16 subnormal
+    layer.requires_grad_(False)
+    reference = layer[0].weight.detach().clone()
+    store_in_fp8(layer, "cpu", torch.float16)
+    assert layer[0].weight_scale.dtype == torch.float32
+    rebuilt = dequantize(layer[0].weight, layer[0].weight_scale, torch.float32)
+    relative = ((rebuilt - reference).abs().max() / reference.abs().max()).item()
+    assert relative < 0.07  # fp8's own rounding (3 mantissa bits); an fp16 scale here was off by up to ~2x
+    fp16_scale = layer[0].weight_scale.half().float()
+    assert ((fp16_scale - layer[0].weight_scale).abs() / layer[0].weight_scale).max() > 0.001  # what fp16 would have lost

@@ -95,8 +95,8 @@ def test_tool_text_encoder_caches_are_the_trainers(tmp_path, tiny_single_file, m
     import library.training.text_conditioning as text_conditioning
 
     calls = []
-    real = text_conditioning.encode_caption
-    monkeypatch.setattr(text_conditioning, "encode_caption", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    real = text_conditioning.encode_texts
+    monkeypatch.setattr(text_conditioning, "encode_texts", lambda *a, **k: calls.extend(a[2]) or real(*a, **k))
     assert train_main(["--config_file", str(path)]) == 0
     assert calls == []  # every caption the trainer needed was in the tool's files
 

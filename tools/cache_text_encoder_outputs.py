@@ -16,8 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from library.data.caching_config import read_caching_config  # noqa: E402
 from library.data.script_support import print_summary, progress  # noqa: E402
 from library.data.text_encoder_cache import (  # noqa: E402
-    encode_caption,
+    DEFAULT_BATCH,
+    encode_texts,
     save_te_cache,
+    storage_array,
     te_cache_is_fresh,
     te_cache_path,
     text_encoder_fingerprint,
@@ -52,17 +54,15 @@ def main(argv=None) -> int:
     encoders = [placement.place(name, encoder.eval(), "cache text-encoder outputs")
                 for name, encoder in zip(("text_encoder1", "text_encoder2"), model.text_encoders)]
     fingerprint = text_encoder_fingerprint(encoders, config.max_token_length, config.weighted_captions)
-    encoded = fresh = 0
-    for key, image in progress(images.items(), total=len(images), desc="caching text encoder outputs"):
-        path = te_cache_path(image)
-        if not args.overwrite and te_cache_is_fresh(path, captions[key], fingerprint):
-            fresh += 1
-            continue
-        with placement.autocast():
-            hidden1, hidden2, pool2 = encode_caption(model.tokenizers, encoders, captions[key], config.max_token_length,
-                                                     config.weighted_captions)
-        save_te_cache(path, hidden1, hidden2, pool2, captions[key], fingerprint)
-        encoded += 1
+    stale = {key: image for key, image in images.items()
+             if args.overwrite or not te_cache_is_fresh(te_cache_path(image), captions[key], fingerprint)}
+    with placement.autocast():
+        outputs = encode_texts(model.tokenizers, encoders, [captions[key] for key in stale], config.max_token_length,
+                               config.weighted_captions, config.text_encoder_batch_size or DEFAULT_BATCH)
+    for key, image in progress(stale.items(), total=len(stale), desc="writing text encoder outputs"):
+        hidden1, hidden2, pool2 = (storage_array(t) for t in outputs[captions[key]])
+        save_te_cache(te_cache_path(image), hidden1, hidden2, pool2, captions[key], fingerprint)
+    encoded, fresh = len(stale), len(images) - len(stale)
     empty = sum(1 for key in images if not captions[key])
     lines = [f"images: {len(images)}, encoded: {encoded}, reused fresh caches: {fresh}",
              f"states per caption: {2 + 75 * ((config.max_token_length or 75) // 75)}"]

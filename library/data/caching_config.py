@@ -31,6 +31,7 @@ class CachingConfig:
     fp8_base: bool = False
     fp8_base_unet: bool = False
     vae_batch_size: int = 1
+    text_encoder_batch_size: int | None = None
     max_data_loader_n_workers: int = 0
     caption_randomisers: tuple[str, ...] = ()
     items: list = field(default_factory=list)  # library.training.train_items.TrainItem, as the trainer builds them

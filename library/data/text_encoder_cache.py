@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from library.file_io import atomic_path
-from library.models.sdxl_conditioning import chunked_input_ids, encode_chunked
+from library.models.sdxl_conditioning import encode_captions
 
 TE_CACHE_SUFFIX = "_te_outputs.npz"
+DEFAULT_BATCH = 16  # captions per text-encoder forward when caching (text_encoder_batch_size overrides)
 
 
 def te_cache_path(image_path: str | os.PathLike) -> Path:
@@ -26,23 +28,33 @@ def te_cache_path(image_path: str | os.PathLike) -> Path:
 
 
 @torch.no_grad()
-def encode_caption(tokenizers, text_encoders, text: str, max_token_length: int | None = None, weighted: bool = False):
-    """(hidden_state1 [2+75k, w1], hidden_state2 [2+75k, w2], pool2 [w2]) as float32 numpy arrays.
+def encode_texts(tokenizers, text_encoders, texts, max_token_length: int | None = None, weighted: bool = False,
+                 batch_size: int = DEFAULT_BATCH, progress: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """{text: (hidden_state1, hidden_state2, pool2)} for each distinct text, encoded `batch_size` at a
+    time (DreamBooth captions repeat: each distinct one is encoded once). Tensors are on the CPU in the
+    encoders' dtype (the training dtype, as kohya keeps them); `storage_array` gives the file's arrays."""
+    from tqdm import tqdm
 
-    The same conditioning the trainer computes (library/models/sdxl_conditioning.py); for the
-    default 75 tokens that is [77, width], for max_token_length 225 kohya's [227, width].
-    """
-    if weighted:
-        ids1, weights1 = chunked_input_ids(tokenizers[0], [text], max_token_length, weighted=True)
-        ids2, weights2 = chunked_input_ids(tokenizers[1], [text], max_token_length, weighted=True)
-        context, pooled = encode_chunked(text_encoders[0], text_encoders[1], ids1, ids2, (weights1, weights2))
-    else:
-        ids1 = chunked_input_ids(tokenizers[0], [text], max_token_length)
-        ids2 = chunked_input_ids(tokenizers[1], [text], max_token_length)
-        context, pooled = encode_chunked(text_encoders[0], text_encoders[1], ids1, ids2)
+    distinct = list(dict.fromkeys(texts))
+    parts = SimpleNamespace(tokenizers=tokenizers, text_encoder1=text_encoders[0], text_encoder2=text_encoders[1])
     width1 = text_encoders[0].config.hidden_size
-    hidden1, hidden2 = context[0, :, :width1], context[0, :, width1:]
-    return tuple(t.float().cpu().numpy() for t in (hidden1, hidden2, pooled[0]))
+    outputs = {}
+    bar = tqdm(total=len(distinct), desc="caching text-encoder outputs", disable=not progress or len(distinct) < 16)
+    for start in range(0, len(distinct), max(1, batch_size)):
+        batch = distinct[start : start + max(1, batch_size)]
+        context, pooled = encode_captions(parts, batch, max_token_length, weighted)
+        context, pooled = context.cpu(), pooled.cpu()
+        for row, text in enumerate(batch):
+            outputs[text] = (context[row, :, :width1].clone(), context[row, :, width1:].clone(), pooled[row].clone())
+        bar.update(len(batch))
+    bar.close()
+    return outputs
+
+
+def storage_array(tensor: torch.Tensor) -> np.ndarray:
+    """A cached output as the npz file holds it: fp16 stays fp16, bf16 becomes float32 (numpy has no
+    bf16; kohya does the same), float32 stays."""
+    return tensor.detach().cpu().to(torch.float16 if tensor.dtype == torch.float16 else torch.float32).numpy()
 
 
 def text_encoder_fingerprint(text_encoders, max_token_length: int | None, weighted: bool = False) -> str:

@@ -41,14 +41,16 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return (weight.float() * scale.float().view(shape)).to(dtype)
 
 
-def quantize(weight: torch.Tensor, device, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp8 weight on `device`, per-output-channel scale in `scale_dtype`): weight ~= fp8 * scale."""
+def quantize(weight: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp8 weight on `device`, per-output-channel float32 scale): weight ~= fp8 * scale. The scale stays
+    float32 whatever the training dtype: amax / 448 is subnormal in fp16 below amax ~0.027, and small
+    layers would lose their scale's precision."""
     weight = weight.detach().float()
     amax = weight.abs().reshape(weight.shape[0], -1).amax(dim=1).clamp(min=1e-12)
     scale = amax / FP8_MAX
     shape = (-1,) + (1,) * (weight.dim() - 1)
     stored = (weight / scale.view(shape)).clamp(-FP8_MAX, FP8_MAX).to(device, FP8)
-    return stored, scale.to(device, scale_dtype)
+    return stored, scale.to(device, torch.float32)
 
 
 class _LinearFn(torch.autograd.Function):
@@ -111,7 +113,7 @@ def store_in_fp8(model: nn.Module, device, dtype: torch.dtype) -> nn.Module:
         if fp8_class is not None and module.weight.requires_grad is False:
             if fp8_class is Fp8Conv2d and module.padding_mode != "zeros":
                 continue
-            stored, scale = quantize(module.weight, device, dtype)
+            stored, scale = quantize(module.weight, device)
             module.weight = nn.Parameter(stored, requires_grad=False)
             module.register_buffer("weight_scale", scale)
             module.__class__ = fp8_class

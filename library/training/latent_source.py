@@ -143,13 +143,16 @@ class LatentSource:
             self.broken[index] = reason
 
     # --- caching ----------------------------------------------------------------------------
-    def prepare(self, rank: int = 0, world: int = 1, barrier=None) -> None:
+    def prepare(self, accelerator=None) -> None:
         """Fill the cache as configured; reuse fresh npz files (always, for metadata datasets).
 
-        With several processes and cache_latents_to_disk, each process encodes its share of the
-        missing caches and writes them; after `barrier()` every process reads all of them.
+        With several processes (`accelerator`) and cache_latents_to_disk, the work list is the union
+        of what any process found stale (they may disagree: a cache can change between their checks),
+        each process encodes and writes its share of it, and after a barrier every process reads them
+        all. Every process takes the same branches, so none waits alone at the barrier.
         """
         args = self.args
+        world = accelerator.num_processes if accelerator is not None else 1
         want_cache = args.cache_latents or args.cache_latents_to_disk
         if want_cache and self.augmenting:
             raise UserError("cache_latents cannot be combined with color_aug, random_crop or face_crop_aug_range "
@@ -174,11 +177,11 @@ class LatentSource:
         if todo and not want_cache:
             self.notices.append(f"{len(todo)} images have no fresh latent cache ({_describe(reasons)}); encoding them every step")
             return
-        if todo and args.cache_latents_to_disk and world > 1:
-            # By item index, not list position: processes may see different caches as fresh while
-            # another process is already writing, but they always agree on who owns an item.
-            self._encode_and_store([entry for entry in todo if entry[0] % world == rank], to_disk=True)
-            barrier()
+        if args.cache_latents_to_disk and world > 1:
+            todo = self._shared_work(accelerator, todo, fingerprint_of_vae)
+            # By item index, not list position: every process agrees on who owns an item.
+            self._encode_and_store([entry for entry in todo if entry[0] % world == accelerator.process_index], to_disk=True)
+            accelerator.wait_for_everyone()
             for index, _, path in todo:
                 if path.exists():  # not when the image broke in the process that owns it
                     self._memory[index] = load_latent_cache(path)
@@ -189,10 +192,30 @@ class LatentSource:
         if todo:
             cached = sum(1 for index, _, _ in todo if index in self._memory)
             unreadable = f"; {len(todo) - cached} could not be read" if cached < len(todo) else ""
-            self.notices.append(f"cached latents of {cached} images ({_describe(reasons)}); {len(self.items) - len(todo)} were fresh"
-                                + unreadable)
+            self.notices.append(f"cached latents of {cached} images ({_describe(reasons) or 'stale on another process'}); "
+                                f"{len(self.items) - len(todo)} were fresh" + unreadable)
+        if accelerator is not None:
+            self.share_broken(accelerator)  # the stop decision below is taken by every process alike
         if self.too_many_broken():
             raise self.too_many_error()
+
+    def _shared_work(self, accelerator, todo, fingerprint_of_vae) -> list:
+        """The union of every process's stale caches, as (index, fingerprint, path) entries."""
+        from library.training.distributed import union_over_processes
+
+        mine = {entry[0]: entry for entry in todo}
+        shared = []
+        for index in union_over_processes(accelerator, list(mine)):
+            if index in mine:
+                shared.append(mine[index])
+                continue
+            item = self.items[index]
+            try:
+                fingerprint = self._fingerprint(index, fingerprint_of_vae)
+            except ImageBroken:
+                continue
+            shared.append((index, fingerprint, latent_cache_path(item.image_path, item.placement.original_size)))
+        return shared
 
     def _fingerprint(self, index: int, vae_fp: str) -> CacheFingerprint:
         placement = self.items[index].placement

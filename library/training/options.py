@@ -74,6 +74,7 @@ _TABLE = [
     # --- [sdxl_arguments] --------------------------------------------------------------------
     Option("cache_text_encoder_outputs", B, False, "sdxl_arguments", "encode captions once; the text encoders then leave memory unless samples or validation need them (UNet-only training)"),
     Option("cache_text_encoder_outputs_to_disk", B, False, "sdxl_arguments", "also write <stem>_te_outputs.npz next to each image"),
+    Option("text_encoder_batch_size", I, None, "sdxl_arguments", "captions per text-encoder batch when caching their outputs (default 16; kohya's SDXL script ignores it)"),
     Option("no_half_vae", B, False, "sdxl_arguments", "keep the VAE in fp32 under mixed precision (the SDXL VAE overflows in fp16)"),
     Option("disable_mmap_load_safetensors", B, False, "sdxl_arguments", "read safetensors fully instead of memory-mapping (slow network filesystems)", IGNORED, reason="loading already reads tensors one by one"),
     # --- [model_arguments] -------------------------------------------------------------------

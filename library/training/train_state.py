@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from library.errors import UserError
 from library.file_io import apply_umask, atomic_folder
 from library.models.checkpoint_file import load_weights
+from library.training.distributed import restore_rng_state
 
 STATE_FILE = "train_state.json"
 FORMAT_VERSION = 1
@@ -42,14 +43,19 @@ def state_folder_name(output_name: str, epoch: int | None = None, step: int | No
     return f"{output_name}-state"
 
 
-def save_state(folder: Path, progress: Progress, network, optimizer, lr_scheduler, scaler=None, extra: dict | None = None) -> Path:
+def save_state(folder: Path, progress: Progress, network, optimizer, lr_scheduler, scaler=None, extra: dict | None = None,
+               rng_states: list[dict] | None = None) -> Path:
+    """`rng_states`: every process's random state in rank order (distributed.gathered_rng_states);
+    this process's CPU state when not given."""
     folder = Path(folder)
+    rng_states = rng_states or [{"torch": torch.get_rng_state()}]
     # atomic_folder: written beside the target and swapped in whole; a full disk is a WriteFailed naming the folder
     with atomic_folder(folder) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, str(tmp / "network.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "scaler": scaler.state_dict() if scaler else None,
+        # "torch" (process 0's CPU state) is what states before per-process RNG held; "processes" has them all
+        torch.save({"torch": rng_states[0]["torch"], "processes": rng_states, "scaler": scaler.state_dict() if scaler else None,
                     "extra": extra or {}}, tmp / "rng_and_extra.pt")
         (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "complete": True, **asdict(progress)}, indent=1))
         for file in tmp.iterdir():
@@ -104,7 +110,9 @@ def _read(folder: Path, name: str, loader):
         raise _damaged(folder, name, error) from None
 
 
-def load_state(folder: Path, network, optimizer, lr_scheduler, scaler=None) -> tuple[Progress, dict]:
+def load_state(folder: Path, network, optimizer, lr_scheduler, scaler=None, rank: int = 0, device=None,
+               notices: list | None = None) -> tuple[Progress, dict]:
+    """Load a state into the run's objects; `rank` and `device` pick this process's RNG states."""
     progress = read_progress(folder)
     if progress is None:
         raise UserError(f"{folder}: incomplete training state")
@@ -118,7 +126,7 @@ def load_state(folder: Path, network, optimizer, lr_scheduler, scaler=None) -> t
     rng = _read(folder, "rng_and_extra.pt", lambda path: torch.load(path, weights_only=True))
     optimizer.load_state_dict(optimizer_state)
     lr_scheduler.load_state_dict(scheduler_state)
-    torch.set_rng_state(rng["torch"])
+    restore_rng_state(rng, rank, torch.device(device or "cpu"), notices if notices is not None else [])
     if scaler is not None and rng.get("scaler"):
         scaler.load_state_dict(rng["scaler"])
     return progress, rng.get("extra", {})

@@ -22,6 +22,7 @@ from library.errors import UserError
 from library.file_io import WriteFailed
 from library.training import loss as loss_lib
 from library.training import data_parallel
+from library.training import distributed
 from library.training import noise as noise_lib
 from library.training.batch_plan import batches_per_epoch, epoch_batches
 from library.training.caption_processing import process_caption
@@ -79,11 +80,17 @@ def dataset_summary(items, specs, args) -> dict:
     }
 
 
+def batches_per_process(batches: int, world_size: int) -> int:
+    """Each process's share of an epoch's batches, as accelerate's even_batches data loader (kohya's) gives
+    it: ceil(batches / processes), the last processes repeating the epoch's first batches."""
+    return math.ceil(batches / world_size)
+
+
 def plan_steps(args, summary: dict, world_size: int) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps); max_train_epochs wins over max_train_steps."""
-    batches = summary["batches_per_epoch"] // world_size
+    batches = batches_per_process(summary["batches_per_epoch"], world_size)
     if batches == 0:
-        raise UserError(f"the dataset gives {summary['batches_per_epoch']} batches per epoch, fewer than {world_size} processes")
+        raise UserError("the dataset gives no batch per epoch")
     per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
     total = args.max_train_epochs * per_epoch if args.max_train_epochs else args.max_train_steps
     return per_epoch, total
@@ -180,13 +187,12 @@ class Trainer:
         """cache: latents (VAE, batched by vae_batch_size) and text-encoder outputs; then what no
         later step needs leaves the device."""
         args = self.args
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         self.placement.use("vae", self.model.vae, "cache latents")
         # no autocast: the VAE runs in its own dtype (fp32 with no_half_vae), as the caching tools run it
         self.latents = LatentSource(self.items, self.model.vae, args, self.notices)
-        self.latents.prepare(rank, world, self.accelerator.wait_for_everyone)
+        self.latents.prepare(self.accelerator)
         self.val_latents = LatentSource(self.val_items, self.model.vae, args, self.notices)
-        self.val_latents.prepare(rank, world, self.accelerator.wait_for_everyone)
+        self.val_latents.prepare(self.accelerator)
         self.caption_options = [item.subset for item in self.items]  # a SubsetSpec is a CaptionOptions
         # uncached samples: decoding and augmentation in max_data_loader_n_workers processes
         self.pixel_loader = pixel_loader(self.latents.pixels, self.latents.cached_indices, args)
@@ -196,7 +202,7 @@ class Trainer:
                 self.placement.use(name, encoder, "cache text-encoder outputs")
             self.te_cache = TextEncoderCache(self.model, self.items, args)
             with self.placement.autocast():
-                self.te_cache.prepare(cached_captions(self.items), write=self.accelerator.is_main_process)
+                self.te_cache.prepare(cached_captions(self.items), self.accelerator)
         if not (args.sample_prompts or self.latents.needs_vae or self.val_latents.needs_vae):
             self.placement.release("vae", self.model.vae, "latents cached; no samples")
         if self.te_cache is not None and not (args.sample_prompts or self.val_items):
@@ -255,7 +261,8 @@ class Trainer:
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
         self.saver = NetworkSaver(args, self.summary, time.time())
         self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer,
-                                batches_per_epoch=self.summary["batches_per_epoch"] // world, epochs=self.epochs)
+                                batches_per_epoch=batches_per_process(self.summary["batches_per_epoch"], world),
+                                epochs=self.epochs)
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
         self.ranks_checked = 0
         # data parallel: DDP over the trained tensors (the network and pivotal rows); itself with one process
@@ -465,9 +472,10 @@ class Trainer:
         fails twice goes to a fallback folder and stops the run (save_rescue)."""
         args, accelerator = self.args, self.accelerator
         accelerator.wait_for_everyone()
+        rng_states = distributed.gathered_rng_states(accelerator) if with_state else None  # every process's, to process 0
         path = None
         if accelerator.is_main_process:
-            path = save_or_rescue(lambda folder: self.write_checkpoint(folder, kind, progress, with_state, epoch),
+            path = save_or_rescue(lambda folder: self.write_checkpoint(folder, kind, progress, with_state, epoch, rng_states),
                                   Path(args.output_dir), args.output_name)
             self.saver.remove_old(epoch=epoch if kind == "epoch" else None, step=progress.global_step if kind == "step" else None)
             if with_state:
@@ -477,7 +485,8 @@ class Trainer:
         accelerator.wait_for_everyone()
         return path
 
-    def write_checkpoint(self, folder: Path, kind: str, progress: Progress, with_state: bool, epoch: int | None) -> Path:
+    def write_checkpoint(self, folder: Path, kind: str, progress: Progress, with_state: bool, epoch: int | None,
+                         rng_states: list[dict] | None = None) -> Path:
         completed_epochs = epoch if epoch is not None else progress.epoch - (progress.batches_done_in_epoch == 0)
         with self.schedule_free.evaluating():  # schedule-free: files hold the averaged weights (states: train mode)
             path = self.saver.save(self.network, completed_epochs, progress.global_step, kind, folder)
@@ -487,7 +496,8 @@ class Trainer:
             name = state_folder_name(self.args.output_name, epoch=epoch if kind == "epoch" else None,
                                      step=progress.global_step if kind == "step" else None)
             state = save_state(folder / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
-                               extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()})
+                               extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()},
+                               rng_states=rng_states)
             print(f"saved state {state}")
         return path
 
@@ -549,6 +559,15 @@ class Trainer:
         self.network.train()
         return loss
 
+    def log_epoch(self, logs: dict, epoch: int, global_step: int) -> None:
+        """Epoch metrics as kohya logs them: TensorBoard at step = epoch (its epoch graphs), every other
+        tracker at the global step with `epoch` and `global_step` fields (W&B drops a step that goes back)."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log(logs, step=epoch)
+            else:
+                tracker.log({**logs, "epoch": epoch, "global_step": global_step}, step=global_step)
+
     def due(self, every: int | None, count: int) -> bool:
         return bool(every) and count % every == 0
 
@@ -557,7 +576,8 @@ class Trainer:
         args = self.args
         if args.resume:
             folder = find_state(args.resume)
-            progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler)
+            progress, extra = load_state(folder, self.network, self.optimizer, self.lr_scheduler, self.scaler,
+                                         rank=self.accelerator.process_index, device=self.device, notices=self.notices)
             self.schedule_free.train()  # our states are saved in train mode; one saved in eval mode is switched back
             if extra.get("pivotal"):
                 self.pivotal.load_state_dict(extra["pivotal"])
@@ -610,7 +630,8 @@ class Trainer:
         epoch = progress.epoch
         self.network.on_epoch_start(self.model.text_encoders, self.model.unet)
         batches = epoch_batches(self.items, self.summary["batch_sizes"], self.seed, epoch)
-        batches = batches[: len(batches) // world * world]
+        # as accelerate's even_batches (kohya): the epoch's first batches again, until every process has as many
+        batches = batches + [batches[i % len(batches)] for i in range(-len(batches) % world)]
         seeds = self.epoch_seeds(batches, epoch)[rank::world]
         batches = batches[rank::world]
         pending, group_start = 0, progress.batches_done_in_epoch
@@ -655,7 +676,7 @@ class Trainer:
             accelerator.log(logs, step=step)
             bar.set_postfix(loss=f"{logs['loss/average']:.4f}")
             bar.update(1)
-            if stop.requested:
+            if self.stop_requested(stop):
                 self.save_checkpoint("step", progress, with_state=True)
                 return True
             if step < self.max_steps:
@@ -668,6 +689,16 @@ class Trainer:
         if progress.batches_done_in_epoch >= len(batches):  # not when the run ended inside the epoch
             self.finish_epoch(progress)
         return False
+
+    def stop_requested(self, stop) -> bool:
+        """A signal may reach one process only (a scheduler or `kill` stopping one rank): every process
+        learns of it at the same step and stops there too, with the same exit code."""
+        if self.accelerator.num_processes == 1:
+            return stop.requested
+        signum = distributed.max_over_processes(self.accelerator, (stop.signum or 2) if stop.requested else 0)
+        if signum and not stop.requested:
+            stop.requested, stop.signum = True, signum
+        return bool(signum)
 
     def stop_with_state(self, progress: Progress, group_start: int, error: Exception):
         """Save a resumable state at the last optimizer step (the current group's gradients are
@@ -682,7 +713,7 @@ class Trainer:
         logs = {"loss/epoch_average": sum(progress.epoch_losses) / max(len(progress.epoch_losses), 1)}
         if self.val_items and (self.due(args.validate_every_n_epochs, epoch) or not (args.validate_every_n_epochs or args.validate_every_n_steps)):
             logs["loss/validation/epoch_average"] = self.validation_loss()
-        self.accelerator.log(logs, step=epoch)
+        self.log_epoch(logs, epoch, progress.global_step)
         finished_run = progress.global_step >= self.max_steps
         progress.epoch += 1
         progress.batches_done_in_epoch = 0

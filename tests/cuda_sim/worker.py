@@ -2,7 +2,7 @@
 
     python tests/cuda_sim/worker.py --output_dir DIR [scenario ...]
 
-Pretend CUDA is installed before torch is imported; then every scenario (tests/cuda_sim/scenarios.py)
+Pretend CUDA is installed before torch is imported; then every scenario (tools/pretend_cuda/scenarios.py)
 runs the real `sdxl_train_network.main` (or tools/sdxl_gen_img.py) on the tiny model, and
 `DIR/<scenario>.json` records the exit code, the devices and dtypes the trainer used, the losses
 (and the device they were computed on), how many ops ran on the device, the saved files and their
@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import toml  # noqa: E402
 import torch  # noqa: E402
 
-from tests.cuda_sim.scenarios import SCENARIOS, Scenario  # noqa: E402
+from tools.pretend_cuda.scenarios import SCENARIOS, Scenario  # noqa: E402
 from tests.training_fixtures import base_config, write_config  # noqa: E402
 from tools.pretend_cuda import tensor as pretend  # noqa: E402
 
@@ -266,7 +266,7 @@ def write_result(path: Path, result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("scenarios", nargs="*", help="names from tests/cuda_sim/scenarios.py (default: all)")
+    parser.add_argument("scenarios", nargs="*", help="names from tools/pretend_cuda/scenarios.py (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # runs beside the single-threaded test suite, on the other core
     root = Path(args.output_dir)

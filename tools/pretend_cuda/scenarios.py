@@ -1,9 +1,9 @@
-"""The pretend-CUDA scenarios: what a GPU user's runs look like, each a real training (or generation)
-run of 2 steps with a sample, validation and a save, on the tiny model.
+"""The GPU option families: what GPU users' runs look like, each a training (or generation) run of a
+few steps with a sample, validation and a save, on a small SDXL-shaped model.
 
-A scenario is options on top of the base config (tests/training_fixtures.base_config) and a dataset
-kind; tests/cuda_sim/worker.py runs them under pretend CUDA and writes what it saw, and
-tests/test_cuda_sim.py checks it.
+A scenario is options on top of a base config and a dataset kind. The suite runs every one on
+pretend CUDA (tests/cuda_sim/worker.py, checked by tests/test_cuda_sim.py); tools/gpu_check.sh runs
+the training ones on a real GPU, where kernels, memory and speed show too.
 """
 from __future__ import annotations
 
