@@ -53,7 +53,8 @@ def test_cpu_offload_checkpointing_is_a_no_op_on_the_cpu(tiny_single_file, image
 
 def test_offloaded_checkpoint_keeps_gradients():
     """The offloading checkpoint function gives the gradients of a plain forward (on the CPU its
-    host copies are the tensors themselves; on a GPU they are copies, as checked by tools/gpu_check.sh)."""
+    host copies are the tensors themselves; on a GPU they are copies: tests/test_cuda_sim.py runs that
+    branch on pretend CUDA, tools/gpu_check.sh on a real GPU)."""
     from library.training.checkpointing import offloaded_checkpoint
 
     torch.manual_seed(0)

@@ -84,6 +84,18 @@ def test_resume_with_dropout_is_bit_identical_on_the_device(cuda_sim_results):
     assert len(result["losses_straight"]) == 4
 
 
+@pytest.mark.cuda_sim_scenarios("offload_equals_checkpointing")
+def test_cpu_offload_checkpointing_holds_inputs_on_the_host_and_trains_the_same(cuda_sim_results):
+    """On the device (unlike the CPU, where it is a no-op) each checkpointed block's inputs are copied to
+    host memory and back; gradients flow through the copies, so the LoRA equals plain checkpointing's (to
+    float rounding: the copies add autograd nodes, which changes the order gradients are summed in)."""
+    result = ok(cuda_sim_results.result("offload_equals_checkpointing"))
+    assert result["offload_calls"] > 10
+    assert result["input_devices"] == ["cuda:0"] and result["copies_to"] == ["cpu", "cuda:0"]
+    assert result["compared_tensors"] > 100 and result["max_value"] > 1e-4
+    assert result["max_difference"] <= 1e-4 * result["max_value"], result
+
+
 @pytest.mark.cuda_sim_scenarios("sdxl_gen_img_lora")
 def test_generation_with_a_lora_on_the_device(cuda_sim_results):
     result = ok(cuda_sim_results.result("sdxl_gen_img_lora"))

@@ -193,6 +193,47 @@ def run_resume(world: dict, scenario: Scenario, out: Path) -> dict:
             "device": straight.get("device")}
 
 
+def run_offload_equivalence(world: dict, scenario: Scenario, out: Path) -> dict:
+    """Plain gradient checkpointing and cpu_offload_checkpointing on the device: the offloaded run must
+    hold its checkpoints in host memory (copies to the CPU) and end with the same LoRA (up to the order
+    in which autograd sums gradients through the extra copy nodes)."""
+    from safetensors.torch import load_file
+
+    import library.training.checkpointing as checkpointing
+
+    original = checkpointing.offloaded_checkpoint
+    seen = {"calls": 0, "devices": set(), "held": set()}
+
+    def watched(block, *args):
+        seen["calls"] += 1
+        seen["devices"].update(str(a.device) for a in args if isinstance(a, torch.Tensor))
+        to = torch.Tensor.to
+
+        def spy(tensor, *a, **k):
+            moved = to(tensor, *a, **k)
+            seen["held"].add(str(moved.device))
+            return moved
+
+        torch.Tensor.to = spy
+        try:
+            return original(block, *args)
+        finally:
+            torch.Tensor.to = to
+
+    plain = run_training(world, scenario, out / "plain")
+    checkpointing.offloaded_checkpoint = watched
+    try:
+        offloaded = run_training(world, scenario, out / "offloaded", cpu_offload_checkpointing=True)
+    finally:
+        checkpointing.offloaded_checkpoint = original
+    a = load_file(str(out / "plain" / "tiny_lora.safetensors"))
+    b = load_file(str(out / "offloaded" / "tiny_lora.safetensors"))
+    return {"exit_code": max(plain["exit_code"], offloaded["exit_code"]), "device": plain.get("device"),
+            "compared_tensors": len(a), "max_difference": max(float((a[k] - b[k]).abs().max()) for k in a),
+            "max_value": max(float(a[k].abs().max()) for k in a if "lora_up" in k),
+            "offload_calls": seen["calls"], "input_devices": sorted(seen["devices"]), "copies_to": sorted(seen["held"])}
+
+
 def run_generation(world: dict, out: Path) -> dict:
     """Train a LoRA, then tools/sdxl_gen_img.py with it on the device, at weight 0 and 1."""
     scenario = Scenario(samples=False, validation=False)
@@ -246,6 +287,8 @@ def run_scenario(world: dict, name: str, out: Path) -> dict:
     scenario = SCENARIOS[name]
     if scenario.kind == "resume":
         return run_resume(world, scenario, out)
+    if scenario.kind == "offload_equivalence":
+        return run_offload_equivalence(world, scenario, out)
     if scenario.kind == "generate":
         return run_generation(world, out)
     if scenario.kind == "planted_cpu_tensor":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class Scenario:
     options: dict = field(default_factory=dict)
     data: str = "plain"  # plain | masks (conditioning_data_dir) | preservation (diff_output_preservation) | multiplier
-    kind: str = "train"  # train | resume | generate | planted_cpu_tensor | device_rules
+    kind: str = "train"  # train | resume | offload_equivalence | generate | planted_cpu_tensor | device_rules
     samples: bool = True
     validation: bool = True
 
@@ -60,6 +60,10 @@ SCENARIOS: dict[str, Scenario] = {
     # resume with dropout: bit-identical to the run it continues (needs the CUDA RNG in the state)
     "resume_with_dropout": Scenario({"network_dropout": 0.1, "network_args": ["rank_dropout=0.2", "module_dropout=0.1"]},
                                     kind="resume", samples=False, validation=False),
+    # cpu_offload_checkpointing holds block inputs in host memory: the same LoRA as plain checkpointing
+    # (SGD: Adam would magnify the last-bit differences of gradients summed in another order)
+    "offload_equals_checkpointing": Scenario({"gradient_checkpointing": True, "optimizer_type": "SGDNesterov", "learning_rate": 0.5},
+                                             kind="offload_equivalence", samples=False, validation=False),
     # generation with a LoRA
     "sdxl_gen_img_lora": Scenario(kind="generate", samples=False, validation=False),
     # the simulator's own rules (what CUDA accepts passes, what it refuses raises)
