@@ -18,6 +18,7 @@ def test_bench_tiny_report_has_every_figure(tmp_path, monkeypatch):
     output = tmp_path / "report.json"
     argv = ["--sizes", "tiny", "--repeats", "1", "--steps", "1", "--warmup", "1", "--resolution", "64", "--quick",
             "--in_process", "--index_images", "40", "--caching_images", "2", "--caching_size", "tiny",
+            "--text_caching_size", "tiny", "--text_caching_images", "4",
             "--calibration_sizes", "tiny", "--workdir", str(tmp_path / "work"), "--output", str(output)]
     try:
         assert bench.main(argv) == 0
@@ -31,6 +32,9 @@ def test_bench_tiny_report_has_every_figure(tmp_path, monkeypatch):
     assert tiny["text_encoder_caching"]["text_encoders_resident_while_training"] == {"cached": False, "not_cached": True}
     assert report["preparation"]["indexing"]["all"]["images"] == 40
     assert report["preparation"]["indexing"]["quarter"]["images"] == 10
+    text = report["preparation"]["text_encoder_caching"]
+    assert text["distinct_captions"]["distinct"] == 4 and text["dreambooth_captions"]["distinct"] == 4
+    assert text["dreambooth_captions"]["batched_images_per_s"]["n"] == 1
     assert report["fp8"]["supported"] is True
     assert set(report["target_checks"]) >= {"step_time_ratio", "peak_memory_ratio", "startup_ratio", "caching_ratio",
                                             "indexing_seconds", "checkpointing_reduction", "text_encoders_freed_with_caching"}

@@ -26,14 +26,16 @@ def launch(tmp_path: Path, config: Path, hooks: str) -> subprocess.Popen:
            "RANK_HOOKS_DIR": str(tmp_path), "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "tests" / "rank_hooks.py"), "--config_file", str(config)]
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # its own process group: a hung run is killed whole (the ranks too, or they would hold the pipe open)
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def finish(process: subprocess.Popen, timeout: float) -> str:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         pytest.fail(f"the processes did not finish within {timeout:.0f} s (a hang):\n{output[-3000:]}")
     return output

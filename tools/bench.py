@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--index_images", type=int, default=10000, help="images generated for the indexing benchmark")
     parser.add_argument("--caching_images", type=int, default=16, help="images for the latent-caching benchmark")
     parser.add_argument("--caching_size", default="small", choices=["tiny", "small"])
+    parser.add_argument("--text_caching_size", default="real", choices=["tiny", "small", "real"],
+                        help="text encoders for the text-encoder caching benchmark (real: SDXL's, random weights)")
+    parser.add_argument("--text_caching_images", type=int, default=32, help="captions for the text-encoder caching benchmark")
+    parser.add_argument("--text_caching_dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--calibration_sizes", nargs="*", default=["small"], choices=["tiny", "small"],
                         help="model sizes whose --estimate_memory is checked against allocated bytes")
     parser.add_argument("--quick", action="store_true", help="one calibration case, 1 memory repeat (for tests)")
@@ -94,6 +98,8 @@ def main(argv=None) -> int:
             "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
             "memory_repeats": 1 if args.quick else max(1, min(args.repeats, 2)), "index_images": args.index_images,
             "caching_images": args.caching_images, "caching_size": args.caching_size,
+            "text_caching_size": args.text_caching_size, "text_caching_images": args.text_caching_images,
+            "text_caching_dtype": args.text_caching_dtype,
             "calibration_sizes": args.calibration_sizes, "calibration_cases": DEFAULT_CASES[:1] if args.quick else DEFAULT_CASES,
             "target_size": "small" if "small" in args.sizes else args.sizes[0], "isolated": not args.in_process,
             "sections": args.sections, "realsize_resolutions": args.realsize_resolutions, "algorithms": args.algorithms, "toy_world": args.toy_world,

@@ -58,6 +58,31 @@ ROWS = [
 ]
 
 
+def family_rows() -> list[Row]:
+    """One tiny row per GPU option family (tools/pretend_cuda/scenarios.py: the same families the suite
+    runs on pretend CUDA), so a GPU shows what pretend CUDA cannot: kernels, memory and speed."""
+    from tools.pretend_cuda.scenarios import SCENARIOS
+
+    rows = []
+    for name, scenario in SCENARIOS.items():
+        if scenario.kind != "train":
+            continue
+        options = dict(scenario.options)
+        trains_text = options.get("network_train_unet_only") is False or options.get("train_text_encoder_ti")
+        if trains_text or name.startswith("uncached"):  # the benchmark config caches text outputs: not here
+            options.update({"sdxl_arguments.cache_text_encoder_outputs": None, "sdxl_arguments.cache_text_encoder_outputs_to_disk": None})
+        if options.get("cache_latents") is False:
+            options.update({"dataset_arguments.cache_latents": None, "dataset_arguments.cache_latents_to_disk": None})
+            options.pop("cache_latents")
+        if scenario.data != "plain":
+            options["data"] = scenario.data  # prepared by prepare_family_data
+        rows.append(Row(f"family-{name}", "tiny", options, resolution=64))
+    return rows
+
+
+ROWS += family_rows()
+
+
 def skip_reason(row: Row) -> str | None:
     import importlib.util
 
@@ -85,13 +110,42 @@ def prepare(workdir: Path, rows: list[Row]) -> dict:
             "data": {r: training.prepare_dataset(workdir, r) for r in {row.resolution for row in rows}}}
 
 
+def family_data(kind: str, train_dir: Path) -> dict:
+    """The options that point a family row at its data: loss masks, or a dataset config."""
+    import numpy as np
+    import toml
+    from PIL import Image
+
+    images = sorted((train_dir / "1_bench").glob("*.png"))
+    if kind == "masks":
+        masks = train_dir.parent / f"{train_dir.name}_masks"
+        masks.mkdir(exist_ok=True)
+        for image in images:
+            width, height = Image.open(image).size
+            Image.fromarray(np.tile(np.linspace(0, 255, width, dtype=np.uint8), (height, 1))).save(masks / image.name)
+        return {"masked_loss": True, "conditioning_data_dir": str(masks)}
+    subset = {"image_dir": str(train_dir / "1_bench"), "num_repeats": 1}
+    dataset = {"resolution": Image.open(images[0]).size[0], "batch_size": 2, "subsets": [subset]}
+    if kind == "preservation":
+        subset["custom_attributes"] = {"diff_output_preservation": True}
+    if kind == "multiplier":
+        dataset["network_multiplier"] = 0.5
+    path = train_dir.parent / f"{train_dir.name}_{kind}.toml"
+    path.write_text(toml.dumps({"datasets": [dataset]}), encoding="utf-8")
+    return {"dataset_config": str(path), "dataset_arguments.train_data_dir": None, "dataset_arguments.resolution": None}
+
+
 def run_row(row: Row, prepared: dict, workdir: Path, steps: int) -> dict:
     from library.benchmark import training
     from library.benchmark.hardware import hardware_config
     from library.benchmark.runner import TaskFailed, run_task
 
+    options = dict(row.options)
+    kind = options.pop("data", None)
+    if kind:
+        options.update(family_data(kind, prepared["data"][row.resolution]))
     config = hardware_config(prepared["models"][row.size], prepared["data"][row.resolution], workdir / f"out_{row.name}",
-                             row.resolution, steps, row.options, prepared["prompts"])
+                             row.resolution, steps, options, prepared["prompts"])
     path = training.write_config(workdir / "configs" / f"{row.name}.toml", config)
     started = time.perf_counter()
     if row.needs == "2 gpus":
@@ -137,11 +191,12 @@ def mib(value) -> str:
 
 
 def table(rows: list[tuple[Row, dict | None, str | None]]) -> str:
-    header = f"{'row':<30} {'device':<7} {'first step s':>12} {'step s':>8} {'peak MiB':>9} {'estimate MiB':>12} {'ratio':>6}  result"
+    width = max([30] + [len(row.name) + 1 for row, _, _ in rows])
+    header = f"{'row':<{width}} {'device':<7} {'first step s':>12} {'step s':>8} {'peak MiB':>9} {'estimate MiB':>12} {'ratio':>6}  result"
     lines = [header, "-" * len(header)]
     for row, result, skipped in rows:
         if skipped:
-            lines.append(f"{row.name:<30} {'-':<7} {'':>12} {'':>8} {'':>9} {'':>12} {'':>6}  {skipped}")
+            lines.append(f"{row.name:<{width}} {'-':<7} {'':>12} {'':>8} {'':>9} {'':>12} {'':>6}  {skipped}")
             continue
         ok, why = verdict(row, result)
         peak, estimate = result.get("peak_cuda_bytes"), result.get("estimate_bytes")
@@ -149,7 +204,7 @@ def table(rows: list[tuple[Row, dict | None, str | None]]) -> str:
         first = f"{result['first_step_seconds']:.2f}" if result.get("first_step_seconds") else "-"
         step = f"{result['step_seconds']:.3f}" if result.get("step_seconds") else f"{result['seconds']:.0f} total"
         device = (result.get("device") or ("cuda" if row.needs == "2 gpus" else "-")).split(":")[0]
-        lines.append(f"{row.name:<30} {device:<7} {first:>12} {step:>8} {mib(peak):>9} {mib(estimate):>12} {ratio:>6}  "
+        lines.append(f"{row.name:<{width}} {device:<7} {first:>12} {step:>8} {mib(peak):>9} {mib(estimate):>12} {ratio:>6}  "
                      + ("pass" if ok else f"FAIL: {why}"))
     return "\n".join(lines)
 

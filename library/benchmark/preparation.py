@@ -2,6 +2,9 @@
 
   caching   latent caching through library.data.latent_caching (decode, resize, encode, write
             npz) vs the VAE's raw encode rate on the same bucket-sized pixels, interleaved
+  text_caching  text-encoder output caching: one caption per forward (every image, as the trainer did
+            before batching) vs distinct captions in batches of 16 (library/data/text_encoder_cache.encode_texts),
+            for all-distinct captions and for a DreamBooth set of few distinct ones, interleaved
   tagging   finetune/tag_images_by_wd14_tagger.py on a generated WD14-shaped ONNX model
   indexing  10,000 generated images: metadata merge (merge_all_to_metadata) and the trainer's
             dataset index (sizes from headers, buckets), with Python-heap peaks at 1/4 and all
@@ -86,6 +89,51 @@ def run_caching(params: dict) -> dict:
     ratios = [c / r for c, r in zip(cached, raw)]
     return {"images": len(crops), "batch_size": batch, "resolution": resolution, "workers": options.workers,
             "raw_encode_images_per_s": summarize(raw), "caching_images_per_s": summarize(cached), "ratio": summarize(ratios)}
+
+
+# --- text-encoder output caching ---------------------------------------------------------------------
+def _text_encoders(size: str, dtype):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from library.benchmark.models import CONFIGS
+    from library.models.sdxl_architecture import SDXL_TE1_CONFIG, SDXL_TE2_CONFIG
+
+    te1, te2 = (SDXL_TE1_CONFIG, SDXL_TE2_CONFIG) if size == "real" else CONFIGS[size][1:3]
+    torch.manual_seed(0)
+    encoders = (CLIPTextModel(CLIPTextConfig(**te1)), CLIPTextModelWithProjection(CLIPTextConfig(**te2)))
+    return [encoder.to(dtype).eval().requires_grad_(False) for encoder in encoders]
+
+
+def run_text_caching(params: dict) -> dict:
+    import torch
+
+    from library.data.text_encoder_cache import encode_texts
+    from library.models.tokenizers import packaged_clip_tokenizers
+
+    if params.get("threads"):
+        torch.set_num_threads(params["threads"])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[params.get("dtype", "fp32")]
+    encoders = _text_encoders(params["size"], dtype)
+    tokenizers = packaged_clip_tokenizers()
+    count = params["images"]
+    words = ["red dress", "smiling", "outdoors", "night sky", "short hair", "looking at viewer", "from side", "city"]
+    results = {}
+    for name, distinct in (("distinct_captions", count), ("dreambooth_captions", params.get("dreambooth_distinct", 4))):
+        captions = [f"ohwx woman, {words[i % len(words)]}, {words[(i * 3 + 1) % len(words)]}, photo {i % distinct}"
+                    for i in range(count)]
+        one, batched = [], []
+        for _ in range(params["repeats"]):
+            start = time.perf_counter()
+            for caption in captions:  # before: every image's caption in its own forward
+                encode_texts(tokenizers, encoders, [caption], batch_size=1, progress=False)
+            one.append(count / (time.perf_counter() - start))
+            start = time.perf_counter()
+            encode_texts(tokenizers, encoders, captions, batch_size=16, progress=False)
+            batched.append(count / (time.perf_counter() - start))
+        results[name] = {"distinct": len(set(captions)), "one_per_forward_images_per_s": summarize(one),
+                         "batched_images_per_s": summarize(batched), "speedup": summarize([b / o for b, o in zip(batched, one)])}
+    return {"size": params["size"], "dtype": params.get("dtype", "fp32"), "images": count, "batch_size": 16, **results}
 
 
 # --- tagging --------------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ OTHER_STATS = [
     "startup.start_to_first_step_seconds", "startup.import_seconds", "startup.ratio",
     "preparation.latent_caching.raw_encode_images_per_s", "preparation.latent_caching.caching_images_per_s",
     "preparation.latent_caching.ratio", "preparation.tagging.images_per_s",
+    "preparation.text_encoder_caching.distinct_captions.one_per_forward_images_per_s",
+    "preparation.text_encoder_caching.distinct_captions.batched_images_per_s",
+    "preparation.text_encoder_caching.dreambooth_captions.one_per_forward_images_per_s",
+    "preparation.text_encoder_caching.dreambooth_captions.batched_images_per_s",
 ]
 
 
@@ -167,6 +171,7 @@ def _other_lines(report: dict) -> list[str]:
               f"| latent caching ({c['model']}, {c['resolution']} px, batch {c['batch_size']}) | {_fmt_stat(c['caching_images_per_s'], unit=' img/s')} |",
               f"| raw VAE encode, same pixels | {_fmt_stat(c['raw_encode_images_per_s'], unit=' img/s')} |",
               f"| caching / raw ratio | {_fmt_stat(c['ratio'])} |",
+              *_text_caching_lines(p.get("text_encoder_caching")),
               f"| tagging ({p['tagging']['model']}) | {_fmt_stat(p['tagging']['images_per_s'], unit=' img/s', digits=1)} |",
               f"| indexing {idx['all']['images']:,} images: merge metadata + dataset index | {idx['all']['merge_seconds']:.1f} s + "
               f"{idx['all']['index_seconds']:.1f} s = {idx['all']['total_seconds']:.1f} s |",
@@ -174,6 +179,19 @@ def _other_lines(report: dict) -> list[str]:
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['quarter']:,.0f} B / "
               f"{report['preparation']['indexing']['python_peak_per_image_bytes']['all']:,.0f} B |",
               f"| fp8 base storage | {'supported' if report['fp8']['supported'] else 'unsupported: ' + report['fp8']['reason']} |"]
+    return lines
+
+
+def _text_caching_lines(t: dict | None) -> list[str]:
+    if not t:
+        return []
+    lines = []
+    for name, label in (("distinct_captions", "every caption distinct"), ("dreambooth_captions", "DreamBooth captions")):
+        case = t[name]
+        lines.append(f"| text-encoder caching ({t['size']} encoders, {t['dtype']}, {t['images']} images, {label}: "
+                     f"{case['distinct']} distinct): one per forward -> batches of {t['batch_size']} | "
+                     f"{_fmt_stat(case['one_per_forward_images_per_s'], unit=' img/s', digits=1)} -> "
+                     f"{_fmt_stat(case['batched_images_per_s'], unit=' img/s', digits=1)} |")
     return lines
 
 

@@ -174,13 +174,19 @@ def bench_preparation(workdir: Path, opts: dict, log=print) -> dict:
     log(f"[{size}] latent caching vs raw VAE encode")
     caching = run_task("caching", {"model": str(model), "images": str(photos), "resolution": resolution, "batch_size": 4,
                                    "repeats": opts["repeats"], "threads": opts.get("threads")})
+    text_size = opts.get("text_caching_size", "real")
+    log(f"[{text_size} text encoders] text-encoder output caching: one caption per forward vs batched")
+    text_caching = run_task("text_caching", {"size": text_size, "images": opts.get("text_caching_images", 32),
+                                             "dtype": opts.get("text_caching_dtype", "fp32"), "repeats": opts["repeats"],
+                                             "threads": opts.get("threads")})
     log("tagging")
     tagger = preparation.write_tagger(workdir / "tagger")
     tagging = run_task("tagging", {"images": str(photos), "tagger": str(tagger), "repeats": opts["repeats"]})
     log(f"indexing {opts['index_images']} images")
     index_root = preparation.generate_index_images(workdir / f"index_{opts['index_images']}", opts["index_images"])
     indexing = run_task("indexing", {"images": str(index_root)})
-    return {"latent_caching": {**caching, "model": size}, "tagging": tagging, "indexing": indexing}
+    return {"latent_caching": {**caching, "model": size}, "text_encoder_caching": text_caching, "tagging": tagging,
+            "indexing": indexing}
 
 
 def fp8_support() -> dict:

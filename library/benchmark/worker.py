@@ -11,7 +11,7 @@ import sys
 def run_in_process(task: str, params: dict) -> dict:
     if task in ("ours", "reference", "startup", "imports"):
         from library.benchmark import training as module
-    elif task in ("caching", "tagging", "indexing"):
+    elif task in ("caching", "text_caching", "tagging", "indexing"):
         from library.benchmark import preparation as module
     elif task in ("calibration",):
         from library.benchmark import calibration as module
