@@ -77,7 +77,7 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         for _ in range(5):  # retried only when the file was replaced between our open and our lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
             try:
                 flocked = False
                 if fcntl is not None:
@@ -107,6 +107,16 @@ class OutputLock:
             self._fd = fd
             return self
         raise UserError(f"{self.path}: could not take the output_dir lock (it keeps changing); is another run starting?")
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except IsADirectoryError:  # e.g. made by a sync tool or by hand: never ours to delete
+            raise UserError(f"{self.path}: is a folder, but this is the output_dir lock file of training runs; "
+                            f"remove the folder (rmdir {self.path}) or choose another output_dir") from None
+        except OSError as error:
+            raise UserError(f"{self.path}: cannot open the output_dir lock file ({error.strerror or error}); "
+                            "fix its permissions, remove it, or choose another output_dir") from None
 
     def _write(self, fd: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -727,6 +727,8 @@ def train(resolved) -> Path | None:
         print_dataset_summary(summary, resolved.args, per_epoch, total, trainer.skipped)
         return None
     with preflight.output_guard(resolved, trainer.items):  # before any model loads
+        if resolved.args.resume:
+            find_state(resolved.args.resume)  # a missing or damaged state stops the run before the models load
         trainer.setup()
         preflight.check_free_space(trainer.args, trainer.network, trainer.optimizer, trainer.max_steps, trainer.epochs,
                                    trainer.notices)
