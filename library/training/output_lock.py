@@ -6,6 +6,9 @@ run's PID. The holder keeps an exclusive `flock` on the file while it runs; the 
 when the process ends in any way (crash, SIGKILL, power loss), so a lock file left behind is
 recognised as stale and taken over with a notice. Where `flock` does not exist (Windows, some
 network mounts) the PID in the file is checked instead.
+
+`wait_for_release` is the other side: it blocks until the run holding a folder has ended, so a job
+script can wait for a trainer whose launcher has already exited (see docs/training.md, SIGTERM).
 """
 from __future__ import annotations
 
@@ -142,3 +145,42 @@ class OutputLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
+
+def wait_for_release(folder: str | os.PathLike, timeout: float | None = None, poll: float = 0.2) -> dict | None:
+    """Block until no live run holds `folder`'s lock. Returns the lock's run information when a run
+    held it at the start (None when none did); UserError after `timeout` seconds."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)  # never created here: a lock file nobody holds must not appear
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not the output_dir lock file of a training run") from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        info = OutputLock(folder)._read(fd)
+        held = False
+        while not _released(fd, info):
+            held = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise UserError(f"{folder}: the training run writing there ({_describe(info)}) was still running after "
+                                f"{timeout:g} s")
+            time.sleep(poll)
+        return info if held else None
+    finally:
+        os.close(fd)  # also drops our shared lock, if we got it
+
+
+def _released(fd: int, info: dict) -> bool:
+    """Whether the run that took the lock open on `fd` has let it go (ended, in whatever way)."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted once the holder's exclusive lock is gone
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # a file system without flock: the PID decides, as in acquire()
+    pid = info.get("pid")
+    same_host = info.get("host") in (None, socket.gethostname())
+    return not (isinstance(pid, int) and same_host and _pid_alive(pid))
