@@ -121,6 +121,8 @@ def check_memory(args, images: int, device_type: str | None = None, say=print) -
         return
     described = _describe(estimate, device_type, processes, need)
     if need <= free.bytes:
+        if int(os.environ.get("RANK", "0") or 0) != 0:  # one notice per run, not one per process
+            return
         caveat = ("glibc's malloc keeps part of what each step frees, see docs/performance.md" if device_type == "cpu"
                   else "CUDA's caching allocator and cuDNN's workspaces come on top")
         say(f"notice: this run needs about {described}, close to the {size_text(free.bytes)} of {free.where}; it may not fit "
