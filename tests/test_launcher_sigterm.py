@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from library.training.output_lock import LOCK_NAME, OutputLock, wait_for_release
+from library.training.output_lock import LOCK_NAME, wait_for_release
 from library.training.run_control import StopRequest
 from library.training.train_state import find_state, read_progress
 from tests.training_fixtures import base_config, make_concept_images, write_config

@@ -5,7 +5,6 @@ goes on anyway. The free-memory readers are checked on real /proc and cgroup fil
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import pytest

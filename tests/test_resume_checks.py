@@ -57,21 +57,23 @@ def test_resume_with_another_rank_names_both_ranks(tiny_single_file, trained, tm
                         r"\(network_dim; 556 tensor\(s\) differ, e.g. lora_te1_text_model_encoder_layers_0_mlp_fc1: \[4, 64\] saved, "
                         r"\[8, 64\] now\); resume with network_dim = 4, or start a new run for rank 8", line), line
     assert _digests(state) == before
-    # the other way round: a state whose network file holds rank 8 (copied from a rank-8 run)
-    from library.training.state_checks import check_network_shapes
-    from library.errors import UserError
+    # the other way round: a state whose network file holds rank 8, this run's network rank 4
     import torch
+    from safetensors.torch import load_file
 
-    saved = {k: torch.zeros(8, *v.shape[1:]) if k.endswith("lora_down.weight") else v
-             for k, v in __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(state / "network.safetensors")).items()}
+    from library.errors import UserError
+    from library.training.state_checks import check_network_shapes
 
-    class Network(torch.nn.Module):  # this run's network: rank 4, as the state on disk
+    rank_4 = load_file(str(state / "network.safetensors"))
+    rank_8 = {k: torch.zeros(8, *v.shape[1:]) if k.endswith("lora_down.weight") else v for k, v in rank_4.items()}
+
+    class Network(torch.nn.Module):
         def state_dict(self):
-            return __import__("safetensors.torch", fromlist=["load_file"]).load_file(str(state / "network.safetensors"))
+            return rank_4
 
     with pytest.raises(UserError, match=r"trained at rank 8 and this config asks for rank 4 \(network_dim; 278 tensor\(s\) "
                                         r"differ, .*resume with network_dim = 8"):
-        check_network_shapes(state, saved, Network())
+        check_network_shapes(state, rank_8, Network())
 
 
 def test_resume_with_another_optimizer_names_both(tiny_single_file, trained, tmp_path, capsys):
