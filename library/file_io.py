@@ -4,7 +4,8 @@ A killed process therefore never leaves a half-written output, and an existing f
 replaced once the new one is complete. Temporary files are hidden (`.<name>.<random>.tmp`) and
 get the permissions an ordinary `open()` would give (0666 or 0777 minus the umask), so a UI or a
 colleague running as another user can read the results. A write that fails because the disk is
-full, read-only or not ours becomes a `WriteFailed` error naming the file and the cause.
+full, read-only or not ours becomes a `WriteFailed` error naming the file and the cause, whichever
+library raised it (an OSError, torch.save's RuntimeError, safetensors' SafetensorError).
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ _WRITE_ERRNOS = {
 }
 # torch.save reports a failed write (ENOSPC, EIO) only through these texts, without an errno
 _TORCH_WRITE_FAILURES = ("unexpected pos", "iostream error", "failed writing file", "file write failed")
+# Rust libraries (safetensors' SafetensorError, a plain Exception) carry the errno only in their text:
+# "Error while serializing: I/O error: No space left on device (os error 28)"
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 class WriteFailed(UserError):
@@ -87,8 +91,11 @@ def write_failure(path: str | os.PathLike, error: BaseException) -> WriteFailed 
     reason = None
     if isinstance(error, WriteFailed):
         return error
+    rust_errno = _RUST_OS_ERROR.search(str(error)) if not isinstance(error, OSError) else None
     if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
         reason = _WRITE_ERRNOS[error.errno]
+    elif rust_errno and int(rust_errno.group(1)) in _WRITE_ERRNOS:
+        reason = _WRITE_ERRNOS[int(rust_errno.group(1))]
     elif isinstance(error, (OSError, RuntimeError)) and any(text in str(error) for text in _TORCH_WRITE_FAILURES):
         reason = "the write was cut short, usually because the disk is full"
     if reason is None:
@@ -101,10 +108,12 @@ def write_failure(path: str | os.PathLike, error: BaseException) -> WriteFailed 
 
 @contextlib.contextmanager
 def translated_write_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn a full-disk / permission / read-only failure inside the block into WriteFailed(path)."""
+    """Turn a full-disk / permission / read-only failure inside the block into WriteFailed(path).
+    Any exception type is looked at (safetensors raises a plain Exception subclass); what is not
+    such a failure is raised unchanged."""
     try:
         yield
-    except (OSError, RuntimeError) as error:
+    except Exception as error:
         failure = write_failure(path, error)
         if failure is None:
             raise

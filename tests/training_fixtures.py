@@ -27,6 +27,8 @@ def base_config(model: Path, train_dir: Path, output_dir: Path, **overrides) -> 
             "max_train_steps": 4,
             "seed": 1234,
             "max_data_loader_n_workers": 0,
+            # the memory pre-flight's meta pass costs ~1.4 s a run; tests/test_memory_preflight.py runs it
+            "skip_memory_check": True,
         },
         "optimizer_arguments": {"optimizer_type": "AdamW", "learning_rate": 1e-3},
         "additional_network_arguments": {"network_module": "networks.lora", "network_dim": 4, "network_alpha": 2.0},

@@ -89,8 +89,20 @@ def _from_pretrained(cls, folder: Path, dtype: torch.dtype, dtype_kwarg: str):
 
 
 def save_diffusers_folder(folder: Path, unet, text_encoder1, text_encoder2, vae, tokenizers, scheduler=None) -> None:
-    """Write a StableDiffusionXLPipeline folder (safetensors weights, tokenizers, scheduler)."""
+    """Write a StableDiffusionXLPipeline folder (safetensors weights, tokenizers, scheduler) into a
+    hidden folder beside `folder` and rename it into place, so a full disk or a killed process never
+    leaves a half model. An existing `folder` is replaced only when it is a diffusers model (it holds
+    model_index.json) or empty: anything else there would be deleted with it."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from library.file_io import atomic_folder
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file; a diffusers model is written as a folder: choose a folder name")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "model_index.json").is_file():
+        raise UserError(f"{folder}: this folder holds other files and no diffusers model (model_index.json); the model is "
+                        "written as a whole folder and would replace it: choose a new or empty folder")
 
     scheduler = scheduler or EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG)
     pipeline = StableDiffusionXLPipeline(
@@ -102,4 +114,5 @@ def save_diffusers_folder(folder: Path, unet, text_encoder1, text_encoder2, vae,
         unet=unet,
         scheduler=scheduler,
     )
-    pipeline.save_pretrained(str(folder), safe_serialization=True)
+    with atomic_folder(folder) as temporary:
+        pipeline.save_pretrained(str(temporary), safe_serialization=True)

@@ -9,6 +9,11 @@ loss (a grayscale mask: white trains, black is ignored). For DreamBooth folders
 The mask is resized, cropped and flipped exactly like its image, so it covers the same pixels (kohya
 stretches it straight to the bucket size; see docs/kohya_differences.md). A mask whose aspect ratio
 differs from its image's is an error; a same-shaped smaller or larger one is resized.
+
+Every mask is decoded and checked when the dataset is built, before any model loads, so a wrong or
+truncated mask stops the run at its start and not at the batch that uses it hours later. A mask
+that breaks during the run anyway (replaced or cut short meanwhile) raises `MaskUnusable`, and the
+trainer leaves its image out like an image that broke (library/training/latent_source.py).
 """
 from __future__ import annotations
 
@@ -22,6 +27,47 @@ from library.data.images import ImageSkipped, glob_images, open_image
 from library.errors import UserError
 
 ASPECT_TOLERANCE = 0.01
+
+
+class MaskUnusable(UserError):
+    """A mask file cannot be used for its image; `reason` says why (without the path)."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _read_mask(path: Path, image_size: tuple[int, int]) -> tuple[Image.Image, np.ndarray]:
+    """The decoded mask and its red channel in 0-1; MaskUnusable when unreadable or of another aspect ratio."""
+    try:
+        image = open_image(path)
+    except ImageSkipped as error:
+        raise MaskUnusable(path, f"mask cannot be read ({error})") from None
+    width, height = image_size
+    if image.size != (width, height):
+        mask_aspect, image_aspect = image.size[0] / image.size[1], width / height
+        if abs(mask_aspect / image_aspect - 1) > ASPECT_TOLERANCE:
+            raise MaskUnusable(path, f"mask is {image.size[0]}x{image.size[1]} but its image is {width}x{height}; "
+                                     "a mask must have its image's aspect ratio")
+    return image, np.asarray(image.getchannel("R"), dtype=np.float32) / 255.0
+
+
+def check_masks(items) -> None:
+    """Decode every attached mask and check its size against its image's; one error naming how many
+    are unusable, the first three and the rule, before any model loads."""
+    problems = []
+    for item in items:
+        if getattr(item, "mask_path", None) is None:
+            continue
+        try:
+            _read_mask(item.mask_path, item.placement.original_size)
+        except MaskUnusable as error:
+            problems.append(error)
+    if problems:
+        examples = "; ".join(f"{p.path.name}: {p.reason.split(';')[0]}" for p in problems[:3])
+        folder = problems[0].path.parent
+        raise UserError(f"{folder}: {len(problems)} mask(s) cannot be used ({examples}); a mask must be a readable image with "
+                        "its image's aspect ratio (any size: it is resized like the image). Fix or replace them")
 
 
 def _masks_by_stem(folder: Path) -> dict[str, Path]:
@@ -69,20 +115,14 @@ def attach_masks(items, masked_loss: bool, notices: list) -> None:
         extra = [p for p in flat.values() if p not in used]
         if extra:
             notices.append(f"{folder}: {len(extra)} mask(s) match no training image (e.g. {extra[0].name}); they are not used")
+        check_masks(folder_items)
 
 
 def load_mask(path: Path, placement: BucketPlacement) -> np.ndarray:
-    """float32 [bucket height, bucket width] in 0-1, placed like the image of `placement`."""
-    try:
-        image = open_image(path)
-    except ImageSkipped as error:
-        raise UserError(f"{path}: mask cannot be read ({error})") from None
-    red = np.asarray(image.getchannel("R"), dtype=np.float32) / 255.0
+    """float32 [bucket height, bucket width] in 0-1, placed like the image of `placement`; MaskUnusable
+    when the file cannot be read or does not fit its image (any more)."""
+    image, red = _read_mask(path, placement.original_size)
     width, height = placement.original_size
     if image.size != (width, height):
-        mask_aspect, image_aspect = image.size[0] / image.size[1], width / height
-        if abs(mask_aspect / image_aspect - 1) > ASPECT_TOLERANCE:
-            raise UserError(f"{path}: mask is {image.size[0]}x{image.size[1]} but its image is {width}x{height}; "
-                            "a mask must have its image's aspect ratio")
         red = np.asarray(Image.fromarray(red).resize((width, height), Image.BILINEAR), dtype=np.float32)
     return resize_and_crop_array(red, placement)

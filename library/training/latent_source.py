@@ -308,13 +308,16 @@ class LatentSource:
         return torch.from_numpy(np.asarray(latents, dtype=np.float32)), mask, tuple(crop)
 
     def _condition_mask(self, index: int, placement) -> np.ndarray:
-        from library.training.condition_masks import load_mask
+        from library.training.condition_masks import MaskUnusable, load_mask
 
         item = self.items[index]
-        if placement is not item.placement:  # random or face crop: a placement of this step only
-            return load_mask(item.mask_path, placement)
-        if index not in self._condition_masks:
-            self._condition_masks[index] = load_mask(item.mask_path, placement)
+        try:
+            if placement is not item.placement:  # random or face crop: a placement of this step only
+                return load_mask(item.mask_path, placement)
+            if index not in self._condition_masks:
+                self._condition_masks[index] = load_mask(item.mask_path, placement)
+        except MaskUnusable as error:  # broke after the start-up check: the image is left out like a broken one
+            self._break(index, f"its mask {error}")
         return self._condition_masks[index]
 
 

@@ -287,8 +287,9 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
     return counter.peak, grads, counter.largest_workspace
 
 
-def estimate_memory(args) -> MemoryEstimate:
-    """The estimate for a resolved training config (nothing is loaded but file headers)."""
+def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
+    """The estimate for a resolved training config (nothing is loaded but file headers); `images`:
+    the dataset's image count when the caller knows it (otherwise the dataset is scanned)."""
     from library.lora.network_modules import import_network_module
     from library.training.network_setup import network_kwargs
     from library.training.precision import weight_dtype
@@ -351,7 +352,7 @@ def estimate_memory(args) -> MemoryEstimate:
             state_bytes += 4 * trainable_count
         else:  # full_bf16: the optimizer's state is bf16 like the weights, as in kohya
             state_bytes //= 2
-    items = count_dataset_items(args) or 0
+    items = (count_dataset_items(args) or 0) if images is None else images
     caches = 0
     if args.cache_latents or args.cache_latents_to_disk:
         caches += _latent_cache_bytes(args, items)

@@ -210,6 +210,7 @@ _TABLE = [
     Option("output_config", B, False, "training_arguments", "write the resolved config next to the outputs and exit"),
     Option("print_config", B, False, "training_arguments", "validate, summarise the dataset and steps, and exit without training"),
     Option("estimate_memory", B, False, "training_arguments", "print the expected peak accelerator memory (from shapes only, no weights loaded) and exit"),
+    Option("skip_memory_check", B, False, "training_arguments", "do not compare the --estimate_memory figure with the device's free memory before the models load (the run otherwise stops when it cannot fit, naming settings that would)"),
     Option("huggingface_repo_id", S, None, "training_arguments", "upload target", INERT, reason=_UPLOAD),
     Option("huggingface_repo_type", S, None, "training_arguments", "upload target", INERT, reason=_UPLOAD),
     Option("huggingface_path_in_repo", S, None, "training_arguments", "upload target", INERT, reason=_UPLOAD),

@@ -6,6 +6,9 @@ run's PID. The holder keeps an exclusive `flock` on the file while it runs; the 
 when the process ends in any way (crash, SIGKILL, power loss), so a lock file left behind is
 recognised as stale and taken over with a notice. Where `flock` does not exist (Windows, some
 network mounts) the PID in the file is checked instead.
+
+`wait_for_release` is the other side: it blocks until the run holding a folder has ended, so a job
+script can wait for a trainer whose launcher has already exited (see docs/training.md, SIGTERM).
 """
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         for _ in range(5):  # retried only when the file was replaced between our open and our lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
             try:
                 flocked = False
                 if fcntl is not None:
@@ -108,6 +111,16 @@ class OutputLock:
             return self
         raise UserError(f"{self.path}: could not take the output_dir lock (it keeps changing); is another run starting?")
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except IsADirectoryError:  # e.g. made by a sync tool or by hand: never ours to delete
+            raise UserError(f"{self.path}: is a folder, but this is the output_dir lock file of training runs; "
+                            f"remove the folder (rmdir {self.path}) or choose another output_dir") from None
+        except OSError as error:
+            raise UserError(f"{self.path}: cannot open the output_dir lock file ({error.strerror or error}); "
+                            "fix its permissions, remove it, or choose another output_dir") from None
+
     def _write(self, fd: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "command": " ".join(sys.argv)}
@@ -132,3 +145,42 @@ class OutputLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
+
+def wait_for_release(folder: str | os.PathLike, timeout: float | None = None, poll: float = 0.2) -> dict | None:
+    """Block until no live run holds `folder`'s lock. Returns the lock's run information when a run
+    held it at the start (None when none did); UserError after `timeout` seconds."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)  # never created here: a lock file nobody holds must not appear
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not the output_dir lock file of a training run") from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        info = OutputLock(folder)._read(fd)
+        held = False
+        while not _released(fd, info):
+            held = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise UserError(f"{folder}: the training run writing there ({_describe(info)}) was still running after "
+                                f"{timeout:g} s")
+            time.sleep(poll)
+        return info if held else None
+    finally:
+        os.close(fd)  # also drops our shared lock, if we got it
+
+
+def _released(fd: int, info: dict) -> bool:
+    """Whether the run that took the lock open on `fd` has let it go (ended, in whatever way)."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted once the holder's exclusive lock is gone
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # a file system without flock: the PID decides, as in acquire()
+    pid = info.get("pid")
+    same_host = info.get("host") in (None, socket.gethostname())
+    return not (isinstance(pid, int) and same_host and _pid_alive(pid))

@@ -1,5 +1,6 @@
 """Stopping a run cleanly: Ctrl-C or SIGTERM finishes the current optimizer step, then the trainer
-saves a resumable state and the LoRA so far instead of dying mid-write. A second Ctrl-C stops at once.
+saves a resumable state and the LoRA so far instead of dying mid-write. A second Ctrl-C stops at once;
+a second SIGTERM does not (see StopRequest._handle).
 
 A stopped run ends with `RunStopped`: the script prints how to resume as its last line and exits
 with the shell's code for the signal (130 for SIGINT, 143 for SIGTERM), so `train && publish`
@@ -20,10 +21,13 @@ class StopRequest:
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.requested:  # second signal: the user really wants out now
-            if signum == signal.SIGTERM and self.signum == signal.SIGINT:
-                return  # a launcher forwarding SIGTERM after the user's Ctrl-C: keep saving
-            self.restore()
+        if self.requested:
+            if signum == signal.SIGTERM:
+                # Not a user in a hurry but the same stop passed on twice: a scheduler signals every
+                # process of the job and torchrun forwards it to its workers again, or a launcher
+                # forwards it after the user's Ctrl-C. Keep saving; SIGKILL is the scheduler's way out.
+                return
+            self.restore()  # a second Ctrl-C: the user really wants out now
             raise KeyboardInterrupt
         self.requested = True
         self.signum = signum

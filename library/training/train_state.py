@@ -20,6 +20,7 @@ from library.errors import UserError
 from library.file_io import apply_umask, atomic_folder
 from library.models.checkpoint_file import load_weights
 from library.training.distributed import restore_rng_state
+from library.training.state_checks import DamagedState, check_network_shapes, check_optimizer, optimizer_name, progress_fields
 
 STATE_FILE = "train_state.json"
 FORMAT_VERSION = 1
@@ -57,24 +58,37 @@ def save_state(folder: Path, progress: Progress, network, optimizer, lr_schedule
         # "torch" (process 0's CPU state) is what states before per-process RNG held; "processes" has them all
         torch.save({"torch": rng_states[0]["torch"], "processes": rng_states, "scaler": scaler.state_dict() if scaler else None,
                     "extra": extra or {}}, tmp / "rng_and_extra.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "complete": True, **asdict(progress)}, indent=1))
+        (tmp / STATE_FILE).write_text(json.dumps({"format": FORMAT_VERSION, "complete": True, "optimizer": optimizer_name(optimizer),
+                                                  **asdict(progress)}, indent=1))
         for file in tmp.iterdir():
             apply_umask(file)
     return folder
 
 
 def read_progress(folder: Path) -> Progress | None:
-    """The progress of a complete state folder, or None when it is not one."""
+    """The progress of a complete state folder, or None when it is not one; DamagedState (naming the
+    field) when train_state.json holds values no run writes."""
     path = Path(folder) / STATE_FILE
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     needed = ("network.safetensors", "optimizer.pt", "scheduler.pt", "rng_and_extra.pt")
-    if not data.get("complete") or not all((Path(folder) / n).exists() for n in needed):
+    if not isinstance(data, dict) or not data.get("complete") or not all((Path(folder) / n).exists() for n in needed):
         return None
-    data.pop("complete"), data.pop("format", None)
-    return Progress(**data)
+    return Progress(**progress_fields(data, path))
+
+
+def _recorded_optimizer(folder: Path) -> str | None:
+    """The optimizer class a state was saved by (None for states saved before it was recorded)."""
+    return json.loads((Path(folder) / STATE_FILE).read_text()).get("optimizer")
+
+
+def _readable(folder: Path) -> bool:
+    try:
+        return read_progress(folder) is not None
+    except DamagedState:
+        return False
 
 
 def find_state(resume: str | Path) -> Path:
@@ -95,7 +109,7 @@ def find_state(resume: str | Path) -> Path:
 
 def _damaged(folder: Path, name: str, error: Exception) -> UserError:
     first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:200]  # torch adds paragraphs
-    others = sorted(p.name for p in Path(folder).parent.glob("*-state") if p != Path(folder) and read_progress(p) is not None)
+    others = sorted(p.name for p in Path(folder).parent.glob("*-state") if p != Path(folder) and _readable(p))
     hint = f"resume from an older state ({', '.join(others[-3:])}) or " if others else ""
     return UserError(f"{Path(folder) / name}: damaged or truncated ({first}); this state cannot be resumed: "
                      f"{hint}delete {Path(folder).name} and start again")
@@ -117,11 +131,10 @@ def load_state(folder: Path, network, optimizer, lr_scheduler, scaler=None, rank
     if progress is None:
         raise UserError(f"{folder}: incomplete training state")
     weights = _read(folder, "network.safetensors", lambda path: load_weights(path))
-    missing, unexpected = network.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{folder}: the saved network does not match this config (e.g. {(missing or unexpected)[0]}); "
-                        "resume with the same network_module, network_dim and network_args")
+    check_network_shapes(folder, weights, network)  # names and shapes (the rank) first: one line, not torch's traceback
+    network.load_state_dict(weights, strict=True)
     optimizer_state = _read(folder, "optimizer.pt", lambda path: torch.load(path, weights_only=True))
+    check_optimizer(folder, _recorded_optimizer(folder), optimizer_state, optimizer)
     scheduler_state = _read(folder, "scheduler.pt", lambda path: torch.load(path, weights_only=True))
     rng = _read(folder, "rng_and_extra.pt", lambda path: torch.load(path, weights_only=True))
     optimizer.load_state_dict(optimizer_state)

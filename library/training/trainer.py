@@ -36,6 +36,7 @@ from library.training.kohya_compat import dataset_difference_notices
 from library.training.latent_source import ImageBroken, LatentSource
 from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
+from library.training.memory_preflight import check_memory
 from library.training.network_setup import create_training_network, merge_configured_base_weights
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
@@ -758,6 +759,9 @@ def train(resolved) -> Path | None:
         print_dataset_summary(summary, resolved.args, per_epoch, total, trainer.skipped)
         return None
     with preflight.output_guard(resolved, trainer.items):  # before any model loads
+        if resolved.args.resume:
+            find_state(resolved.args.resume)  # a missing or damaged state stops the run before the models load
+        check_memory(resolved.args, images=len({item.image_path for item in trainer.items + trainer.val_items}))
         trainer.setup()
         preflight.check_free_space(trainer.args, trainer.network, trainer.optimizer, trainer.max_steps, trainer.epochs,
                                    trainer.notices)
