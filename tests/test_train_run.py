@@ -113,6 +113,7 @@ def test_samples_logs_and_validation(tiny_single_file, train_dir, tmp_path):
         assert logged(run_dir, tag), tag
     validation = [v for _, v in logged(run_dir, "loss/validation/step_average")]
     assert len(validation) == 3 and all(np.isfinite(validation))
+    assert logged(run_dir, "loss/validation/epoch_average")  # kohya also validates every epoch unless told otherwise
 
     run_training(tmp_path, tiny_single_file, train_dir, name="toml", max_train_steps=1, sample_prompts=str(prompts_toml),
                  sample_at_first=True)
@@ -125,13 +126,26 @@ def test_samples_logs_and_validation(tiny_single_file, train_dir, tmp_path):
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
 
 
-def test_sample_prompt_file_errors(tmp_path):
-    from library.training.sample_prompts import load_sample_prompts
+def test_sample_prompt_flags_kohya_does_not_use_are_ignored_with_a_notice(tmp_path):
+    """kohya matches flags case-insensitively and skips any it does not know (--cn is ControlNet's,
+    --am the generation script's); values of the flags it uses must be numbers."""
+    from library.training.sample_prompts import SamplePrompt, load_sample_prompts
 
-    bad = tmp_path / "p.txt"
-    bad.write_text("a cat --x 3\n")
-    with pytest.raises(UserError, match=r"p\.txt:1: unknown flag --x"):
-        load_sample_prompts(bad)
+    path = tmp_path / "p.txt"
+    path.write_text("a cat --cn pose.png --W 80 --am 1.2 --D 5\na dog --x 3 --n blurry\n")
+    notices = []
+    assert load_sample_prompts(path, notices) == [SamplePrompt("a cat", width=80, seed=5), SamplePrompt("a dog", negative_prompt="blurry")]
+    assert notices == [f"{path}: ignored what kohya does not use for SDXL LoRA samples either: --cn ({path}:1), --am ({path}:1), "
+                       f"--x ({path}:2)"]
+    toml_path = tmp_path / "p.toml"
+    toml_path.write_text('[prompt]\nguidance_scale = 3.5\n[[prompt.subset]]\nprompt = "a cat"\ncontrolnet_image = "c.png"\n')
+    notices = []
+    assert load_sample_prompts(toml_path, notices) == [SamplePrompt("a cat")]
+    assert "guidance_scale" in notices[0] and "controlnet_image" in notices[0]
+    toml_path.write_text('[prompt]\n[[prompt.subset]]\nprompt = "a cat"\nnegativ_prompt = "x"\n')
+    with pytest.raises(UserError, match=r"p\.toml: \[\[prompt\.subset\]\] #1: unknown key 'negativ_prompt'"):
+        load_sample_prompts(toml_path)
+    bad = tmp_path / "bad.txt"
     bad.write_text("a cat --w wide\n")
     with pytest.raises(UserError, match=r"width = 'wide' is not a number"):
         load_sample_prompts(bad)

@@ -270,7 +270,8 @@ _TABLE = [
     Option("lr_scheduler_power", F, 1.0, "optimizer_arguments", "power of the polynomial schedule"),
     Option("lr_scheduler_timescale", I, None, "optimizer_arguments", "timescale of inverse_sqrt (default: warm-up steps)"),
     Option("lr_scheduler_min_lr_ratio", F, None, "optimizer_arguments", "final lr / initial lr of cosine_with_min_lr and warmup_stable_decay"),
-    Option("fused_backward_pass", B, False, "optimizer_arguments", "fuse the optimizer step into backward", UNSUPPORTED, reason="kohya supports it for full fine-tuning only, not LoRA"),
+    Option("fused_backward_pass", B, False, "optimizer_arguments", "fuse the optimizer step into backward", IGNORED,
+           reason="an option of full fine-tuning (sdxl_train.py); kohya's LoRA training accepts it (with Adafactor) and trains as without it"),
     Option("optimizer_schedulefree_wrapper", B, False, "optimizer_arguments", "wrap any optimizer in schedulefree.ScheduleFreeWrapper (evaluated, sampled and saved at the averaged weights)"),
     Option("schedulefree_wrapper_args", LIST, None, "optimizer_arguments", 'ScheduleFreeWrapper "key=value" arguments (momentum, weight_decay_at_y, r, weight_lr_power)'),
     # --- [additional_network_arguments] ------------------------------------------------------

@@ -280,7 +280,7 @@ class Trainer:
             self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=self.tracker_config(), init_kwargs=init_kwargs)
             if self.log_with in ("tensorboard", "all"):
                 self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
-        self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
+        self.sample_prompts = load_sample_prompts(args.sample_prompts, self.notices) if args.sample_prompts else []
         if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
             self.notices.append("sample_every_n_* is set but sample_prompts is not; no samples will be made")
 
