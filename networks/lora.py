@@ -211,6 +211,10 @@ class LoRANetwork(nn.Module):
                 assemble(by_block[block], lr, unet_ratio, f"unet_block{block}")
         return groups, descriptions
 
+    def prepare_optimizer_params_with_multiple_te_lrs(self, text_encoder_lr=None, unet_lr=None, default_lr=None):
+        """kohya's name for the call that takes text_encoder_lr as [te1, te2]; prepare_optimizer_params does both."""
+        return self.prepare_optimizer_params(text_encoder_lr, unet_lr, default_lr)
+
     def enable_gradient_checkpointing(self) -> None:
         pass  # LoRA modules are tiny; checkpointing is the base model's business
 

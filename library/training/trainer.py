@@ -35,7 +35,7 @@ from library.training.kohya_compat import dataset_difference_notices
 from library.training.latent_source import ImageBroken, LatentSource
 from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
-from library.training.network_setup import create_training_network, merge_configured_base_weights
+from library.training.network_setup import create_training_network, merge_configured_base_weights, optimizer_param_groups
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
 from library.training.pixel_loading import pixel_loader, sample_randomness
@@ -231,7 +231,7 @@ class Trainer:
         """optimizer: parameter groups, optimizer, step plan, lr schedule, loss scaling, saver."""
         args = self.args
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
-        prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
+        prepared = optimizer_param_groups(self.network, te_lr, args.unet_lr, args.learning_rate, self.notices)
         self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
         self.pivotal.add_param_groups(self.param_groups, self.group_names, args, self.device)  # pivotal: new-row groups
         if not self.param_groups:
