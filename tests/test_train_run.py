@@ -175,7 +175,40 @@ def test_two_process_data_parallel_training(tiny_single_file, train_dir, tmp_pat
     assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_up" in k)
 
 
-def test_no_hand_written_gradient_all_reduce():
-    """Gradients are averaged by DDP during backward, not tensor by tensor afterwards."""
-    source = (REPO / "library" / "training" / "trainer.py").read_text()
-    assert "accelerator.reduce(param.grad" not in source and ".all_reduce(" not in source
+@pytest.mark.subprocess
+def test_two_processes_step_with_the_mean_of_their_gradients(tiny_single_file, train_dir, tmp_path):
+    """One SGD step in two processes (one image each) equals the step taken, in this process, with the
+    mean of the gradients the two ranks' batches give: DDP averages gradients, it does not only keep
+    the ranks equal (summed or rank-0 gradients would give another update)."""
+    from library.training.batch_plan import epoch_batches
+    from library.training.config_loader import resolve_config
+    from library.training.trainer import Trainer
+
+    config = base_config(tiny_single_file, train_dir, tmp_path / "out", max_train_steps=1, train_batch_size=1,
+                         optimizer_type="torch.optim.SGD", learning_rate=1.0, max_grad_norm=0.0, cache_latents_to_disk=True)
+    path = write_config(tmp_path / "mp.toml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "sdxl_train_network.py"), "--config_file", str(path)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    trained = lora_tensors(tmp_path / "out" / "tiny_lora.safetensors")
+
+    trainer = Trainer(resolve_config(["--config_file", str(path)]))
+    trainer.setup()  # the same seed: the same initial network as both processes
+    batches = epoch_batches(trainer.items, trainer.summary["batch_sizes"], trainer.seed, 1)
+    seeds = trainer.epoch_seeds(batches, 1)
+    names = [name for name, p in trainer.network.named_parameters() if p.requires_grad]
+    params = [p for p in trainer.network.parameters() if p.requires_grad]
+    initial = [p.detach().clone() for p in params]
+    per_rank = [torch.autograd.grad(trainer.batch_loss(batches[rank], seeds[rank], 1, 0), params, allow_unused=True)
+                for rank in (0, 1)]  # rank r trains the epoch's batches r, r + 2, ...
+    moved = 0
+    for name, start, g0, g1 in zip(names, initial, *per_rank):
+        g0 = torch.zeros_like(start) if g0 is None else g0
+        g1 = torch.zeros_like(start) if g1 is None else g1
+        torch.testing.assert_close(trained[name].float(), start - (g0 + g1) / 2, rtol=1e-4, atol=1e-6)
+        moved += int((g0 - g1).abs().max() > 1e-6)
+    assert moved > 0  # the ranks' gradients differ, so only their mean gives these weights
