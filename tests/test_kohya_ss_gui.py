@@ -218,3 +218,24 @@ def test_converter_writes_a_toml_with_the_same_options(name, machine, tmp_path):
     assert target.read_text().startswith("# converted from")
     with pytest.raises(UserError, match="exists"):
         convert([str(config), "--output", str(target)])
+
+
+@pytest.mark.parametrize("lora_type", ["Standard", "Kohya LoCon", "LoRA-FA", "Kohya DyLoRA", "LyCORIS/LoCon", "LyCORIS/LoHa",
+                                       "LyCORIS/LoKr", "LyCORIS/iA3", "LyCORIS/DyLoRA", "LyCORIS/GLoRA", "LyCORIS/Diag-OFT",
+                                       "LyCORIS/BOFT", "LyCORIS/Native Fine-Tuning"])
+def test_every_sdxl_lora_type_of_the_gui_builds_its_network(lora_type, tiny_sdxl):
+    """The GUI's network_args for each type are accepted by the module they go to (iA3's
+    train_on_input included, which LyCORIS does not read)."""
+    from library.lora.network_modules import import_network_module
+
+    options, _ = gui_options({"LoRA_type": lora_type, "network_dim": 8, "network_alpha": 4, "conv_dim": 4, "conv_alpha": 2,
+                              "unit": 2, "LyCORIS_preset": "full"}, "x.json:", [])
+    kwargs = dict(item.split("=", 1) for item in options["network_args"])
+    module = import_network_module(options["network_module"])
+    network = module.create_network(1.0, 8, 4, tiny_sdxl.vae, tiny_sdxl.text_encoders, tiny_sdxl.unet, **kwargs)
+    network.apply_to(tiny_sdxl.text_encoders, tiny_sdxl.unet, True, True)
+    from library.training.network_setup import optimizer_param_groups
+
+    prepared = optimizer_param_groups(network, [1e-4, 1e-4], 1e-4, 1e-4, [])
+    groups = prepared[0] if isinstance(prepared, tuple) else prepared
+    assert sum(p.numel() for group in groups for p in group["params"]) > 0
