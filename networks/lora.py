@@ -211,6 +211,10 @@ class LoRANetwork(nn.Module):
                 assemble(by_block[block], lr, unet_ratio, f"unet_block{block}")
         return groups, descriptions
 
+    def prepare_optimizer_params_with_multiple_te_lrs(self, text_encoder_lr=None, unet_lr=None, default_lr=None):
+        """kohya's name for the call that takes text_encoder_lr as [te1, te2]; prepare_optimizer_params does both."""
+        return self.prepare_optimizer_params(text_encoder_lr, unet_lr, default_lr)
+
     def enable_gradient_checkpointing(self) -> None:
         pass  # LoRA modules are tiny; checkpointing is the base model's business
 
@@ -267,6 +271,11 @@ def _parse_kwargs(kwargs: dict, neuron_dropout=None) -> dict:
 
 
 def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, unet, neuron_dropout=None, **kwargs):
+    return build_network(LoRANetwork, multiplier, network_dim, network_alpha, text_encoder, unet, neuron_dropout, kwargs)
+
+
+def build_network(network_class, multiplier, network_dim, network_alpha, text_encoder, unet, neuron_dropout, kwargs: dict):
+    """create_network for LoRANetwork or a subclass (networks.lora_fa)."""
     args = _parse_kwargs(kwargs, neuron_dropout)
     network_dim = 4 if network_dim is None else int(network_dim)
     network_alpha = 1.0 if network_alpha is None else float(network_alpha)
@@ -289,7 +298,7 @@ def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, un
                 raise UserError(f"network_args: {key} needs block_dims")
     block_lr_weight = na.block_lr_weights(args.get("down_lr_weight"), args.get("mid_lr_weight"),
                                           args.get("up_lr_weight"), args.get("block_lr_zero_threshold") or 0.0)
-    network = LoRANetwork(
+    network = network_class(
         text_encoder, unet, multiplier=multiplier, lora_dim=network_dim, alpha=network_alpha,
         dropout=args.get("dropout"), rank_dropout=args.get("rank_dropout"), module_dropout=args.get("module_dropout"),
         conv_lora_dim=conv_dim, conv_alpha=conv_alpha, block_dims=block_dims, block_alphas=block_alphas,
@@ -304,6 +313,10 @@ def create_network(multiplier, network_dim, network_alpha, vae, text_encoder, un
 def create_network_from_weights(multiplier, file, vae, text_encoder, unet, weights_sd=None, for_inference=False,
                                 **kwargs):
     """(network with exactly the file's modules, ranks and alphas, normalised weights)."""
+    return build_network_from_weights(LoRANetwork, multiplier, file, text_encoder, unet, weights_sd, kwargs)
+
+
+def build_network_from_weights(network_class, multiplier, file, text_encoder, unet, weights_sd, kwargs: dict):
     names = ModelNames(unet, _as_list(text_encoder))
     weights_sd, _ = load_lora_for_model(file if weights_sd is None else weights_sd, names)
     modules_dim, modules_alpha, other = {}, {}, []
@@ -322,7 +335,7 @@ def create_network_from_weights(multiplier, file, vae, text_encoder, unet, weigh
         raise UserError(f"{file}: {len(other)} modules are not plain LoRA/LoCon (LoHa, LoKr, Tucker or DoRA, e.g. "
                         f"{other[0]}); use network_module = \"lycoris.kohya\" for them")
     args = _parse_kwargs(kwargs)
-    network = LoRANetwork(text_encoder, unet, multiplier=multiplier, modules_dim=modules_dim,
+    network = network_class(text_encoder, unet, multiplier=multiplier, modules_dim=modules_dim,
                           modules_alpha=modules_alpha, dropout=args.get("dropout"),
                           rank_dropout=args.get("rank_dropout"), module_dropout=args.get("module_dropout"))
     network.load_state_dict(weights_sd, strict=False)

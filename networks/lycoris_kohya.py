@@ -43,6 +43,7 @@ _LYCORIS_ARGS = (
     "rescaled", "dora_wd", "wd_on_output", "full_matrix", "bypass_mode", "rs_lora", "unbalanced_factorization",
     "factor", "decompose_both", "loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio",
     "rank_dropout_scale", "train_t5xxl", "train_llm_adapter",
+    "train_on_input",  # the kohya_ss GUI writes it for every iA3 network; LyCORIS does not read it (nor do we)
 )
 _ALGOS = ("lora", "locon", "loha", "lokr", "dylora", "full", "diag-oft", "boft", "glora", "ia3")
 _preset_counter = itertools.count()

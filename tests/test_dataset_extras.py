@@ -129,6 +129,49 @@ def test_diff_output_preservation_targets_the_base_model(tmp_path, tiny_single_f
     assert losses[True] == 0.0 and losses[False] > 0.01
 
 
+def test_diff_output_preservation_target_is_detached_with_text_encoder_training(tmp_path, tiny_single_file):
+    """With a text-encoder LoRA the prior's conditioning carries gradients; kohya computes the prior
+    under no_grad, so the gradients are those of the loss against a constant (detached) target. A
+    prior left in the graph would add a gradient through the target into the text-encoder LoRA."""
+    make_concept_images(tmp_path / "a", count=2, sizes=[(64, 64)])
+    subset = {"image_dir": str(tmp_path / "a"), "custom_attributes": {"diff_output_preservation": True}}
+    dataset = dataset_toml(tmp_path / "d.toml", [{"resolution": 64, "batch_size": 2, "subsets": [subset]}])
+    trainer = trainer_for(tmp_path / "run", tiny_single_file, tmp_path, dataset_config=str(dataset), train_data_dir=None)
+    trainer.setup()
+    torch.manual_seed(0)
+    for name, param in trainer.network.named_parameters():
+        if "lora_up" in name:  # a LoRA that changes the output, so the loss and its gradients are not zero
+            param.data.normal_(std=0.05)
+    indices, seeds = [0, 1], [11, 12]
+
+    def gradients(loss) -> dict:
+        trainer.network.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None}
+
+    trained = gradients(trainer.batch_loss(indices, seeds, 1, 0))
+
+    def by_hand(prior_in_graph: bool):
+        latents, _, ids, _ = trainer.batch_inputs(indices, seeds)
+        noise, timesteps, noisy = trainer.sample_noise(latents, seeds)
+        context, pooled = trainer.conditioning(indices, seeds, 1, 0)
+        cond = {"text_embeds": pooled, "time_ids": ids}
+        prediction = trainer.model.unet(noisy, timesteps, context, added_cond_kwargs=cond).sample
+        trainer.network.set_multiplier(0.0)
+        with torch.set_grad_enabled(prior_in_graph):
+            prior = trainer.model.unet(noisy, timesteps, context, added_cond_kwargs=cond).sample
+        trainer.network.set_multiplier(1.0)
+        target = prior if prior_in_graph else prior.detach()
+        return ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3)).mean()
+
+    detached = gradients(by_hand(prior_in_graph=False))
+    assert trained.keys() == detached.keys() and any(n.startswith("lora_te") for n in trained)
+    for name in trained:
+        torch.testing.assert_close(trained[name], detached[name], rtol=1e-5, atol=1e-9)
+    leaky = gradients(by_hand(prior_in_graph=True))  # what autograd through the prior would give
+    assert max((leaky[n] - trained[n]).abs().max().item() for n in trained if n.startswith("lora_te")) > 1e-6
+
+
 def test_cache_info_writes_kohyas_file_and_trusts_it_only_while_fresh(tmp_path, tiny_single_file):
     folder = tmp_path / "train" / "3_ohwx"
     images = make_concept_images(folder, count=2, caption_extension=".txt", caption="ohwx, smile", sizes=[(64, 64), (96, 64)])

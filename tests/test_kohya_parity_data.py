@@ -51,7 +51,8 @@ def test_wildcards_expand_after_prefix_and_suffix():
     assert outputs == {f"{kind} of a {colour} cat {{hd}}" for kind in ("photo", "painting") for colour in ("red", "blue")}
     lines = {process_caption("one\ntwo\n\nthree", CaptionOptions(enable_wildcard=True), random.Random(s)) for s in range(40)}
     assert lines == {"one", "two", "three"}
-    assert process_caption("one\ntwo", CaptionOptions(), random.Random(0)) == "one"
+    # without wildcards kohya keeps a multi-line (metadata) caption whole, prefix before it and suffix after it
+    assert process_caption("one\ntwo", CaptionOptions(caption_prefix="p", caption_suffix="s"), random.Random(0)) == "p one\ntwo s"
 
 
 def test_wildcard_captions_keep_every_line(tmp_path):

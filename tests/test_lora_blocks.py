@@ -64,6 +64,16 @@ def test_block_lr_weights_make_groups_per_block(model):
     assert n_params == len(list(network.parameters()))
 
 
+def test_block_lr_zero_threshold_applies_to_the_given_lists_only():
+    """kohya thresholds the lists it was given (their 1.0 fill included), not the lists left out nor
+    the embedding and output blocks."""
+    from library.lora.network_args import block_lr_weights, down_up_lr_weight, mid_lr_weight
+
+    weights = block_lr_weights(down_up_lr_weight("0.5,2"), None, None, zero_threshold=1.0)  # filled to 9 with 1.0
+    assert weights == [1.0] + [0.0, 2.0] + [0.0] * 7 + [1.0] * 3 + [1.0] * 9 + [1.0]
+    assert block_lr_weights(None, mid_lr_weight("0.1,0.3,0.5"), None, zero_threshold=0.2) == [1.0] * 10 + [0.0, 0.3, 0.5] + [1.0] * 10
+
+
 def test_loraplus_puts_lora_up_in_its_own_group(model):
     network = lora.create_network(1.0, 4, 1, None, model.text_encoders, model.unet,
                                   loraplus_unet_lr_ratio="16", loraplus_lr_ratio="4")

@@ -25,11 +25,10 @@ def one_bucket_dir(tmp_path_factory):
     return root
 
 
-def _validation_loss(model_path, train_dir, lora_path=None) -> float:
+def _denoising_loss(model_path, train_dir, lora_path=None) -> float:
     from library.data.latent_cache import load_latent_cache
     from library.models.sdxl_conditioning import encode_captions, time_ids
     from library.models.sdxl_loader import load_sdxl
-    from library.training.validation import fixed_noise_loss
     from networks import lora
 
     model = load_sdxl(model_path)
@@ -43,15 +42,32 @@ def _validation_loss(model_path, train_dir, lora_path=None) -> float:
         context, pooled = encode_captions(model, [CAPTION] * len(latents), None)
     ids = time_ids([(c.original_size[1], c.original_size[0]) for c in caches], [(c.crop_ltrb[1], c.crop_ltrb[0]) for c in caches],
                    [(l.shape[1] * 8, l.shape[2] * 8) for l in latents])
-    return fixed_noise_loss(model.unet, latents, context, pooled, ids)
+    return _fixed_noise_mse(model.unet, latents, context, pooled, ids)
+
+
+@torch.no_grad()
+def _fixed_noise_mse(unet, latents, context, pooled, ids, timesteps=(200, 400, 600, 800)) -> float:
+    """Mean epsilon-prediction MSE over every (image, timestep) with the same noise each call."""
+    from library.training.noise import make_noise_scheduler
+
+    scheduler, total = make_noise_scheduler(), []
+    for index, latent in enumerate(latents):
+        generator = torch.Generator().manual_seed(index)
+        for timestep in timesteps:
+            noise = torch.randn(latent[None].shape, generator=generator)
+            t = torch.tensor([timestep])
+            prediction = unet(scheduler.add_noise(latent[None], noise, t), t, context[index : index + 1],
+                              added_cond_kwargs={"text_embeds": pooled[index : index + 1], "time_ids": ids[index : index + 1]}).sample
+            total.append(torch.nn.functional.mse_loss(prediction, noise).item())
+    return sum(total) / len(total)
 
 
 def test_lora_learns_the_training_images(tiny_single_file, dreambooth_dir, tmp_path):
     lora_path = run_training(tmp_path, tiny_single_file, dreambooth_dir, max_train_steps=24, learning_rate=1e-2,
                              network_dim=8, network_alpha=8.0, network_args=["conv_dim=8", "conv_alpha=8"],
                              cache_latents_to_disk=True, log_with="tensorboard", logging_dir=str(tmp_path / "logs"))
-    before = _validation_loss(tiny_single_file, dreambooth_dir)
-    after = _validation_loss(tiny_single_file, dreambooth_dir, lora_path)
+    before = _denoising_loss(tiny_single_file, dreambooth_dir)
+    after = _denoising_loss(tiny_single_file, dreambooth_dir, lora_path)
     assert after < 0.95 * before, (before, after)
     from tests.test_train_run import logged
 

@@ -34,23 +34,47 @@ def test_sdxl_noise_schedule(scheduler):
     assert (betas.sqrt()[1:] - betas.sqrt()[:-1]).std() < 1e-7
 
 
+def reference_alphas_cumprod(zero_terminal_snr: bool = False) -> torch.Tensor:
+    """SDXL's schedule written out in float64 (scaled_linear betas 0.00085..0.012, 1000 steps); with
+    zero terminal SNR rescaled as Lin et al. 2024 algorithm 1 (kohya's enforce_zero_terminal_snr,
+    diffusers' rescale_zero_terminal_snr): sqrt(alpha_bar) shifted to end at 0 and scaled to keep its start."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    if zero_terminal_snr:
+        root = alphas_cumprod.sqrt()
+        root = (root - root[-1]) * root[0] / (root[0] - root[-1])
+        alphas_cumprod = root**2
+    return alphas_cumprod
+
+
+def reference_snr(timesteps, zero_terminal_snr: bool = False) -> torch.Tensor:
+    alphas_cumprod = reference_alphas_cumprod(zero_terminal_snr)[timesteps]
+    return alphas_cumprod / (1.0 - alphas_cumprod)  # kohya's all_snr: (sqrt(a) / sqrt(1 - a))**2
+
+
 def test_min_snr_weights_on_known_timesteps(scheduler):
     timesteps = torch.tensor([10, 500, 999])
-    snr = noise_lib.snr(scheduler, timesteps)
-    args = make_args(min_snr_gamma=5.0)
-    weights = loss_lib.timestep_weights(args, scheduler, timesteps)
-    expected = torch.minimum(snr, torch.tensor(5.0)) / snr
-    torch.testing.assert_close(weights, expected)
+    snr = reference_snr(timesteps)
+    weights = loss_lib.timestep_weights(make_args(min_snr_gamma=5.0), scheduler, timesteps)
+    # kohya's apply_snr_weight: min(snr, gamma) / snr, and / (snr + 1) for v-prediction
+    torch.testing.assert_close(weights.double(), torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr, rtol=1e-4, atol=0)
     assert weights[0] < 0.1 and weights[2] == pytest.approx(1.0)  # high-SNR steps are down-weighted
     v_weights = loss_lib.timestep_weights(make_args(min_snr_gamma=5.0, v_parameterization=True), scheduler, timesteps)
-    torch.testing.assert_close(v_weights, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    torch.testing.assert_close(v_weights.double(), torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1),
+                               rtol=1e-4, atol=0)
+    assert snr[2].item() == pytest.approx(0.004682, rel=1e-3)  # alpha_bar(999) = 0.004660: the SNR SDXL ends at
 
 
 def test_debiased_and_v_pred_scaling(scheduler):
-    t = torch.tensor([100, 900])
-    snr = noise_lib.snr(scheduler, t)
-    torch.testing.assert_close(loss_lib.timestep_weights(make_args(debiased_estimation_loss=True), scheduler, t), 1 / snr.sqrt())
-    torch.testing.assert_close(loss_lib.timestep_weights(make_args(scale_v_pred_loss_like_noise_pred=True), scheduler, t), snr / (snr + 1))
+    t = torch.tensor([0, 100, 900])
+    snr = torch.clamp(reference_snr(t), max=1000.0)  # kohya caps the SNR at 1000 (t = 0 would give ~1175)
+    assert reference_snr(t)[0] > 1000
+    torch.testing.assert_close(loss_lib.timestep_weights(make_args(debiased_estimation_loss=True), scheduler, t).double(),
+                               1 / snr.sqrt(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(loss_lib.timestep_weights(make_args(debiased_estimation_loss=True, v_parameterization=True),
+                                                         scheduler, t).double(), 1 / (snr + 1), rtol=1e-4, atol=0)
+    torch.testing.assert_close(loss_lib.timestep_weights(make_args(scale_v_pred_loss_like_noise_pred=True), scheduler, t).double(),
+                               snr / (snr + 1), rtol=1e-4, atol=0)
 
 
 def test_loss_types_and_huber_schedule(scheduler):
@@ -137,12 +161,30 @@ def test_ip_noise_gamma_perturbs_input_not_target(scheduler):
 def test_timestep_range():
     t = noise_lib.sample_timesteps(10_000, 200, 300, torch.Generator().manual_seed(0))
     assert t.min().item() == 200 and t.max().item() == 299
+    generator = torch.Generator().manual_seed(0)
+    assert noise_lib.sample_timesteps(3, 500, 500, generator).tolist() == [500, 500, 500]  # kohya: min == max is a fixed timestep
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # and draws nothing
 
 
 def test_zero_terminal_snr_and_v_prediction():
     scheduler = noise_lib.make_noise_scheduler(zero_terminal_snr=True, v_parameterization=True)
-    assert scheduler.alphas_cumprod[-1].item() < 1e-6
+    expected = reference_alphas_cumprod(zero_terminal_snr=True)
+    torch.testing.assert_close(scheduler.alphas_cumprod.double(), expected, rtol=1e-4, atol=1e-7)
+    assert scheduler.alphas_cumprod[0].item() == pytest.approx(1 - 0.00085, rel=1e-6)  # the start is kept
+    assert scheduler.alphas_cumprod[-1].item() == 0.0
     assert scheduler.config.prediction_type == "v_prediction"
+    t = torch.tensor([200, 600, 999])
+    snr = reference_snr(t, zero_terminal_snr=True)
+    # kohya's min-SNR for v-prediction on the rescaled schedule: min(snr, 5) / (snr + 1); 0 at the last step
+    weights = loss_lib.timestep_weights(make_args(min_snr_gamma=5.0, v_parameterization=True), scheduler, t)
+    torch.testing.assert_close(weights.double(), torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1),
+                               rtol=1e-4, atol=1e-7)
+    assert weights[2].item() == 0.0
+    # v target: sqrt(a) * noise - sqrt(1 - a) * x0; at the last step it is -x0
+    latents, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    a = expected[t].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(noise_lib.prediction_target(scheduler, latents, noise, t, True),
+                               a.sqrt() * noise - (1 - a).sqrt() * latents, rtol=1e-4, atol=1e-5)
 
 
 def test_keep_tokens_stay_first_when_shuffling():

@@ -113,6 +113,7 @@ def test_samples_logs_and_validation(tiny_single_file, train_dir, tmp_path):
         assert logged(run_dir, tag), tag
     validation = [v for _, v in logged(run_dir, "loss/validation/step_average")]
     assert len(validation) == 3 and all(np.isfinite(validation))
+    assert logged(run_dir, "loss/validation/epoch_average")  # kohya also validates every epoch unless told otherwise
 
     run_training(tmp_path, tiny_single_file, train_dir, name="toml", max_train_steps=1, sample_prompts=str(prompts_toml),
                  sample_at_first=True)
@@ -125,13 +126,26 @@ def test_samples_logs_and_validation(tiny_single_file, train_dir, tmp_path):
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
 
 
-def test_sample_prompt_file_errors(tmp_path):
-    from library.training.sample_prompts import load_sample_prompts
+def test_sample_prompt_flags_kohya_does_not_use_are_ignored_with_a_notice(tmp_path):
+    """kohya matches flags case-insensitively and skips any it does not know (--cn is ControlNet's,
+    --am the generation script's); values of the flags it uses must be numbers."""
+    from library.training.sample_prompts import SamplePrompt, load_sample_prompts
 
-    bad = tmp_path / "p.txt"
-    bad.write_text("a cat --x 3\n")
-    with pytest.raises(UserError, match=r"p\.txt:1: unknown flag --x"):
-        load_sample_prompts(bad)
+    path = tmp_path / "p.txt"
+    path.write_text("a cat --cn pose.png --W 80 --am 1.2 --D 5\na dog --x 3 --n blurry\n")
+    notices = []
+    assert load_sample_prompts(path, notices) == [SamplePrompt("a cat", width=80, seed=5), SamplePrompt("a dog", negative_prompt="blurry")]
+    assert notices == [f"{path}: ignored what kohya does not use for SDXL LoRA samples either: --cn ({path}:1), --am ({path}:1), "
+                       f"--x ({path}:2)"]
+    toml_path = tmp_path / "p.toml"
+    toml_path.write_text('[prompt]\nguidance_scale = 3.5\n[[prompt.subset]]\nprompt = "a cat"\ncontrolnet_image = "c.png"\n')
+    notices = []
+    assert load_sample_prompts(toml_path, notices) == [SamplePrompt("a cat")]
+    assert "guidance_scale" in notices[0] and "controlnet_image" in notices[0]
+    toml_path.write_text('[prompt]\n[[prompt.subset]]\nprompt = "a cat"\nnegativ_prompt = "x"\n')
+    with pytest.raises(UserError, match=r"p\.toml: \[\[prompt\.subset\]\] #1: unknown key 'negativ_prompt'"):
+        load_sample_prompts(toml_path)
+    bad = tmp_path / "bad.txt"
     bad.write_text("a cat --w wide\n")
     with pytest.raises(UserError, match=r"width = 'wide' is not a number"):
         load_sample_prompts(bad)
@@ -161,7 +175,40 @@ def test_two_process_data_parallel_training(tiny_single_file, train_dir, tmp_pat
     assert any(v.abs().sum() > 0 for k, v in trained.items() if "lora_up" in k)
 
 
-def test_no_hand_written_gradient_all_reduce():
-    """Gradients are averaged by DDP during backward, not tensor by tensor afterwards."""
-    source = (REPO / "library" / "training" / "trainer.py").read_text()
-    assert "accelerator.reduce(param.grad" not in source and ".all_reduce(" not in source
+@pytest.mark.subprocess
+def test_two_processes_step_with_the_mean_of_their_gradients(tiny_single_file, train_dir, tmp_path):
+    """One SGD step in two processes (one image each) equals the step taken, in this process, with the
+    mean of the gradients the two ranks' batches give: DDP averages gradients, it does not only keep
+    the ranks equal (summed or rank-0 gradients would give another update)."""
+    from library.training.batch_plan import epoch_batches
+    from library.training.config_loader import resolve_config
+    from library.training.trainer import Trainer
+
+    config = base_config(tiny_single_file, train_dir, tmp_path / "out", max_train_steps=1, train_batch_size=1,
+                         optimizer_type="torch.optim.SGD", learning_rate=1.0, max_grad_norm=0.0, cache_latents_to_disk=True)
+    path = write_config(tmp_path / "mp.toml", config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "sdxl_train_network.py"), "--config_file", str(path)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    trained = lora_tensors(tmp_path / "out" / "tiny_lora.safetensors")
+
+    trainer = Trainer(resolve_config(["--config_file", str(path)]))
+    trainer.setup()  # the same seed: the same initial network as both processes
+    batches = epoch_batches(trainer.items, trainer.summary["batch_sizes"], trainer.seed, 1)
+    seeds = trainer.epoch_seeds(batches, 1)
+    names = [name for name, p in trainer.network.named_parameters() if p.requires_grad]
+    params = [p for p in trainer.network.parameters() if p.requires_grad]
+    initial = [p.detach().clone() for p in params]
+    per_rank = [torch.autograd.grad(trainer.batch_loss(batches[rank], seeds[rank], 1, 0), params, allow_unused=True)
+                for rank in (0, 1)]  # rank r trains the epoch's batches r, r + 2, ...
+    moved = 0
+    for name, start, g0, g1 in zip(names, initial, *per_rank):
+        g0 = torch.zeros_like(start) if g0 is None else g0
+        g1 = torch.zeros_like(start) if g1 is None else g1
+        torch.testing.assert_close(trained[name].float(), start - (g0 + g1) / 2, rtol=1e-4, atol=1e-6)
+        moved += int((g0 - g1).abs().max() > 1e-6)
+    assert moved > 0  # the ranks' gradients differ, so only their mean gives these weights

@@ -130,14 +130,16 @@ def mid_lr_weight(value) -> list[float]:
 
 
 def block_lr_weights(down, mid, up, zero_threshold: float = 0.0) -> list[float] | None:
-    """23 per-block lr factors (None when no block lr weight is set); <= threshold becomes 0."""
+    """23 per-block lr factors (None when no block lr weight is set). As kohya: values of a given list
+    (its 1.0 fill included) at or below zero_threshold become 0; a list not given, and the
+    embedding and output blocks, stay at 1.0."""
     if down is None and mid is None and up is None:
         return None
-    down = down or [1.0] * NUM_DOWN_OR_UP_BLOCKS
-    mid = mid or [1.0] * NUM_MID_BLOCKS
-    up = up or [1.0] * NUM_DOWN_OR_UP_BLOCKS
-    weights = [1.0] + list(down) + list(mid) + list(up) + [1.0]
-    return [w if w > zero_threshold else 0.0 for w in weights]
+
+    def given(values, count):
+        return [1.0] * count if values is None else [w if w > zero_threshold else 0.0 for w in values]
+
+    return [1.0] + given(down, NUM_DOWN_OR_UP_BLOCKS) + given(mid, NUM_MID_BLOCKS) + given(up, NUM_DOWN_OR_UP_BLOCKS) + [1.0]
 
 
 def sdxl_block_index(lora_name: str) -> int:

@@ -1,6 +1,7 @@
 """Per-step caption augmentation, with kohya's semantics (train_util.BaseDataset.process_caption).
 
-Order: one line of a multi-line caption (enable_wildcard; else the first line) -> prefix/suffix ->
+Order: one line of a multi-line caption (enable_wildcard; else the whole text, as kohya: caption
+files give their first line only, metadata captions may hold several) -> prefix/suffix ->
 caption dropout (whole caption) -> wildcard expansion ({a|b}, `{{`/`}}` for literal braces; after the
 prefix/suffix, so they may hold wildcards too) -> only when shuffle_caption, token warm-up or tag
 dropout is on: split into tags at caption_separator, fixed tags (keep_tokens, or the part before
@@ -62,7 +63,8 @@ def splits_tags(options: CaptionOptions) -> bool:
 
 def process_caption(caption: str, options: CaptionOptions, rng: random.Random, epoch: int = 0,
                     step: int = 0, max_steps: int = 1) -> str:
-    caption = choose_line(caption, rng) if options.enable_wildcard else caption.split("\n")[0]
+    if options.enable_wildcard:  # a line per step; without wildcards kohya keeps a multi-line caption whole
+        caption = choose_line(caption, rng)
     if options.caption_prefix:
         caption = f"{options.caption_prefix} {caption}"
     if options.caption_suffix:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from library.errors import UserError
+from library.lora.network_modules import REFUSED as REFUSED_NETWORK_MODULES
 from library.training.optimizer_options import check_optimizer_options
 from library.training.pivotal import check_pivotal_options
 
@@ -48,8 +49,13 @@ def check_combinations(args, sources: dict, notices: list, subsets=()) -> None:
                         "combined with enable_bucket (as in kohya); disable one")
     if args.max_token_length not in (None, 75, 150, 225):
         raise UserError(f"{where('max_token_length')}: max_token_length must be 75, 150 or 225")
-    if args.min_timestep is not None and args.max_timestep is not None and args.min_timestep >= args.max_timestep:
-        raise UserError(f"min_timestep {args.min_timestep} must be below max_timestep {args.max_timestep}")
+    if args.network_module in REFUSED_NETWORK_MODULES:  # before any model loads
+        raise UserError(f"{where('network_module')}: network_module = \"{args.network_module}\": "
+                        f"{REFUSED_NETWORK_MODULES[args.network_module]}")
+    if args.min_timestep is not None and not 0 <= args.min_timestep < 1000:  # also keeps min == max a timestep that exists
+        raise UserError(f"{where('min_timestep')}: min_timestep must be in 0..999")
+    if args.min_timestep is not None and args.max_timestep is not None and args.min_timestep > args.max_timestep:
+        raise UserError(f"{where('min_timestep')}: min_timestep {args.min_timestep} must not be above max_timestep {args.max_timestep}")
     if args.max_timestep is not None and not 0 < args.max_timestep <= 1000:
         raise UserError(f"{where('max_timestep')}: max_timestep must be in 1..1000")
     if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:

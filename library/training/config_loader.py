@@ -1,5 +1,6 @@
 """Resolve the training configuration: defaults < --config_file TOML < command line.
 
+A kohya_ss GUI JSON file (.json) is read as the GUI reads it (kohya_ss_gui.py), then like a TOML.
 As in kohya, every TOML table merges into one namespace whatever its name, and flat files load too.
 Every key we know is checked against the option table before any model is loaded: a wrong type, a
 value outside its choices, a dataset-only key or an option this toolkit does not offer is a
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a LoRA (or LyCORIS network) on SDXL. Options as in kohya sd-scripts; see docs/options.md.",
         argument_default=argparse.SUPPRESS,  # only options given on the command line appear
     )
-    parser.add_argument("--config_file", help="training config TOML (sections as kohya's; flat files load too)")
+    parser.add_argument("--config_file", help="training config TOML (sections as kohya's; flat files load too), or a kohya_ss GUI .json")
     groups = {section: parser.add_argument_group(section) for section in SECTIONS}
     for option in OPTIONS.values():
         group = groups[option.section]
@@ -76,9 +77,18 @@ def _config_path(given: str) -> Path:
     return path
 
 
-def _read_toml(path: Path) -> dict:
+def _read_config(path: Path, notices: list) -> dict:
+    """A TOML config, or a kohya_ss GUI JSON file read as the GUI's train button reads it."""
     if not path.exists():
         raise UserError(f"{path}: config file not found (--config_file)")
+    if path.suffix.lower() == ".json":
+        from library.training.kohya_ss_gui import read_gui_json
+
+        return read_gui_json(path, notices)
+    return _read_toml(path)
+
+
+def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
@@ -169,7 +179,7 @@ def resolve_config(argv=None) -> ResolvedConfig:
     forwarded: list[str] = []
     unknown = None
     if config_path is not None:
-        entries, unknown = _flatten_file(config_path, _read_toml(config_path), notices)
+        entries, unknown = _flatten_file(config_path, _read_config(config_path, notices), notices)
         forwarded = entries.pop("__forwarded_network_args__", ([], ""))[0]
         for name, (raw, where) in entries.items():
             section = where[len(str(config_path)):].strip() or ""

@@ -33,14 +33,18 @@ def preservation_rows(items, indices) -> list[int]:
             if (items[index].subset.custom_attributes or {}).get(PRESERVATION)]
 
 
-@torch.no_grad()
 def preserved_target(network, multiplier: float, target: torch.Tensor, rows: list[int], predict) -> torch.Tensor:
-    """`target` with `rows` replaced by `predict(rows)` computed with the network switched off."""
+    """`target` with `rows` replaced by `predict(rows)` computed with the network switched off.
+
+    As kohya, without autograd: the prior is a constant target. With a text-encoder LoRA (or pivotal
+    rows) its conditioning carries gradients, which must not flow into the target, and no UNet graph
+    is kept for it."""
     network.set_multiplier(0.0)
     try:
-        prior = predict(rows)
+        with torch.no_grad():
+            prior = predict(rows).detach()
     finally:
         network.set_multiplier(multiplier)
-    target = target.clone()
+    target = target.detach().clone()
     target[rows] = prior.to(target.dtype)
     return target

@@ -27,7 +27,7 @@ EXPLAINED = {
     "pin_memory": "a data loader setting of other trainers",
     "tokenizer_path": "another trainer's name; tokenizer_cache_dir points at local tokenizers here",
     "lr_restart_cycles": "SD-Trainer's name of lr_scheduler_num_cycles",
-    "lr_warmup": "kohya_ss GUI's warm-up percentage; lr_warmup_steps takes steps or a fraction such as 0.1",
+    "lr_warmup": "kohya_ss GUI's warm-up percentage; lr_warmup_steps takes steps or a fraction such as 0.1 (a GUI .json given as --config_file is read with it)",
     "max_resolution": "kohya_ss GUI's name of resolution",
     "use_ema": "EMA weights are not an option of kohya's sdxl_train_network",
     "ema_rate": "EMA weights are not an option of kohya's sdxl_train_network",
@@ -36,9 +36,9 @@ EXPLAINED = {
     "batch_size": "a dataset config key; at the top level kohya uses train_batch_size instead",
     "datasets": "[[datasets]] tables belong in the --dataset_config file",
     "subsets": "[[subsets]] tables belong in the --dataset_config file, under [[datasets]]",
-    "LoRA_type": "kohya_ss GUI setting (network_module and network_args do it)",
+    "LoRA_type": "kohya_ss GUI setting (network_module and network_args do it; a GUI .json given as --config_file is read with it)",
     "LyCORIS_preset": "kohya_ss GUI setting; network_args = [\"preset=...\"] does it",
-    "additional_parameters": "kohya_ss GUI's extra command-line text; write those options as keys",
+    "additional_parameters": "kohya_ss GUI's extra command-line text; write those options as keys (a GUI .json given as --config_file is read with it)",
     "sample_dir": "samples are written to <output_dir>/sample here, as in kohya",
 }
 

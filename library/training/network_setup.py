@@ -66,3 +66,16 @@ def create_training_network(args, model, train_unet: bool, train_text_encoder: b
     if args.network_weights and not args.dim_from_weights:
         network.load_weights(args.network_weights)
     return network, module
+
+
+def optimizer_param_groups(network, text_encoder_lr, unet_lr, learning_rate, notices: list):
+    """kohya's call: a network with prepare_optimizer_params_with_multiple_te_lrs takes text_encoder_lr
+    as a list (one per text encoder); any other gets its first value (GUIs write [lr, lr])."""
+    if hasattr(network, "prepare_optimizer_params_with_multiple_te_lrs"):
+        return network.prepare_optimizer_params_with_multiple_te_lrs(text_encoder_lr, unet_lr, learning_rate)
+    if isinstance(text_encoder_lr, (list, tuple)):
+        if len(set(text_encoder_lr)) > 1:
+            notices.append(f"text_encoder_lr = {list(text_encoder_lr)}: this network takes one text-encoder learning rate; "
+                           f"both encoders use {text_encoder_lr[0]} (as in kohya)")
+        text_encoder_lr = text_encoder_lr[0] if text_encoder_lr else None
+    return network.prepare_optimizer_params(text_encoder_lr, unet_lr, learning_rate)

@@ -33,8 +33,11 @@ def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
 
 
 def sample_timesteps(batch: int, min_timestep: int | None, max_timestep: int | None, generator) -> torch.Tensor:
+    """Uniform in [min, max); min == max is kohya's fixed timestep (no random draw)."""
     low = 0 if min_timestep is None else min_timestep
     high = SDXL_NUM_TIMESTEPS if max_timestep is None else max_timestep
+    if low >= high:
+        return torch.full((batch,), high, dtype=torch.long)
     return torch.randint(low, high, (batch,), generator=generator, dtype=torch.long)
 
 

@@ -37,7 +37,7 @@ from library.training.latent_source import ImageBroken, LatentSource
 from library.training.loss_scaling import loss_scaling
 from library.training.lr_schedulers import build_lr_scheduler
 from library.training.memory_preflight import check_memory
-from library.training.network_setup import create_training_network, merge_configured_base_weights
+from library.training.network_setup import create_training_network, merge_configured_base_weights, optimizer_param_groups
 from library.training.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
 from library.training.pixel_loading import pixel_loader, sample_randomness
@@ -54,7 +54,7 @@ from library.training.sampling import write_samples
 from library.training.text_conditioning import TextEncoderCache, cached_captions
 from library.training.train_items import build_items, split_validation
 from library.training.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
-from library.training.validation import fixed_noise_loss
+from library.training import validation
 
 VAE_SCALE = 0.13025
 TEXT_ENCODERS = ("text_encoder1", "text_encoder2")
@@ -238,7 +238,7 @@ class Trainer:
         """optimizer: parameter groups, optimizer, step plan, lr schedule, loss scaling, saver."""
         args = self.args
         te_lr = args.text_encoder_lr if self.train_text_encoder else None
-        prepared = self.network.prepare_optimizer_params(te_lr, args.unet_lr, args.learning_rate)
+        prepared = optimizer_param_groups(self.network, te_lr, args.unet_lr, args.learning_rate, self.notices)
         self.param_groups, self.group_names = prepared if isinstance(prepared, tuple) else (prepared, None)
         self.pivotal.add_param_groups(self.param_groups, self.group_names, args, self.device)  # pivotal: new-row groups
         if not self.param_groups:
@@ -288,7 +288,7 @@ class Trainer:
             self.accelerator.init_trackers(args.log_tracker_name or "network_train", config=self.tracker_config(), init_kwargs=init_kwargs)
             if self.log_with in ("tensorboard", "all"):
                 self.tensorboard = self.accelerator.get_tracker("tensorboard", unwrap=False)
-        self.sample_prompts = load_sample_prompts(args.sample_prompts) if args.sample_prompts else []
+        self.sample_prompts = load_sample_prompts(args.sample_prompts, self.notices) if args.sample_prompts else []
         if not self.sample_prompts and (args.sample_every_n_steps or args.sample_every_n_epochs or args.sample_at_first):
             self.notices.append("sample_every_n_* is set but sample_prompts is not; no samples will be made")
 
@@ -321,13 +321,15 @@ class Trainer:
         with torch.set_grad_enabled(self.train_text_encoder or self.pivotal.needs_grad):
             return encode_captions(self.model, captions, self.args.max_token_length, self.args.weighted_captions)
 
-    def batch_inputs(self, indices, seeds, pixels=None):
-        """`pixels`: {(index, seed): images} prepared by loader workers (pixel_loading.PixelLoader), or None."""
+    def batch_inputs(self, indices, seeds, pixels=None, items=None, source=None):
+        """`pixels`: {(index, seed): images} prepared by loader workers (pixel_loading.PixelLoader), or None.
+        `items` / `source`: another item list and its LatentSource (validation); the training ones by default."""
+        items, source = items or self.items, source or self.latents
         latents, masks, originals, crops, targets = [], [], [], [], []
         for index, seed in zip(indices, seeds):
-            item = self.items[index]
+            item = items[index]
             flip, augment = sample_randomness(item, seed)
-            sample, mask, crop = self.latents.get(index, flip, augment, (pixels or {}).get((index, seed)))
+            sample, mask, crop = source.get(index, flip, augment, (pixels or {}).get((index, seed)))
             latents.append(sample)
             masks.append(mask)
             placement = item.placement
@@ -341,7 +343,7 @@ class Trainer:
             mask = torch.stack([m if m is not None else torch.ones(latents.shape[2] * 8, latents.shape[3] * 8) for m in masks])
             mask = torch.nn.functional.interpolate(mask[:, None].float(), size=latents.shape[2:], mode="area").to(self.device)
         ids = time_ids(originals, crops, targets).to(self.device)
-        weights = torch.tensor([self.args.prior_loss_weight if self.items[i].is_reg else 1.0 for i in indices])
+        weights = torch.tensor([self.args.prior_loss_weight if items[i].is_reg else 1.0 for i in indices])
         return latents, mask, ids, weights
 
     def sample_noise(self, latents, seeds):
@@ -527,38 +529,8 @@ class Trainer:
                     self.tensorboard.writer.add_image(f"sample/{index:02d}", np.asarray(image), step, dataformats="HWC")
         self.accelerator.wait_for_everyone()
 
-    @torch.no_grad()
     def validation_loss(self) -> float | None:
-        if not self.val_items:
-            return None
-        limit = self.args.max_validation_steps or len(self.val_items)
-        latents, contexts, pooleds, ids = [], [], [], []
-        self.network.eval()
-        self.schedule_free.eval()  # schedule-free: validate the averaged weights
-        for index, item in enumerate(self.val_items[:limit]):
-            try:
-                latent, _, _ = self.val_latents.get(index, False)
-            except ImageBroken:
-                continue
-            latents.append(latent * VAE_SCALE)
-            caption = self.pivotal.replace_in_prompt(item.caption)
-            with self.placement.autocast():
-                context, pooled = encode_captions(self.model, [caption], self.args.max_token_length, self.args.weighted_captions)
-            contexts.append(context)
-            pooleds.append(pooled)
-            w, h = item.placement.original_size
-            ids.append(time_ids([(h, w)], [item.placement.crop_top_left], [(item.bucket[1], item.bucket[0])]))
-        if not latents:  # every validation image is broken
-            self.schedule_free.train()
-            self.network.train()
-            return None
-        with self.placement.autocast():
-            loss = fixed_noise_loss(self.model.unet, latents, torch.cat(contexts), torch.cat(pooleds), torch.cat(ids),
-                                    seed=self.args.validation_seed if self.args.validation_seed is not None else self.seed,
-                                    v_parameterization=self.args.v_parameterization)
-        self.schedule_free.train()
-        self.network.train()
-        return loss
+        return validation.validation_loss(self)  # kohya's validation through the training loss path
 
     def log_epoch(self, logs: dict, epoch: int, global_step: int) -> None:
         """Epoch metrics as kohya logs them: TensorBoard at step = epoch (its epoch graphs), every other
@@ -712,7 +684,7 @@ class Trainer:
     def finish_epoch(self, progress: Progress) -> None:
         args, epoch = self.args, progress.epoch
         logs = {"loss/epoch_average": sum(progress.epoch_losses) / max(len(progress.epoch_losses), 1)}
-        if self.val_items and (self.due(args.validate_every_n_epochs, epoch) or not (args.validate_every_n_epochs or args.validate_every_n_steps)):
+        if self.val_items and (self.due(args.validate_every_n_epochs, epoch) or not args.validate_every_n_epochs):  # kohya: every epoch by default
             logs["loss/validation/epoch_average"] = self.validation_loss()
         self.log_epoch(logs, epoch, progress.global_step)
         finished_run = progress.global_step >= self.max_steps
