@@ -71,7 +71,7 @@ def fixed_noise(trainer, latents: torch.Tensor, seeds: list[int], timestep: int)
     for row, seed in enumerate(seeds):
         generator = torch.Generator().manual_seed(seed * 1009 + timestep)
         sample = latents[row : row + 1]
-        noise = noise_lib.training_noise(sample.cpu(), args, generator).to(latents.device)
+        noise = noise_lib.training_noise(sample, args, generator)  # drawn on the CPU, returned on the device
         noisy.append(noise_lib.noisy_latents(trainer.noise_scheduler, sample, noise, timesteps[row : row + 1], args, generator))
         noises.append(noise)
     return torch.cat(noises), timesteps.to(latents.device), torch.cat(noisy)
