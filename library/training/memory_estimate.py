@@ -23,6 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.utils._device import DeviceContext
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -287,6 +288,20 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
     return counter.peak, grads, counter.largest_workspace
 
 
+class _MetaExceptSmallData(DeviceContext):
+    """New tensors on the meta device (no memory, no init time), except small integer tensors built from
+    a shape (`torch.tensor(kernel_size).prod().item()` in LyCORIS' LoHa/LoKr needs a real value)."""
+
+    def __init__(self):
+        super().__init__(torch.device("meta"))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if (func in (torch.tensor, torch.as_tensor) and (kwargs or {}).get("device") is None and args
+                and isinstance(args[0], (tuple, list)) and all(isinstance(v, int) for v in args[0])):
+            return func(*args, **(kwargs or {}))
+        return super().__torch_function__(func, types, args, kwargs)
+
+
 def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
     """The estimate for a resolved training config (nothing is loaded but file headers); `images`:
     the dataset's image count when the caller knows it (otherwise the dataset is scanned)."""
@@ -311,9 +326,12 @@ def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
     train_unet = not args.network_train_text_encoder_only
     train_text_encoder = not args.network_train_unet_only
     module = import_network_module(args.network_module or "networks.lora")
-    with torch.device("meta"):
+    with _MetaExceptSmallData():
+        # without dropouts: they hold no memory worth counting, and LyCORIS draws them with .item() on the
+        # weights' device (meta here), which only works on real tensors
+        kwargs = {k: v for k, v in network_kwargs(args).items() if k not in ("rank_dropout", "module_dropout")}
         network = module.create_network(1.0, args.network_dim or 4, args.network_alpha, model.vae, model.text_encoders, model.unet,
-                                        neuron_dropout=args.network_dropout, **network_kwargs(args))
+                                        **kwargs)
         network.apply_to(model.text_encoders, model.unet, train_text_encoder, train_unet)
     if args.gradient_checkpointing:
         network.enable_gradient_checkpointing()
