@@ -8,6 +8,8 @@
     python tools/bench.py --sections learning     # does each network type learn the toy world's concept?
     python tools/bench.py --sections peer --peer_script train_dreambooth_lora_sdxl_advanced.py --peer_python venv/bin/python
                                                   # diffusers' own SDXL LoRA script side by side (docs/performance.md)
+    python tools/bench.py --sections kohya --kohya_dir sd-scripts --kohya_python kohya-venv/bin/python --threads 2
+                                                  # kohya's own trainer, real SDXL size, same command line (~1 h)
 
 Every variant runs in its own process; compared variants alternate (ours, reference, ours, ...)
 and the report gives medians, per-pair ratios and spreads. On a shared machine run-to-run spread
@@ -57,12 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="one calibration case, 1 memory repeat (for tests)")
     parser.add_argument("--in_process", action="store_true",
                         help="run every task in this process (fast check of the report; memory/start-up figures not meaningful)")
-    parser.add_argument("--sections", nargs="+", default=None, choices=["training", "startup", "calibration", "preparation", "hardware", "efficiency", "realsize", "learning", "peer"],
-                        help="measure only these sections (default: all but hardware, efficiency, realsize, learning and peer, which run only when named)")
+    parser.add_argument("--sections", nargs="+", default=None, choices=["training", "startup", "calibration", "preparation", "hardware", "efficiency", "realsize", "learning", "peer", "kohya"],
+                        help="measure only these sections (default: all but hardware, efficiency, realsize, learning, peer and kohya, which run only when named)")
     parser.add_argument("--peer_script", default=None,
                         help="peer section: diffusers' examples/advanced_diffusion_training/train_dreambooth_lora_sdxl_advanced.py")
     parser.add_argument("--peer_python", default=None,
                         help="peer section: the interpreter that runs the script (needs torchvision; default: this one)")
+    parser.add_argument("--kohya_dir", default=None, help="kohya section: a copy of kohya-ss/sd-scripts (docs/performance.md)")
+    parser.add_argument("--kohya_python", default=None, help="kohya section: the interpreter of kohya's venv")
+    parser.add_argument("--kohya_precisions", nargs="+", default=["no", "bf16"], choices=["no", "fp16", "bf16"],
+                        help="kohya section: mixed_precision values to compare (default: no bf16)")
+    parser.add_argument("--kohya_steps", nargs=2, type=int, default=[3, 6], metavar=("SHORT", "LONG"),
+                        help="kohya section: steps of the short and the long run (default 3 6)")
     parser.add_argument("--algorithms", nargs="+", default=None, help="learning section: which networks (default: "
                         "LoRA LoCon LoHa LoKr DyLoRA pivotal)")
     parser.add_argument("--toy_world", default=None,
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from library.benchmark.report import format_table, validate_report
-    from library.benchmark.suite import run_benchmark
+    from library.benchmark.suite import has_checkable_sections, run_benchmark
 
     from library.benchmark import runner
 
@@ -89,6 +97,9 @@ def main(argv=None) -> int:
         unknown = [name for name in args.algorithms if name not in ALGORITHMS]
         if unknown:
             raise UserError(f"--algorithms {' '.join(unknown)}: unknown; choose from {' '.join(ALGORITHMS)}")
+    if args.sections and "kohya" in args.sections and not (args.kohya_dir and args.kohya_python):
+        raise UserError("--sections kohya needs --kohya_dir (a copy of kohya-ss/sd-scripts) and --kohya_python (its venv's "
+                        "interpreter); docs/performance.md says how to make both")
     if args.sections and "peer" in args.sections and not args.peer_script:
         raise UserError("--sections peer needs --peer_script PATH (diffusers' train_dreambooth_lora_sdxl_advanced.py; "
                         "docs/performance.md says where to get it)")
@@ -103,10 +114,11 @@ def main(argv=None) -> int:
             "calibration_sizes": args.calibration_sizes, "calibration_cases": DEFAULT_CASES[:1] if args.quick else DEFAULT_CASES,
             "target_size": "small" if "small" in args.sizes else args.sizes[0], "isolated": not args.in_process,
             "sections": args.sections, "realsize_resolutions": args.realsize_resolutions, "algorithms": args.algorithms, "toy_world": args.toy_world,
-            "peer_script": args.peer_script, "peer_python": args.peer_python, "previous": json.loads(Path(args.update).read_text(encoding="utf-8")) if args.update else None}
+            "peer_script": args.peer_script, "peer_python": args.peer_python, "kohya_dir": args.kohya_dir,
+            "kohya_python": args.kohya_python, "kohya_precisions": args.kohya_precisions, "kohya_steps": tuple(args.kohya_steps), "previous": json.loads(Path(args.update).read_text(encoding="utf-8")) if args.update else None}
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir()) / "sdxl_lora_bench"
     report = run_benchmark(opts, workdir, log=lambda message: print(message, file=sys.stderr, flush=True))
-    if (report.get("training") and report.get("startup")) or report.get("learning") or report.get("peer"):  # not hardware-only
+    if has_checkable_sections(report):  # not hardware-only
         validate_report(report)
     text = json.dumps(report, indent=2)
     if args.output:

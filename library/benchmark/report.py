@@ -74,9 +74,13 @@ def validate_report(report: dict) -> None:
         from library.benchmark.peer_report import validate_peer
 
         validate_peer(report["peer"])
-    if ("learning" in report or "peer" in report) and not any(
+    if "kohya" in report:
+        from library.benchmark.kohya_report import validate_kohya
+
+        validate_kohya(report["kohya"])
+    if any(name in report for name in ("learning", "peer", "kohya")) and not any(
             report.get(key) for key in ("training", "startup", "memory_estimate", "preparation")):
-        return  # an opt-in-only report (tools/bench.py --sections learning / peer)
+        return  # an opt-in-only report (tools/bench.py --sections learning / peer / kohya)
     for key in ("training", "startup", "memory_estimate", "preparation"):
         _get(report, key)
     if not report["training"]:
@@ -135,6 +139,10 @@ def format_table(report: dict) -> str:
         from library.benchmark.peer_report import peer_lines
 
         lines += peer_lines(report["peer"])
+    if report.get("kohya"):
+        from library.benchmark.kohya_report import kohya_lines
+
+        lines += kohya_lines(report["kohya"])
     lines += _calibration_and_hardware_lines(report)
     return "\n".join(lines).strip("\n")
 

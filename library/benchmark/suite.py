@@ -17,7 +17,8 @@ from library.benchmark.runner import run_task
 
 SCHEMA_VERSION = 1
 SECTIONS = ("training", "startup", "calibration", "preparation")  # the default; "hardware", "efficiency", "realsize",
-# "learning" (six networks trained on the toy world, ~15 min) and "peer" (diffusers' own script) only when asked for
+# "learning" (six networks trained on the toy world, ~15 min), "peer" (diffusers' own script) and "kohya" (kohya's
+# own trainer at real SDXL size, ~1 h) only when asked for
 TARGETS = {
     "step_time_ratio_max": 1.10,
     "peak_memory_ratio_max": 1.15,
@@ -248,11 +249,25 @@ def run_benchmark(opts: dict, workdir: Path, log=print) -> dict:
         from library.benchmark.peer import bench_peer
 
         report["peer"] = bench_peer(workdir, opts, log)
+    if "kohya" in sections:  # opt-in (--sections kohya --kohya_dir --kohya_python): kohya's own trainer, side by side
+        from library.benchmark.kohya import bench_kohya
+
+        report["kohya"] = bench_kohya(workdir, opts, log)
     report["fp8"] = fp8_support()
-    if (report.get("training") and report.get("startup") and report.get("preparation")) or report.get("learning") or report.get("peer"):
+    if has_checkable_sections(report):
         report["target_checks"] = target_checks(report, opts.get("target_size", "small"))  # not after a hardware-only run
     report["elapsed_seconds"] = time.time() - started
     return report
+
+
+OPT_IN_SECTIONS = ("learning", "peer", "kohya")  # measured only when named; each is a complete report by itself
+
+
+def has_checkable_sections(report: dict) -> bool:
+    """Whether `report` has what target checks and the schema need: the default sections, or an
+    opt-in section (a hardware-only run has neither). tools/bench.py asks the same question."""
+    defaults = report.get("training") and report.get("startup") and report.get("preparation")
+    return bool(defaults or any(report.get(name) for name in OPT_IN_SECTIONS))
 
 
 def target_checks(report: dict, size: str) -> dict:
@@ -271,7 +286,11 @@ def target_checks(report: dict, size: str) -> dict:
         from library.benchmark.peer_report import peer_checks
 
         checks.update(peer_checks(report["peer"]))
-    if not (report.get("training") and report.get("preparation")):  # an opt-in-only report (learning, peer)
+    if "kohya" in report:
+        from library.benchmark.kohya_report import kohya_checks
+
+        checks.update(kohya_checks(report["kohya"]))
+    if not (report.get("training") and report.get("preparation")):  # an opt-in-only report (learning, peer, kohya)
         return {"size": size, **checks}
     training_result = report["training"].get(size) or next(iter(report["training"].values()), None)
     prep = report["preparation"]
