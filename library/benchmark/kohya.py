@@ -178,13 +178,20 @@ def compare(ours: list[dict], kohya: list[dict]) -> dict:
 
 # --- preparation ------------------------------------------------------------------------------------
 def write_tokenizers(folder: Path) -> Path:
-    """Both tokenizers from our packaged vocabulary, in the folder names kohya's --tokenizer_cache_dir reads."""
-    from library.models.tokenizers import packaged_clip_tokenizers
+    """Both tokenizers from our packaged vocabulary (vocab.json + merges.txt, which any transformers
+    version reads), in the folder names kohya's --tokenizer_cache_dir looks for."""
+    import json
 
-    if all((folder / name / "vocab.json").exists() for name in KOHYA_TOKENIZER_FOLDERS):
-        return folder
-    for tokenizer, name in zip(packaged_clip_tokenizers(), KOHYA_TOKENIZER_FOLDERS):
-        tokenizer.save_pretrained(str(folder / name))
+    from library.models.tokenizers import write_clip_tokenizer_files
+
+    for name, pad in zip(KOHYA_TOKENIZER_FOLDERS, ("<|endoftext|>", "!")):
+        target = folder / name
+        if (target / "merges.txt").exists() and (target / "tokenizer_config.json").exists():
+            continue
+        write_clip_tokenizer_files(target)
+        config = {"model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                  "unk_token": "<|endoftext|>", "pad_token": pad, "tokenizer_class": "CLIPTokenizer"}
+        (target / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
 
 

@@ -251,8 +251,11 @@ def working_memory(model, network, args, dtype: torch.dtype, train_unet: bool, t
     tokens = 77 * max(1, (args.max_token_length or 75) // 75)
     te1_width = model.text_encoder1.config.hidden_size
     te2_width = model.text_encoder2.config.hidden_size
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+    if args.gradient_checkpointing:  # as the trainer does it (the policy decides what is kept)
+        from library.training.checkpointing import enable_unet_checkpointing
+
+        # (offloading is not modelled: it moves block inputs to the host, which this estimate still counts)
+        enable_unet_checkpointing(unet, False, torch.device("cpu"), [], args.gradient_checkpointing_policy)
         unet.train()
         if train_text_encoder:
             for encoder in model.text_encoders:

@@ -10,6 +10,10 @@ live in the same RAM and every process of the machine needs its own share, so th
   - within 20% of it: a notice, since the estimate counts tensor bytes only (glibc's malloc keeps
     part of what a CPU step frees, docs/performance.md; CUDA's caching allocator and cuDNN's
     workspaces come on top on a GPU), and the run goes on.
+
+It also decides `gradient_checkpointing_policy = "auto"`: "selective" (faster steps, more activation
+memory; library/training/checkpointing.py) when the run with it still needs at most 80% of the free
+memory, else "full". Without a memory check (skip_memory_check, or no free-memory figure) auto is full.
 """
 from __future__ import annotations
 
@@ -103,7 +107,11 @@ def _fitting_settings(args, images: int, device_type: str, processes: int, free:
 
 def check_memory(args, images: int, device_type: str | None = None, say=print) -> None:
     """Stop (UserError) when the run cannot fit in the free memory; `say` a notice when it is close.
-    `images`: distinct training and validation images (for the size of the caches)."""
+    `images`: distinct training and validation images (for the size of the caches). Resolves
+    gradient_checkpointing_policy "auto" (sets it on `args`)."""
+    deciding = args.gradient_checkpointing and args.gradient_checkpointing_policy == "auto"
+    if deciding:
+        args.gradient_checkpointing_policy = "full"  # unless the check below finds room for selective
     if args.skip_memory_check:
         return
     from library.training.memory_estimate import estimate_memory
@@ -115,6 +123,8 @@ def check_memory(args, images: int, device_type: str | None = None, say=print) -
         return
     # processes on this machine share its RAM; each GPU has its own process
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if device_type == "cpu" else 1
+    if deciding and _selective_fits(args, images, device_type, processes, free, say):
+        return
     estimate = estimate_memory(args, images=images)
     need = _need(estimate, device_type, processes)
     if need <= BORDERLINE * free.bytes:
@@ -131,6 +141,23 @@ def check_memory(args, images: int, device_type: str | None = None, say=print) -
     remedy = _fitting_settings(args, images, device_type, processes, free.bytes)
     raise UserError(f"this run needs about {described}, but there is only {size_text(free.bytes)} of {free.where}; {remedy}; "
                     "or set skip_memory_check = true to try anyway")
+
+
+def _selective_fits(args, images: int, device_type: str, processes: int, free, say) -> bool:
+    """gradient_checkpointing_policy "auto": selective when it needs at most BORDERLINE of the free memory."""
+    from library.training.memory_estimate import estimate_memory
+
+    trial = copy.copy(args)
+    trial.gradient_checkpointing_policy = "selective"
+    need = _need(estimate_memory(trial, images=images), device_type, processes)
+    if need > BORDERLINE * free.bytes:
+        return False
+    args.gradient_checkpointing_policy = "selective"
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        say(f'notice: gradient checkpointing keeps the matmul outputs of the deepest transformer blocks (gradient_checkpointing_policy '
+            f'"auto" -> "selective": the same numbers, faster steps); the run needs about {size_text(need)} of the '
+            f'{size_text(free.bytes)} of {free.where}; set it to "full" for the least memory')
+    return True
 
 
 def _describe(estimate, device_type: str, processes: int, need: int) -> str:

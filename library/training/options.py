@@ -148,6 +148,7 @@ _TABLE = [
     Option("persistent_data_loader_workers", B, False, "training_arguments", "keep the loader workers alive between epochs"),
     Option("seed", I, None, "training_arguments", "random seed (runs are reproducible on CPU)"),
     Option("gradient_checkpointing", B, False, "training_arguments", "recompute activations to save memory"),
+    Option("gradient_checkpointing_policy", S, "auto", "training_arguments", "what gradient checkpointing recomputes: selective keeps the matmul and attention outputs of the deepest transformer blocks (most of the compute, same numbers, faster steps at SDXL size (docs/performance.md), more activation memory) and recomputes the rest; full recomputes everything, as kohya (least memory); auto: selective when the memory check finds room for it, else full", choices=("auto", "selective", "full")),
     Option("gradient_accumulation_steps", I, 1, "training_arguments", "batches per optimizer step"),
     Option("mixed_precision", S, "no", "training_arguments", "no, fp16 or bf16: base weights in that dtype, every forward under autocast (on a CPU too: fast only with AVX-512 BF16/FP16 or AMX)", choices=("no", "fp16", "bf16")),
     Option("full_fp16", B, False, "training_arguments", "keep LoRA weights and gradients in fp16 (loss scaling; the optimizer steps fp32 master copies)"),

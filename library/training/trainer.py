@@ -222,7 +222,8 @@ class Trainer:
             self.notices.append("cpu_offload_checkpointing turns gradient_checkpointing on (as in kohya)")
             args.gradient_checkpointing = True
         if args.gradient_checkpointing:
-            enable_unet_checkpointing(self.model.unet, args.cpu_offload_checkpointing, self.device, self.notices)
+            enable_unet_checkpointing(self.model.unet, args.cpu_offload_checkpointing, self.device, self.notices,
+                                      args.gradient_checkpointing_policy)
             self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
             if self.train_text_encoder:
                 for encoder in self.model.text_encoders:
