@@ -55,7 +55,7 @@ def test_auto_is_selective_when_it_fits_and_full_when_it_does_not(tiny_single_fi
 
     full, selective = needs("full"), needs("selective")
     assert selective > full
-    for free, expected in ((int(selective / 0.7), "selective"), (int(full / 0.7), "full")):
+    for free, expected in ((int(selective / 0.7), "selective"), (int(selective / 0.8) - 1, "full")):
         monkeypatch.setattr(memory_preflight, "free_memory", lambda device, free=free: SimpleNamespace(bytes=free, where="test memory"))
         said = []
         args = resolve_config(["--config_file", str(path)]).args

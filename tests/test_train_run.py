@@ -151,6 +151,16 @@ def test_sample_prompt_flags_kohya_does_not_use_are_ignored_with_a_notice(tmp_pa
         load_sample_prompts(bad)
 
 
+def launch_two_processes(config: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 sdxl_train_network.py --config_file config` on the CPU."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "sdxl_train_network.py"), "--config_file", str(config)],
+        capture_output=True, text=True, env=env, timeout=600, cwd=cwd,
+    )
+
+
 @pytest.mark.subprocess
 def test_two_process_data_parallel_training(tiny_single_file, train_dir, tmp_path):
     """Two CPU processes through accelerate's DDP: per-rank module/rank dropout and accumulation, and
@@ -159,12 +169,7 @@ def test_two_process_data_parallel_training(tiny_single_file, train_dir, tmp_pat
                          gradient_accumulation_steps=2, cache_latents_to_disk=True, ddp_check_sync=True,
                          network_args=["module_dropout=0.3", "rank_dropout=0.3"])
     path = write_config(tmp_path / "mp.toml", config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "sdxl_train_network.py"), "--config_file", str(path)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
-    )
+    result = launch_two_processes(path, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "2 process(es)" in output
@@ -187,12 +192,7 @@ def test_two_processes_step_with_the_mean_of_their_gradients(tiny_single_file, t
     config = base_config(tiny_single_file, train_dir, tmp_path / "out", max_train_steps=1, train_batch_size=1,
                          optimizer_type="torch.optim.SGD", learning_rate=1.0, max_grad_norm=0.0, cache_latents_to_disk=True)
     path = write_config(tmp_path / "mp.toml", config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "sdxl_train_network.py"), "--config_file", str(path)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
-    )
+    result = launch_two_processes(path, tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     trained = lora_tensors(tmp_path / "out" / "tiny_lora.safetensors")
 

@@ -215,7 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per row (default 6)")
     parser.add_argument("--workdir", default=None, help="folder for models, images and outputs (default: a temporary one)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
+    parser.add_argument("--kohya_dir", default=None,
+                        help="also run the benchmark's kohya section (kohya's own trainer, real SDXL size) with this copy of sd-scripts")
+    parser.add_argument("--kohya_python", default=None, help="the interpreter of kohya's venv (with --kohya_dir)")
     return parser
+
+
+def run_kohya_section(args) -> dict:
+    """tools/bench.py's kohya section on this machine (on a GPU both trainers train on it), its table printed."""
+    from library.benchmark.kohya import bench_kohya
+    from library.benchmark.kohya_report import kohya_lines
+
+    if not args.kohya_python:
+        raise UserError("--kohya_dir needs --kohya_python (the interpreter of kohya's venv; docs/performance.md)")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_check_kohya_"))
+    section = bench_kohya(workdir, {"kohya_dir": args.kohya_dir, "kohya_python": args.kohya_python, "repeats": 2, "threads": None},
+                          log=lambda message: print(message, flush=True))
+    print("\n".join(kohya_lines(section)))
+    return section
 
 
 def main(argv=None) -> int:
@@ -236,8 +253,11 @@ def main(argv=None) -> int:
             print(f"[gpu_check] {row.name} ...", flush=True)
             results.append((row, run_row(row, prepared, workdir, args.steps), None))
     print(table(results))
+    kohya = run_kohya_section(args) if args.kohya_dir else None
     if args.output:
         report = {row.name: {"skipped": skipped, **(result or {})} for row, result, skipped in results}
+        if kohya:
+            report["kohya"] = kohya
         Path(args.output).write_text(json.dumps(report, indent=1), encoding="utf-8")
     failed = [row.name for row, result, skipped in results if not skipped and not verdict(row, result)[0]]
     return 1 if failed else 0

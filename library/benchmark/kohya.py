@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from library.benchmark.child_process import run_child
 from library.benchmark.measure import summarize
 from library.benchmark.runner import ROOT, TaskFailed
 
@@ -63,44 +63,6 @@ def child_environment(threads: int | None) -> dict:
 
 
 # --- one run ------------------------------------------------------------------------------------
-def _anonymous_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def run_process(cmd: list[str], cwd: Path, env: dict, log_path: Path, timeout: float = 7200) -> dict:
-    """Wall seconds around the whole child, its peak RSS (wait4) and sampled peak anonymous memory."""
-    with open(log_path, "w", encoding="utf-8") as log:
-        started = time.time()
-        process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak_anonymous, next_sample = 0, 0.0
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            now = time.time()
-            if now >= next_sample:
-                peak_anonymous, next_sample = max(peak_anonymous, _anonymous_bytes(process.pid)), now + 0.25
-            if now > started + timeout:
-                process.kill()
-                os.wait4(process.pid, 0)
-                raise TaskFailed(f"{cmd[1]}: no result after {timeout:.0f} s (log: {log_path})")
-            time.sleep(0.01)
-        ended = time.time()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
-        raise TaskFailed(f"{cmd[1]} failed (exit {code}; log {log_path}):\n{tail}")
-    return {"started": started, "ended": ended, "wall_seconds": ended - started, "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "peak_anonymous_bytes": peak_anonymous}
-
-
 def logged_steps(log_dir: Path) -> list[tuple[int, float, float]]:
     """(step, wall time, loss) of every `loss/current` event under `log_dir` (both trainers log it per step)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -119,7 +81,7 @@ def measure_run(side: str, cmd: list[str], cwd: Path, run_dir: Path, env: dict, 
 
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    process = run_process(cmd, cwd, env, run_dir / "log.txt")
+    process = run_child(cmd, cwd, env, run_dir / "log.txt", label=f"{side}: {cmd[1]}")
     lora = run_dir / "output" / f"{OUTPUT_NAME}.safetensors"
     if not lora.exists():
         raise TaskFailed(f"{side}: finished without writing {lora} (log: {run_dir / 'log.txt'})")

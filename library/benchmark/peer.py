@@ -20,9 +20,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from library.benchmark.child_process import run_child
 from library.benchmark.measure import summarize
 from library.benchmark.runner import ROOT, TaskFailed
 
@@ -97,26 +97,8 @@ def commands(side: str, python: str, script: Path, run_dir: Path, model: Path, i
 
 # --- one run ------------------------------------------------------------------------------------
 def run_process(command: list[str], env: dict, log_path: Path, timeout: float = 3600) -> dict:
-    """Wall seconds around the whole child process and its own peak RSS (ru_maxrss via wait4)."""
-    with open(log_path, "w", encoding="utf-8") as log:
-        started = time.time()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = started + timeout
-        while True:  # wait4 gives this child's rusage (not the maximum over all children so far)
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.time() > deadline:
-                process.kill()
-                os.wait4(process.pid, 0)
-                raise TaskFailed(f"{command[3]}: no result after {timeout:.0f} s (log: {log_path})")
-            time.sleep(0.005)
-        ended = time.time()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
-        raise TaskFailed(f"{command[3]} failed (exit {process.returncode}; log {log_path}):\n{tail}")
-    return {"started": started, "ended": ended, "wall_seconds": ended - started, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    """Wall seconds around the whole child process and its own peak RSS (child_process.run_child)."""
+    return run_child(command, ROOT, env, log_path, label=command[3], timeout=timeout)
 
 
 def phases(events: dict, started: float, ended: float, saved: float) -> dict:

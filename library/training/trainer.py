@@ -362,14 +362,14 @@ class Trainer:
 
     def predict(self, indices, seeds, epoch, step, latents, ids):
         """The forward pass that uses the trained weights, run by DDP (data_parallel.TrainableWeights):
-        (prediction, noise, timesteps, noisy latents, context, pooled)."""
+        (prediction, noise, timesteps, noisy latents, context, pooled, the timesteps on the CPU)."""
         context, pooled = self.conditioning(indices, seeds, epoch, step)
-        noise, timesteps, noisy = self.sample_noise(latents, seeds)
-        timesteps = timesteps.to(self.device)
+        noise, cpu_timesteps, noisy = self.sample_noise(latents, seeds)  # (drawn on the CPU: the loss weights read them there)
+        timesteps = cpu_timesteps.to(self.device)
         prediction = self.model.unet(noisy, timesteps, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
         if self.multipliers and self.accelerator.num_processes > 1:  # a dataset at network_multiplier 0 uses no trained tensor:
             prediction = prediction + 0.0 * torch.stack([p.sum() for p in self.trainable]).sum()  # zeros, so DDP's backward still runs
-        return prediction, noise, timesteps, noisy, context, pooled
+        return prediction, noise, timesteps, noisy, context, pooled, cpu_timesteps
 
     def batch_loss(self, indices, seeds, epoch, step, sync: bool = True, pixels=None):
         """The batch's loss, or None when every image in it is broken (see LatentSource.usable).
@@ -391,7 +391,8 @@ class Trainer:
         try:
             with self.placement.autocast():
                 with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
-                    prediction, noise, timesteps, noisy, context, pooled = self.ddp(self.predict, indices, seeds, epoch, step, latents, ids)
+                    prediction, noise, timesteps, noisy, context, pooled, cpu_timesteps = self.ddp(
+                        self.predict, indices, seeds, epoch, step, latents, ids)
 
                 def predict(rows=slice(None)):
                     return self.model.unet(noisy[rows], timesteps[rows], context[rows],
@@ -404,19 +405,16 @@ class Trainer:
         finally:
             if self.multipliers:
                 self.network.set_multiplier(1.0)  # samples and validation use the LoRA at full strength
-        return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, timesteps.cpu(), sample_weights, mask)
+        return loss_lib.training_loss(args, self.noise_scheduler, prediction, target, cpu_timesteps, sample_weights, mask)
 
     def zero_loss(self, sync: bool):
         """0 x every trained tensor, through DDP like a real batch, so its gradients (zeros) are all-reduced."""
         with data_parallel.gradient_sync(self.accelerator, self.ddp, sync):
             return self.ddp(lambda: torch.stack([p.sum() for p in self.trainable]).sum() * 0.0)
 
-    def all_finite(self, loss) -> bool:
+    def all_finite(self, value: float) -> bool:
         """Whether every process's loss is finite (each must take the same branch, or DDP hangs)."""
-        finite = torch.isfinite(loss.detach()).all().reshape(1).float()
-        if self.accelerator.num_processes > 1:
-            finite = self.accelerator.reduce(finite.to(self.device), reduction="sum") / self.accelerator.num_processes
-        return bool(finite.item() == 1.0)
+        return not distributed.any_process(self.accelerator, not math.isfinite(value))
 
     # -- optimizer step ----------------------------------------------------------------------
     def optimizer_step(self) -> dict:
@@ -621,17 +619,20 @@ class Trainer:
             empty = loss is None
             if empty:  # every image of the batch is broken: a zero gradient keeps the step plan (and all processes) in step
                 loss = self.zero_loss(sync=will_step)
-            if not self.all_finite(loss):
-                self.stop_with_state(progress, group_start, UserError(
-                    f"loss became {loss.item()} at step {progress.global_step + 1} (epoch {epoch}); the last good state was saved. "
-                    "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
-                ))
             scaled = loss / args.gradient_accumulation_steps
             if scaled.requires_grad:  # not when a dataset trains at network_multiplier 0 (the LoRA is off)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            # the batch's one device-to-host sync, taken once backward is queued (on a GPU nothing waits before it);
+            # a non-finite loss stops before the optimizer steps (its gradients are dropped with the group)
+            value = loss.item()
+            if not self.all_finite(value):
+                self.stop_with_state(progress, group_start, UserError(
+                    f"loss became {value} at step {progress.global_step + 1} (epoch {epoch}); the last good state was saved. "
+                    "Lower the learning rate, use mixed_precision = \"bf16\" instead of fp16, or set no_half_vae = true"
+                ))
             pending += 1
             if not empty:
-                progress.epoch_losses.append(loss.item())
+                progress.epoch_losses.append(value)
             if pending < args.gradient_accumulation_steps and batch_index < len(batches) - 1:
                 continue
             logs = self.optimizer_step()
@@ -640,8 +641,8 @@ class Trainer:
             self.pivotal.after_optimizer_step(progress.global_step, self.max_steps)  # pivotal: pull-back; freeze at the pivot
             progress.batches_done_in_epoch = batch_index + 1
             if not empty:
-                progress.recent_losses = (progress.recent_losses + [loss.item()])[-10:]
-            current = progress.recent_losses[-1] if empty and progress.recent_losses else loss.item()
+                progress.recent_losses = (progress.recent_losses + [value])[-10:]
+            current = progress.recent_losses[-1] if empty and progress.recent_losses else value
             logs.update({"loss/current": current,
                          "loss/average": sum(progress.recent_losses) / max(len(progress.recent_losses), 1), **self.lr_logs()})
             step = progress.global_step
