@@ -125,7 +125,8 @@ def test_on_a_gpu_the_free_vram_is_compared_with_the_peak(tiny_single_file, trai
     from library.training.config_loader import resolve_config
 
     config = _config(tmp_path, tiny_single_file, train_dir, cache_text_encoder_outputs=True, network_train_unet_only=True,
-                     fp8_base=True, mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1)
+                     fp8_base=True, mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1,
+                     gradient_checkpointing_policy="full")  # (auto would first try the selective policy)
     calls = []
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: calls.append(index) or (1 << 20, 80 << 30))
