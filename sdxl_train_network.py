@@ -18,15 +18,15 @@ from library.errors import run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
-    from library.training.config_loader import resolve_config, write_resolved_config
-    from library.training.preflight import is_main_process
-    from library.training.run_control import RunStopped, resume_command
+    from library.training.config.config_loader import resolve_config, write_resolved_config
+    from library.training.outputs.preflight import is_main_process
+    from library.training.outputs.run_control import RunStopped, resume_command
     from library.training.trainer import train
 
     argv = list(sys.argv[1:] if argv is None else argv)
     resolved = resolve_config(argv)
     if resolved.args.estimate_memory:  # shapes only: no weights are loaded
-        from library.training.memory_estimate import print_estimate
+        from library.diagnostics.memory_estimate import print_estimate
         return print_estimate(resolved.args) or 0
     if resolved.args.output_config:
         print(f"wrote {write_resolved_config(resolved)}")

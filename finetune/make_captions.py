@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from library.data.blip_captioner import BlipCaptioner, check_caption_weights  # noqa: E402
+from library.data.tagging.blip_captioner import BlipCaptioner, check_caption_weights  # noqa: E402
 from library.data.captions import caption_path, write_caption  # noqa: E402
 from library.data.images import SkipLog, batched, map_images, open_image  # noqa: E402
 from library.data.script_support import (  # noqa: E402

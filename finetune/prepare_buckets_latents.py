@@ -10,8 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.data.buckets import extreme_placements_notice  # noqa: E402
 from library.data.images import SkipLog  # noqa: E402
-from library.data.latent_caching import plan_jobs, run_jobs  # noqa: E402
-from library.data.latent_cli import (  # noqa: E402
+from library.data.caching.latent_caching import plan_jobs, run_jobs  # noqa: E402
+from library.data.caching.latent_cli import (  # noqa: E402
     add_caching_arguments,
     bucket_manager,
     caching_options,

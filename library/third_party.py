@@ -3,7 +3,7 @@
 - bitsandbytes is imported by diffusers (and peft) as soon as it is installed, which costs start-up
   time and, on CPUs with AVX512-BF16, prints "Failed to load CPU gemm_4bit_forward from
   kernels-community ...". Its import is deferred: the module only runs when something uses one of
-  its attributes, which in this toolkit is an 8-bit optimizer (library/training/optimizers.py).
+  its attributes, which in this toolkit is an 8-bit optimizer (library/training/optim/optimizers.py).
 - Known-harmless messages (transformers' "requires torchvision (not installed)" notes, the gemm_4bit
   line above) are filtered out by exact text; everything else from these libraries still shows.
 

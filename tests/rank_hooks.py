@@ -34,7 +34,7 @@ def write(name: str, text: str) -> None:
 def install() -> None:
     write(f"pid_rank{RANK}", str(os.getpid()))
     if "slow_cache_check" in HOOKS:
-        from library.training.latent_source import LatentSource
+        from library.training.inputs.latent_source import LatentSource
 
         prepare = LatentSource.prepare
 
@@ -59,7 +59,7 @@ def install() -> None:
 
         Trainer.optimizer_step = marked_step
     if "count_text_encoding" in HOOKS:
-        import library.training.text_conditioning as text_conditioning
+        import library.training.inputs.text_conditioning as text_conditioning
 
         encode = text_conditioning.encode_texts
 

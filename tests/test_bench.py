@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from library.benchmark import runner
-from library.benchmark.report import SchemaError, format_table, validate_report
-from library.benchmark.measure import summarize
+from library.diagnostics.benchmark import runner
+from library.diagnostics.benchmark.report import SchemaError, format_table, validate_report
+from library.diagnostics.benchmark.measure import summarize
 
 
 def test_bench_tiny_report_has_every_figure(tmp_path, monkeypatch):
@@ -60,7 +60,7 @@ def _learning_result(w0, w1, base_w1, pivotal=False):
 
 def test_learning_only_report_validates_and_prints_one_row_per_network():
     """tools/bench.py --sections learning: a report with only the learning section is complete."""
-    from library.benchmark.suite import target_checks
+    from library.diagnostics.benchmark.suite import target_checks
 
     learning = {"world": {"path": "w", "fingerprint": "f", "build_seconds": 100.0, "build_threads": 1},
                 "sampler": {"name": "ddim", "steps": 20, "guidance": 5.0, "seeds": 16}, "targets": {},
@@ -84,7 +84,7 @@ def test_learning_only_report_validates_and_prints_one_row_per_network():
 def test_learning_only_run_reports_and_keeps_each_network_as_it_finishes(tmp_path, monkeypatch):
     """run_benchmark with --sections learning (no performance sections): target checks made, and each
     network's figures written beside its files as soon as it is measured (the section takes ~20 min)."""
-    from library.benchmark import learning as learning_section
+    from library.diagnostics.benchmark import learning as learning_section
 
     def fake_task(task, params, timeout=None, env=None):
         if task == "toy_world":
@@ -153,7 +153,7 @@ def test_real_size_checkpoint_has_the_sdxl_architecture():
     parameters), read back by the loader's own shape inference; only the text encoders' depth differs."""
     import math
 
-    from library.benchmark.real_size_model import meta_state_dict
+    from library.diagnostics.benchmark.real_size_model import meta_state_dict
     from library.models import sdxl_architecture as arch
 
     groups = arch.split_checkpoint_shapes({k: tuple(v.shape) for k, v in meta_state_dict(text_encoder_layers=1).items()})

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from library.benchmark import kohya, kohya_report
-from library.benchmark.report import SchemaError, format_table, validate_report
-from library.benchmark.suite import has_checkable_sections, target_checks
+from library.diagnostics.benchmark.peers import kohya
+
+from library.diagnostics.benchmark.peers import kohya_report
+from library.diagnostics.benchmark.report import SchemaError, format_table, validate_report
+from library.diagnostics.benchmark.suite import has_checkable_sections, target_checks
 
 
 def test_both_sides_get_one_command_line(tmp_path):
@@ -23,7 +25,7 @@ def test_both_sides_get_one_command_line(tmp_path):
     for flag in ("--network_train_unet_only", "--cache_latents", "--cache_text_encoder_outputs", "--gradient_checkpointing",
                  "--sdpa"):
         assert flag in arguments
-    from library.training.config_loader import resolve_config
+    from library.training.config.config_loader import resolve_config
 
     args = resolve_config(arguments).args  # every option is one our trainer knows, as kohya's
     assert (args.network_dim, args.network_alpha, args.train_batch_size, args.max_train_steps) == (4, 4.0, 1, 6)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from library.benchmark import peer, peer_report
-from library.benchmark.report import SchemaError, format_table, validate_report
-from library.benchmark.suite import target_checks
+from library.diagnostics.benchmark.peers import peer
+
+from library.diagnostics.benchmark.peers import peer_report
+from library.diagnostics.benchmark.report import SchemaError, format_table, validate_report
+from library.diagnostics.benchmark.suite import target_checks
 from library.errors import UserError
 
 
@@ -36,7 +38,7 @@ def test_both_sides_train_the_same_run(tmp_path):
 
     command, lora = peer.commands("ours", sys.executable, Path("/x/adv.py"), tmp_path / "o", model, images, 128, 40)
     assert command[3].endswith("sdxl_train_network.py") and lora == tmp_path / "o" / "output" / "bench_lora.safetensors"
-    from library.training.config_loader import resolve_config
+    from library.training.config.config_loader import resolve_config
 
     args = resolve_config(["--config_file", _option(command, "--config_file")]).args  # every key is a real option
     assert (args.network_dim, args.network_alpha, args.train_batch_size, args.max_train_steps) == (4, 4, 2, 40)

@@ -55,7 +55,7 @@ def test_offloaded_checkpoint_keeps_gradients():
     """The offloading checkpoint function gives the gradients of a plain forward (on the CPU its
     host copies are the tensors themselves; on a GPU they are copies: tests/test_cuda_sim.py runs that
     branch on pretend CUDA, tools/gpu_check.sh on a real GPU)."""
-    from library.training.checkpointing import offloaded_checkpoint
+    from library.training.residency.checkpointing import offloaded_checkpoint
 
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 8))

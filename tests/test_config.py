@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from library.errors import UserError
-from library.training.config_loader import resolve_config
-from library.training.options import OPTIONS, SUPPORTED
+from library.training.config.config_loader import resolve_config
+from library.training.config.options import OPTIONS, SUPPORTED
 from tests.training_fixtures import base_config, flat, write_config
 
 SEED_CONFIG = "tests/data/seed_tutorial_config.toml"
@@ -78,7 +78,7 @@ def test_key_set_twice_keeps_the_later_value_with_a_notice(tmp_path):
 
 
 def test_typo_rule_is_narrow():
-    from library.training.unknown_keys import likely_typo
+    from library.training.config.unknown_keys import likely_typo
 
     options = list(OPTIONS)
     assert likely_typo("netwrok_dim", options) == "network_dim"

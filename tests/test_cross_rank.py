@@ -1,4 +1,4 @@
-"""Decisions several processes take together (library/training/distributed.py), with two real CPU
+"""Decisions several processes take together (library/training/parallel/distributed.py), with two real CPU
 processes under `accelerate launch`. Each test would hang (or stop with a collective mismatch)
 before processes shared the decision; each is bounded by a timeout.
 """
@@ -43,7 +43,7 @@ def finish(process: subprocess.Popen, timeout: float) -> str:
 
 def captions_for_both_processes(count: int) -> list[str]:
     """Distinct captions such that each of two processes owns at least one (text_conditioning._owner)."""
-    from library.training.text_conditioning import _owner
+    from library.training.inputs.text_conditioning import _owner
 
     candidates = [f"TOK, photo {n}" for n in range(40)]
     zero = [c for c in candidates if _owner(c, 2) == 0]
@@ -61,9 +61,9 @@ def dataset(tmp_path: Path, count: int = 3) -> Path:
 
 def items_of(config: Path):
     from library.data.images import SkipLog
-    from library.training.config_loader import resolve_config
-    from library.training.dataset_config import dataset_specs
-    from library.training.train_items import build_items
+    from library.training.config.config_loader import resolve_config
+    from library.training.config.dataset_config import dataset_specs
+    from library.training.inputs.train_items import build_items
 
     return build_items(dataset_specs(resolve_config(["--config_file", str(config)]).args), SkipLog(), [])
 

@@ -7,7 +7,7 @@ import torch
 
 from data_fixtures import gradient_image, write_broken_files, write_image
 from finetune import make_captions
-from library.data.blip_captioner import BlipCaptioner
+from library.data.tagging.blip_captioner import BlipCaptioner
 from library.errors import UserError
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "picture", "of", "cat", "dog", "on", "the", "grass", "[DEC]"]

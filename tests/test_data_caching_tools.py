@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import library.data.latent_caching as latent_caching
+import library.data.caching.latent_caching as latent_caching
 from data_fixtures import gradient_image, write_image
 from finetune import prepare_buckets_latents
-from library.data.latent_cache import load_latent_cache
+from library.data.caching.latent_cache import load_latent_cache
 from library.errors import UserError
 from tools import cache_latents, cache_text_encoder_outputs
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-import library.data.latent_caching as latent_caching
+import library.data.caching.latent_caching as latent_caching
 from data_fixtures import gradient_image, write_broken_files, write_image
 from finetune import prepare_buckets_latents
 from library.data.buckets import BucketManager
-from library.data.latent_cache import CacheFingerprint, LatentCache, load_latent_cache, save_latent_cache
-from library.data.latent_encoding import load_vae_for_caching, pixels_to_tensor, seed_from_sha
+from library.data.caching.latent_cache import CacheFingerprint, LatentCache, load_latent_cache, save_latent_cache
+from library.data.caching.latent_encoding import load_vae_for_caching, pixels_to_tensor, seed_from_sha
 from library.errors import UserError
 
 SIZES = {"wide.png": (200, 120), "tall.jpg": (100, 150), "square.webp": (96, 96), "square2.png": (140, 140)}
@@ -200,7 +200,7 @@ def test_nan_latents_name_the_image_and_keep_old_caches(dataset, tiny_single_fil
 
 
 def test_cache_file_round_trip_and_fingerprint_checks(tmp_path):
-    from library.data.latent_cache import cache_problem
+    from library.data.caching.latent_cache import cache_problem
 
     fingerprint = CacheFingerprint("abc", (64, 128), (0, 8, 64, 136), "vae1", flip_aug=False)
     cache = LatentCache(np.ones((4, 16, 8), np.float32), (50, 100), (0, 8, 64, 136), (64, 144))

@@ -9,8 +9,8 @@ from PIL import Image
 
 from data_fixtures import gradient_image, write_broken_files, write_constant_tagger, write_image
 from finetune import tag_images_by_wd14_tagger as tagger_script
-from library.data.wd14_labels import parse_tag_replacement
-from library.data.wd14_tagger import preprocess_for_tagger
+from library.data.tagging.wd14_labels import parse_tag_replacement
+from library.data.tagging.wd14_tagger import preprocess_for_tagger
 from library.errors import UserError
 
 LABELS = [

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from library.errors import UserError
-from library.training.config_loader import resolve_config
+from library.training.config.config_loader import resolve_config
 from library.training.trainer import Trainer
 from tests.training_fixtures import base_config, flat, lora_tensors, make_concept_images, run_training, write_config
 
@@ -51,7 +51,7 @@ def test_conditioning_mask_is_placed_exactly_like_an_alpha_mask(tmp_path, tiny_s
     masks = []
     for train_dir, extra in ((alpha_dir.parent, {"alpha_mask": True}), (cond_dir.parent, {"conditioning_data_dir": str(mask_dir)})):
         trainer = trainer_for(tmp_path / train_dir.name, tiny_single_file, train_dir, **common, **extra)
-        from library.training.latent_source import LatentSource
+        from library.training.inputs.latent_source import LatentSource
 
         source = LatentSource(trainer.items, vae, trainer.args, [])
         masks.append([source.get(0, flip)[1] for flip in (False, True)])
@@ -77,7 +77,7 @@ def test_mask_lookup_errors_and_sub_folders(tmp_path, tiny_single_file):
     assert [item.mask_path.relative_to(masks).as_posix() for item in trainer.items] == ["2_ohwx/img0.png", "img1.jpg", "img2.png"]
     assert any("1 mask(s) match no training image (e.g. unrelated.png)" in n for n in trainer.notices)
     Image.fromarray(pattern(40, 64)).save(masks / "img2.png")
-    from library.training.condition_masks import load_mask
+    from library.training.inputs.condition_masks import load_mask
 
     with pytest.raises(UserError, match=r"mask is 40x64 but its image is 64x64"):
         load_mask(masks / "img2.png", trainer.items[2].placement)

@@ -82,7 +82,7 @@ def test_malformed_base_model_header(tiny_single_file, train_dir, tmp_path, caps
 
 
 def test_damaged_state_files_name_the_file(tmp_path):
-    from library.training.train_state import Progress, load_state, save_state
+    from library.training.outputs.train_state import Progress, load_state, save_state
 
     network = torch.nn.Linear(4, 4)
     optimizer = torch.optim.AdamW(network.parameters())
@@ -132,7 +132,7 @@ def test_full_disk_in_preparation_scripts_and_state_save(train_dir, tmp_path, ca
     assert not list(tmp_path.glob(".meta.json*"))  # the temporary file is gone too
 
     # numpy's savez (latent caches) on a full disk
-    from library.data.latent_cache import CacheFingerprint, LatentCache, save_latent_cache
+    from library.data.caching.latent_cache import CacheFingerprint, LatentCache, save_latent_cache
 
     monkeypatch.setattr(np, "savez", full_disk)
     with pytest.raises(UserError, match=r"x_0064x0064_sdxl\.npz: cannot write \(no space left on the disk; "):
@@ -142,7 +142,7 @@ def test_full_disk_in_preparation_scripts_and_state_save(train_dir, tmp_path, ca
     monkeypatch.undo()
 
     # torch.save on a full disk says only "unexpected pos": the state save names the folder and the disk
-    from library.training.train_state import Progress, save_state
+    from library.training.outputs.train_state import Progress, save_state
 
     def torch_full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from library.training.fp8_weights import FP8, Fp8Conv2d, Fp8Linear, store_in_fp8, weight_bytes
+from library.training.residency.fp8_weights import FP8, Fp8Conv2d, Fp8Linear, store_in_fp8, weight_bytes
 from tests.test_train_run import logged
 from tests.training_fixtures import base_config, make_concept_images, train_in_process, write_config
 
@@ -91,8 +91,8 @@ def test_fp8_with_lycoris_uses_bypass_mode(tiny_single_file, images, tmp_path):
 
 
 def test_estimate_memory_counts_fp8_weights(tiny_single_file, images, tmp_path):
-    from library.training.config_loader import resolve_config
-    from library.training.memory_estimate import estimate_memory
+    from library.training.config.config_loader import resolve_config
+    from library.diagnostics.memory_estimate import estimate_memory
 
     def estimate(**options):
         config = base_config(tiny_single_file, images, tmp_path / "out", mixed_precision="bf16", **options)
@@ -113,7 +113,7 @@ def test_base_weights_merge_into_fp32_weights_before_fp8_storage(tiny_single_fil
     """base_weights are merged into the loaded fp32 weights; fp8 storage then quantizes the merged ones."""
     from library.lora.merge import merge_base_weights
     from library.models.sdxl_loader import load_sdxl
-    from library.training.fp8_weights import dequantize, quantize
+    from library.training.residency.fp8_weights import dequantize, quantize
     from networks import lora
 
     model = load_sdxl(tiny_single_file)
@@ -140,7 +140,7 @@ def test_base_weights_merge_into_fp32_weights_before_fp8_storage(tiny_single_fil
 
 def test_fp8_scale_stays_float32_under_fp16():
     """amax / 448 of a small layer is subnormal in fp16 (below amax ~0.027): the scale must stay fp32."""
-    from library.training.fp8_weights import dequantize, store_in_fp8
+    from library.training.residency.fp8_weights import dequantize, store_in_fp8
 
     torch.manual_seed(0)
     layer = nn.Sequential(nn.Linear(64, 32))

@@ -39,7 +39,7 @@ def train_dir(tmp_path_factory):
 def test_the_disk_filling_during_a_lora_save_rescues_the_trained_weights(tiny_single_file, train_dir, tmp_path, monkeypatch,
                                                                          capsys):
     from sdxl_train_network import main
-    from library.training import save_rescue
+    from library.training.outputs import save_rescue
     from library.training.trainer import Trainer
 
     common = dict(max_train_steps=4, save_every_n_steps=2, save_state=True)

@@ -14,7 +14,7 @@ import pytest
 import toml
 
 from library.errors import UserError
-from library.training.config_loader import resolve_config
+from library.training.config.config_loader import resolve_config
 from tests.training_fixtures import make_concept_images
 
 CORPUS = Path(__file__).resolve().parent / "data" / "kohya_configs"
@@ -245,7 +245,7 @@ def test_a_config_with_every_option_issue_15_lists_validates(machine, tmp_path):
                      "metadata_is_negative_embedding": "false"},
         "network": {"network_module": "networks.lora", "network_dim": 4},
     }))
-    from library.training.config_loader import resolve_config as resolve
+    from library.training.config.config_loader import resolve_config as resolve
 
     resolved = resolve(["--config_file", str(config)])
     assert resolved.args.zero_stage == 3 and resolved.args.metadata_usage_hint == "say ohwx"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from data_fixtures import gradient_image, write_image
-from library.training.caption_processing import CaptionOptions, process_caption
-from library.training.dataset_config import parse_dreambooth_folder
-from library.training.train_items import metadata_caption
+from library.training.inputs.caption_processing import CaptionOptions, process_caption
+from library.training.config.dataset_config import parse_dreambooth_folder
+from library.training.inputs.train_items import metadata_caption
 from training_fixtures import base_config, write_config
 
 
@@ -56,8 +56,8 @@ def test_wildcards_expand_after_prefix_and_suffix():
 
 
 def test_wildcard_captions_keep_every_line(tmp_path):
-    from library.training.dataset_config import DatasetSpec, SubsetSpec
-    from library.training.train_items import build_items
+    from library.training.config.dataset_config import DatasetSpec, SubsetSpec
+    from library.training.inputs.train_items import build_items
 
     folder = tmp_path / "1_cat"
     write_image(folder / "a.png", gradient_image(32, 32))
@@ -93,7 +93,7 @@ def test_tool_text_encoder_caches_are_the_trainers(tmp_path, tiny_single_file, m
         with np.load(train / "10_ohwx_woman" / f"{stem}_te_outputs.npz") as npz:
             assert str(npz["caption_sha256"]) == sha(text)
 
-    import library.training.text_conditioning as text_conditioning
+    import library.training.inputs.text_conditioning as text_conditioning
 
     calls = []
     real = text_conditioning.encode_texts
@@ -105,9 +105,9 @@ def test_tool_text_encoder_caches_are_the_trainers(tmp_path, tiny_single_file, m
 @pytest.mark.parametrize("name", ["10_ohwx_woman"])
 def test_trainer_class_token_fallback(tmp_path, name):
     from library.data.images import SkipLog
-    from library.training.config_loader import resolve_config
-    from library.training.dataset_config import dataset_specs
-    from library.training.train_items import build_items
+    from library.training.config.config_loader import resolve_config
+    from library.training.config.dataset_config import dataset_specs
+    from library.training.inputs.train_items import build_items
 
     write_image(tmp_path / "train" / name / "a.png", gradient_image(32, 32))
     args = resolve_config(["--train_data_dir", str(tmp_path / "train"), "--resolution", "32,32",
@@ -119,8 +119,8 @@ def test_trainer_class_token_fallback(tmp_path, name):
 def test_trainer_validates_bucket_options_as_kohya(tmp_path):
     from library.data.images import SkipLog
     from library.errors import UserError
-    from library.training.dataset_config import DatasetSpec, SubsetSpec
-    from library.training.train_items import build_items
+    from library.training.config.dataset_config import DatasetSpec, SubsetSpec
+    from library.training.inputs.train_items import build_items
 
     write_image(tmp_path / "1_x" / "a.png", gradient_image(96, 64))
 
@@ -148,8 +148,8 @@ def test_trainer_validates_bucket_options_as_kohya(tmp_path):
 
 def test_notices_for_caption_differences(tmp_path):
     from library.data.images import SkipLog
-    from library.training.dataset_config import DatasetSpec, SubsetSpec
-    from library.training.train_items import build_items
+    from library.training.config.dataset_config import DatasetSpec, SubsetSpec
+    from library.training.inputs.train_items import build_items
 
     write_image(tmp_path / "1_x" / "a.png", gradient_image(32, 32))
     (tmp_path / "1_x" / "a.caption").write_text("red, , dress,\nblue dress", encoding="utf-8")
@@ -169,7 +169,7 @@ def test_regularisation_balance_as_kohya_per_dataset():
     training samples are reached (it may pass them), then one more repeat per image in order."""
     from types import SimpleNamespace
 
-    from library.training.batch_plan import balanced_reg_repeats, expanded_indices
+    from library.training.inputs.batch_plan import balanced_reg_repeats, expanded_indices
 
     assert balanced_reg_repeats([(0, 2), (1, 2)], 6) == {0: 3, 1: 3}  # fewer reg: repeats grow in turn
     assert balanced_reg_repeats([(0, 2), (1, 2), (2, 2)], 3) == {0: 2, 1: 2}  # more reg: passes 3, image 2 unused

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from library.errors import UserError
-from library.training import loss as loss_lib
-from library.training import noise as noise_lib
-from library.training.config_checks import check_combinations
-from library.training.options import OPTIONS
+from library.training.objective import loss as loss_lib
+from library.training.objective import noise as noise_lib
+from library.training.config.config_checks import check_combinations
+from library.training.config.options import OPTIONS
 
 
 def make_args(**overrides) -> argparse.Namespace:

@@ -99,11 +99,11 @@ def test_kohya_value_formats(trained, tiny_single_file):
 
 def test_dataset_config_keys_and_no_metadata(tmp_path):
     from library.data.images import SkipLog
-    from library.training.config_loader import resolve_config
-    from library.training.dataset_config import dataset_specs
-    from library.training.run_metadata import kohya_run_metadata
-    from library.training.saving import NetworkSaver
-    from library.training.train_items import build_items
+    from library.training.config.config_loader import resolve_config
+    from library.training.config.dataset_config import dataset_specs
+    from library.training.outputs.run_metadata import kohya_run_metadata
+    from library.training.outputs.saving import NetworkSaver
+    from library.training.inputs.train_items import build_items
 
     write_image(tmp_path / "imgs" / "x.png", gradient_image(96, 64))
     (tmp_path / "imgs" / "x.caption").write_text("a, b", encoding="utf-8")

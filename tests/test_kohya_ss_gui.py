@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from library.errors import UserError
-from library.training.config_loader import resolve_config
-from library.training.kohya_ss_gui import gui_options
-from library.training.kohya_ss_network import network_settings
+from library.training.config.config_loader import resolve_config
+from library.training.config.kohya_ss_gui import gui_options
+from library.training.config.kohya_ss_network import network_settings
 from tests.training_fixtures import lora_tensors, make_concept_images
 
 PRESETS = Path(__file__).resolve().parent / "data" / "kohya_ss_presets"
@@ -158,7 +158,7 @@ def test_epoch_becomes_max_train_epochs_and_warmup_percent_a_fraction():
 ])
 def test_lora_types_give_the_guis_network_args(lora_type, module, args):
     gui = {"LoRA_type": lora_type, "conv_dim": 8, "conv_alpha": 4, "rank_dropout": 0.1, "unit": 4, "LyCORIS_preset": "attn-only"}
-    from library.training.kohya_ss_network import KNOB_DEFAULTS
+    from library.training.config.kohya_ss_network import KNOB_DEFAULTS
 
     assert network_settings({**KNOB_DEFAULTS, **gui}, "x.json:") == (module, args)
 

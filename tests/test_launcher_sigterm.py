@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from library.training.output_lock import LOCK_NAME, wait_for_release
-from library.training.run_control import StopRequest
-from library.training.train_state import find_state, read_progress
+from library.training.outputs.output_lock import LOCK_NAME, wait_for_release
+from library.training.outputs.run_control import StopRequest
+from library.training.outputs.train_state import find_state, read_progress
 from tests.training_fixtures import base_config, make_concept_images, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def test_wait_for_release_returns_when_the_holder_ends(tmp_path):
     assert wait_for_release(tmp_path) is None and not (tmp_path / LOCK_NAME).exists()  # nothing held, nothing created
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from library.training.output_lock import OutputLock\n"
+        "from library.training.outputs.output_lock import OutputLock\n"
         "lock = OutputLock(%r).acquire(); print('held', flush=True); time.sleep(1.5)") % (str(REPO), str(tmp_path))],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from library.errors import UserError
-from library.training.lr_scheduler_names import LR_SCHEDULERS, NEEDS_A_METRIC, parse_lr_scheduler
-from library.training.lr_schedulers import build_lr_scheduler
-from library.training.options import OPTIONS
+from library.training.config.lr_scheduler_names import LR_SCHEDULERS, NEEDS_A_METRIC, parse_lr_scheduler
+from library.training.optim.lr_schedulers import build_lr_scheduler
+from library.training.config.options import OPTIONS
 
 
 def test_names_match_the_installed_libraries():

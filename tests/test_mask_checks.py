@@ -99,7 +99,7 @@ def test_a_mask_breaking_mid_run_leaves_its_image_out(tiny_single_file, dataset,
 
 
 def test_many_masks_breaking_mid_run_stop_with_a_saved_state(tiny_single_file, dataset, tmp_path, capsys, monkeypatch):
-    from library.training.train_state import find_state, read_progress
+    from library.training.outputs.train_state import find_state, read_progress
 
     train, masks = dataset
     _break_masks_after_setup(monkeypatch, [masks / "img1.png", masks / "img2.png"])

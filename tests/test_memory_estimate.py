@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from library.benchmark import training
-from library.benchmark.runner import run_task
-from library.training.config_loader import resolve_config
-from library.training.memory_estimate import AllocationCounter, estimate_memory
+from library.diagnostics.benchmark import training
+from library.diagnostics.benchmark.runner import run_task
+from library.training.config.config_loader import resolve_config
+from library.diagnostics.memory_estimate import AllocationCounter, estimate_memory
 
 
 def _config(tmp_path, model, resolution, batch_size, checkpointing, name, steps=2):
@@ -73,8 +73,8 @@ def test_estimate_within_15_percent_of_the_memory_a_step_adds(tmp_path):
     """--estimate_memory's working memory against the anonymous memory a real training step adds to
     its own process (RssAnon, after malloc_trim; a separate process, with the fixed mmap threshold
     under which freed memory goes back at once; docs/performance.md)."""
-    from library.benchmark.models import write_model
-    from library.benchmark.process_memory import TRACKING_MALLOC_ENV
+    from library.diagnostics.benchmark.models import write_model
+    from library.diagnostics.benchmark.process_memory import TRACKING_MALLOC_ENV
 
     model = write_model("small", tmp_path / "models")
     config = _config(tmp_path, model, 128, 2, False, "calibration", steps=3)

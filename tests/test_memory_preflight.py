@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from library.errors import UserError, run_cli
-from library.training import memory_preflight
-from library.training.free_memory import FreeMemory, cgroup_room, free_memory, mem_available
-from library.training.memory_preflight import size_text
+from library.training.outputs import memory_preflight
+from library.training.outputs.free_memory import FreeMemory, cgroup_room, free_memory, mem_available
+from library.training.outputs.memory_preflight import size_text
 from tests.training_fixtures import base_config, make_concept_images, write_config
 
 
@@ -31,8 +31,8 @@ def _config(tmp_path, model, train_dir, **overrides) -> Path:
 
 def _need(config: Path, images: int = 4, **changes) -> int:
     """What the pre-flight should compute: the estimate's peak plus the host caches (a CPU run)."""
-    from library.training.config_loader import resolve_config
-    from library.training.memory_estimate import estimate_memory
+    from library.training.config.config_loader import resolve_config
+    from library.diagnostics.memory_estimate import estimate_memory
 
     args = resolve_config(["--config_file", str(config)]).args
     for key, value in changes.items():
@@ -48,7 +48,7 @@ def _digests(*roots: Path) -> dict:
 
 def _record_estimates(monkeypatch) -> list:
     """[(changed settings, need)] of every estimate the pre-flight makes (the real estimator, watched)."""
-    import library.training.memory_estimate as memory_estimate
+    import library.diagnostics.memory_estimate as memory_estimate
 
     real, seen = memory_estimate.estimate_memory, []
     watched = ("gradient_checkpointing", "train_batch_size", "cache_text_encoder_outputs", "fp8_base", "mixed_precision")
@@ -122,7 +122,7 @@ def test_on_a_gpu_the_free_vram_is_compared_with_the_peak(tiny_single_file, trai
     remedy is already in the config, so the line says what is left."""
     import torch
 
-    from library.training.config_loader import resolve_config
+    from library.training.config.config_loader import resolve_config
 
     config = _config(tmp_path, tiny_single_file, train_dir, cache_text_encoder_outputs=True, network_train_unet_only=True,
                      fp8_base=True, mixed_precision="bf16", gradient_checkpointing=True, train_batch_size=1,

@@ -13,9 +13,9 @@ import json
 import pytest
 
 from library.errors import UserError
-from library.training import option_types as T
-from library.training.config_loader import resolve_config
-from library.training.options import IGNORED, INERT, OPTIONS, PENDING, SUPPORTED, UNSUPPORTED
+from library.training.config import option_types as T
+from library.training.config.config_loader import resolve_config
+from library.training.config.options import IGNORED, INERT, OPTIONS, PENDING, SUPPORTED, UNSUPPORTED
 from library.training.trainer import Trainer
 from tests.training_fixtures import make_concept_images
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from library.errors import UserError
-from library.training.config_checks import check_combinations
-from library.training.config_loader import resolve_config
-from library.training.optimizers import build_optimizer
+from library.training.config.config_checks import check_combinations
+from library.training.config.config_loader import resolve_config
+from library.training.optim.optimizers import build_optimizer
 from library.training.pivotal import PivotalTuning, replace_words, setup_pivotal
 from tests.training_fixtures import base_config, write_config
 

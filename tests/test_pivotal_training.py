@@ -31,7 +31,7 @@ def seven_images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tiny_diffusers_dir, two_images, tmp_path_factory):
     """A pivotal run kept in memory: AdamW with strong weight decay on the embeddings, 4 steps."""
-    from library.training.config_loader import resolve_config
+    from library.training.config.config_loader import resolve_config
     from library.training.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("pivotal_run")
@@ -147,7 +147,7 @@ def test_embeddings_train_until_the_pivot_then_only_the_lora(tiny_single_file, t
 
 
 def test_shipped_pivotal_prodigy_config_trains_with_paths_and_size_changed(tiny_single_file, two_images, tmp_path):
-    from library.training.config_loader import resolve_config
+    from library.training.config.config_loader import resolve_config
     from library.training.trainer import Trainer
 
     resolved = resolve_config([

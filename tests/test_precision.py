@@ -101,8 +101,8 @@ def test_no_base_model_on_the_device_in_fp32_and_caches_after_placement(tiny_sin
 
 
 def test_half_precision_on_a_cpu_without_its_kernels_says_so_and_full_needs_its_precision(tiny_single_file, images, tmp_path):
-    from library.training.config_loader import resolve_config
-    from library.training.precision import cpu_has_half_kernels
+    from library.training.config.config_loader import resolve_config
+    from library.training.residency.precision import cpu_has_half_kernels
     from library.training.trainer import Trainer
 
     config = base_config(tiny_single_file, images, tmp_path / "out", mixed_precision="fp16")
@@ -123,7 +123,7 @@ def test_half_precision_on_a_cpu_without_its_kernels_says_so_and_full_needs_its_
 def test_loss_scaling_keeps_fp16_gradients_that_would_underflow():
     """A loss whose fp16 gradients are below fp16's smallest subnormal (6e-8): unscaled they are 0;
     scaled, copied into fp32 masters and unscaled there, they match an fp32 reference."""
-    from library.training.loss_scaling import loss_scaling
+    from library.training.residency.loss_scaling import loss_scaling
 
     torch.manual_seed(0)
     x = torch.randn(8, 16)
@@ -175,7 +175,7 @@ def test_caching_tools_place_models_as_training_does(tiny_single_file, images, t
     caches = sorted(images.rglob("*_sdxl.npz")) + sorted(images.rglob("*_te_outputs.npz"))
     assert len(caches) == 6
     written = {p: p.stat().st_mtime_ns for p in caches}
-    from library.training.config_loader import resolve_config
+    from library.training.config.config_loader import resolve_config
     from library.training.trainer import Trainer
 
     trainer = Trainer(resolve_config(["--config_file", str(path)]))

@@ -62,7 +62,7 @@ def test_resume_with_another_rank_names_both_ranks(tiny_single_file, trained, tm
     from safetensors.torch import load_file
 
     from library.errors import UserError
-    from library.training.state_checks import check_network_shapes
+    from library.training.outputs.state_checks import check_network_shapes
 
     rank_4 = load_file(str(state / "network.safetensors"))
     rank_8 = {k: torch.zeros(8, *v.shape[1:]) if k.endswith("lora_down.weight") else v for k, v in rank_4.items()}

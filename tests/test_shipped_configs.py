@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from library.training.config_loader import resolve_config
+from library.training.config.config_loader import resolve_config
 from tests.training_fixtures import make_concept_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ def test_every_shipped_config_is_found():
 
 @pytest.mark.parametrize("folder", CONFIGS)
 def test_config_validates_and_its_sample_prompts_parse(folder):
-    from library.training.sample_prompts import load_sample_prompts
+    from library.training.config.sample_prompts import load_sample_prompts
 
     resolved = resolve_config(["--config_file", str(REPO / "train_config" / folder / "config_file.toml")])
     assert not [n for n in resolved.notices if "forwarded" in n]  # shipped configs use network_args properly

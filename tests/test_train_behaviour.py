@@ -26,7 +26,7 @@ def one_bucket_dir(tmp_path_factory):
 
 
 def _denoising_loss(model_path, train_dir, lora_path=None) -> float:
-    from library.data.latent_cache import load_latent_cache
+    from library.data.caching.latent_cache import load_latent_cache
     from library.models.sdxl_conditioning import encode_captions, time_ids
     from library.models.sdxl_loader import load_sdxl
     from networks import lora
@@ -48,7 +48,7 @@ def _denoising_loss(model_path, train_dir, lora_path=None) -> float:
 @torch.no_grad()
 def _fixed_noise_mse(unet, latents, context, pooled, ids, timesteps=(200, 400, 600, 800)) -> float:
     """Mean epsilon-prediction MSE over every (image, timestep) with the same noise each call."""
-    from library.training.noise import make_noise_scheduler
+    from library.training.objective.noise import make_noise_scheduler
 
     scheduler, total = make_noise_scheduler(), []
     for index, latent in enumerate(latents):
@@ -141,7 +141,7 @@ def test_loader_workers_give_the_same_lora_as_the_main_process(tiny_single_file,
 
 
 def test_loader_workers_start_only_for_uncached_samples(tiny_single_file, one_bucket_dir, tmp_path, monkeypatch):
-    from library.training import pixel_loading
+    from library.training.inputs import pixel_loading
 
     made = []
     original = pixel_loading.PixelLoader.__init__

@@ -74,7 +74,7 @@ def test_too_many_broken_images_stop_with_a_resumable_state(tiny_single_file, br
         _main(tmp_path, tiny_single_file, data, "many", max_train_steps=12)
     states = list((tmp_path / "many_out").glob("*-state"))
     assert len(states) == 1
-    from library.training.train_state import read_progress
+    from library.training.outputs.train_state import read_progress
 
     assert read_progress(states[0]) is not None and all(torch.isfinite(v).all() for v in lora_tensors(states[0] / "network.safetensors").values())
     # the user fixes the images and resumes: they are read again and the run completes
@@ -93,7 +93,7 @@ def test_processes_share_their_broken_images_so_all_take_the_same_stop_decision(
     import accelerate.utils
     from types import SimpleNamespace
 
-    from library.training.latent_source import LatentSource
+    from library.training.inputs.latent_source import LatentSource
 
     sources = [object.__new__(LatentSource) for _ in range(2)]
     for source in sources:

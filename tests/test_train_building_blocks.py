@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from library.errors import UserError
-from library.training import loss as loss_lib
-from library.training import noise as noise_lib
-from library.training.caption_processing import CaptionOptions, process_caption
-from library.training.options import OPTIONS
+from library.training.objective import loss as loss_lib
+from library.training.objective import noise as noise_lib
+from library.training.inputs.caption_processing import CaptionOptions, process_caption
+from library.training.config.options import OPTIONS
 
 
 def make_args(**overrides) -> argparse.Namespace:
@@ -244,7 +244,7 @@ def test_long_prompt_chunks_and_equality_with_diffusers(tiny_sdxl):
 
 @pytest.mark.parametrize("name", ["AdamW", "Lion", "SGDNesterov", "Prodigy", "AdaFactor", "DAdaptAdam", "AdamWScheduleFree", "torch.optim.RMSprop"])
 def test_optimizers_build_and_step(name):
-    from library.training.optimizers import build_optimizer
+    from library.training.optim.optimizers import build_optimizer
 
     param = torch.nn.Parameter(torch.ones(4))
     args = make_args(optimizer_type=name, learning_rate=1e-2 if name not in ("Prodigy", "DAdaptAdam") else 1.0,
@@ -260,7 +260,7 @@ def test_optimizers_build_and_step(name):
 def test_torch_optimizers_take_the_fused_update_with_the_same_result():
     """AdamW / SGDNesterov run torch's fused kernels on the CPU too (5-6x faster than multi-tensor for
     a LoRA's small tensors); the update equals the multi-tensor one; optimizer_args still choose."""
-    from library.training.optimizers import build_optimizer
+    from library.training.optim.optimizers import build_optimizer
 
     shapes = [(4, 64), (64, 4), (4, 32, 3, 3), (320, 4)]
     torch.manual_seed(0)
@@ -289,7 +289,7 @@ def test_torch_optimizers_take_the_fused_update_with_the_same_result():
     assert "fused" not in prodigy.defaults  # not a torch.optim class: left as it is
 
 def test_adafactor_relative_step_follows_kohya():
-    from library.training.optimizers import build_optimizer
+    from library.training.optim.optimizers import build_optimizer
 
     args = make_args(optimizer_type="AdaFactor", lr_scheduler="constant")
     optimizer = build_optimizer(args, [{"params": [torch.nn.Parameter(torch.ones(2))], "lr": 1e-4}])
@@ -297,7 +297,7 @@ def test_adafactor_relative_step_follows_kohya():
 
 
 def test_bad_optimizer_names_and_args():
-    from library.training.optimizers import build_optimizer
+    from library.training.optim.optimizers import build_optimizer
 
     with pytest.raises(UserError, match=r"optimizer_type 'AdamX' is unknown"):
         build_optimizer(make_args(optimizer_type="AdamX"), [{"params": [torch.nn.Parameter(torch.ones(1))]}])
@@ -311,7 +311,7 @@ def test_bad_optimizer_names_and_args():
     ("cosine", 0, [1.0, 1.0, 0.96194, 0.85355]),
 ])
 def test_lr_schedulers_with_warmup_steps_or_fraction(name, warmup, expected):
-    from library.training.lr_schedulers import build_lr_scheduler
+    from library.training.optim.lr_schedulers import build_lr_scheduler
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
     scheduler = build_lr_scheduler(make_args(lr_scheduler=name, lr_warmup_steps=warmup), optimizer, total_steps=20 if warmup == 0.1 else 10)
@@ -373,10 +373,10 @@ def test_random_crop_and_color_aug(tmp_path):
 def test_on_the_fly_random_crop_encodes_the_crop_it_reports(tiny_sdxl, tmp_path):
     from library.data.buckets import place_in_bucket, resize_and_crop
     from library.data.images import load_rgb
-    from library.data.latent_encoding import encode_latents, seed_from_sha
-    from library.training.dataset_config import SubsetSpec
-    from library.training.latent_source import LatentSource
-    from library.training.train_items import TrainItem
+    from library.data.caching.latent_encoding import encode_latents, seed_from_sha
+    from library.training.config.dataset_config import SubsetSpec
+    from library.training.inputs.latent_source import LatentSource
+    from library.training.inputs.train_items import TrainItem
     from tests.training_fixtures import make_concept_images
 
     path = make_concept_images(tmp_path, count=1, sizes=[(64, 96)])[0]

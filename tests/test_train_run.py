@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from library.errors import UserError
-from library.training.train_state import find_state
+from library.training.outputs.train_state import find_state
 from tests.training_fixtures import base_config, lora_tensors, make_concept_images, run_training, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_samples_logs_and_validation(tiny_single_file, train_dir, tmp_path):
 def test_sample_prompt_flags_kohya_does_not_use_are_ignored_with_a_notice(tmp_path):
     """kohya matches flags case-insensitively and skips any it does not know (--cn is ControlNet's,
     --am the generation script's); values of the flags it uses must be numbers."""
-    from library.training.sample_prompts import SamplePrompt, load_sample_prompts
+    from library.training.config.sample_prompts import SamplePrompt, load_sample_prompts
 
     path = tmp_path / "p.txt"
     path.write_text("a cat --cn pose.png --W 80 --am 1.2 --D 5\na dog --x 3 --n blurry\n")
@@ -185,8 +185,8 @@ def test_two_processes_step_with_the_mean_of_their_gradients(tiny_single_file, t
     """One SGD step in two processes (one image each) equals the step taken, in this process, with the
     mean of the gradients the two ranks' batches give: DDP averages gradients, it does not only keep
     the ranks equal (summed or rank-0 gradients would give another update)."""
-    from library.training.batch_plan import epoch_batches
-    from library.training.config_loader import resolve_config
+    from library.training.inputs.batch_plan import epoch_batches
+    from library.training.config.config_loader import resolve_config
     from library.training.trainer import Trainer
 
     config = base_config(tiny_single_file, train_dir, tmp_path / "out", max_train_steps=1, train_batch_size=1,

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from library.errors import UserError
-from library.training.output_lock import LOCK_NAME, OutputLock
-from library.training.train_state import find_state
+from library.training.outputs.output_lock import LOCK_NAME, OutputLock
+from library.training.outputs.train_state import find_state
 from tests.training_fixtures import base_config, lora_tensors, make_concept_images, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def test_outputs_never_overwrite_inputs(tiny_single_file, train_dir, tmp_path, n
     for name in ("../../models/base_copy", "sub/name", ".."):
         with pytest.raises(UserError, match=r"output_name = .* must be a plain name without folders"):
             _main(tmp_path, base, train_dir, output_name=name)
-    from library.training.preflight import check_plain_name
+    from library.training.outputs.preflight import check_plain_name
 
     with pytest.raises(UserError, match=r"command line: output_name = 'a\\\\b' must be a plain name"):
         check_plain_name("a\\b", "output_name", "command line")
@@ -98,7 +98,7 @@ def test_unwritable_output_or_logging_dir_fails_before_the_model_loads(tiny_sing
         _main(tmp_path, tiny_single_file, train_dir, log_with="tensorboard", logging_dir=str(a_file))
 
     # a read-only mount (simulated: the tests run as root, where chmod does not stop writes)
-    import library.training.preflight as preflight
+    import library.training.outputs.preflight as preflight
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -141,7 +141,7 @@ def test_lock_holder_is_named_and_files_follow_the_umask(tmp_path):
     from library.file_io import save_safetensors_atomic, write_text_atomic
     import torch
 
-    from library.training.train_state import Progress, save_state
+    from library.training.outputs.train_state import Progress, save_state
 
     network = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
@@ -228,7 +228,7 @@ def _disk_full_under(folder: Path, monkeypatch) -> None:
     """Writes into `folder` fail as on a full disk (LoRA and state files; samples too)."""
     import safetensors.torch
 
-    import library.training.train_state as train_state
+    import library.training.outputs.train_state as train_state
 
     real_save_file, real_torch_save = safetensors.torch.save_file, torch.save
 
@@ -251,7 +251,7 @@ def _disk_full_under(folder: Path, monkeypatch) -> None:
 
 
 def test_a_failed_save_retries_then_rescues_the_weights_and_exits_non_zero(tiny_single_file, train_dir, tmp_path, monkeypatch):
-    import library.training.save_rescue as save_rescue
+    import library.training.outputs.save_rescue as save_rescue
 
     common = dict(max_train_steps=4, save_every_n_steps=2, save_state=True)
     assert _main(tmp_path, tiny_single_file, train_dir, name="ref", **common) == 0
@@ -275,7 +275,7 @@ def test_a_failed_save_retries_then_rescues_the_weights_and_exits_non_zero(tiny_
 
 def test_save_retry_succeeds_and_no_fallback_is_a_clear_error(tmp_path, monkeypatch, capsys):
     from library.file_io import WriteFailed
-    from library.training import save_rescue
+    from library.training.outputs import save_rescue
 
     monkeypatch.setattr(save_rescue, "RETRY_DELAY", 0)
     attempts = []
@@ -297,7 +297,7 @@ def test_save_retry_succeeds_and_no_fallback_is_a_clear_error(tmp_path, monkeypa
 
 
 def test_free_space_is_checked_before_training_against_what_the_saves_take(tiny_single_file, train_dir, tmp_path, monkeypatch):
-    import library.training.preflight as preflight
+    import library.training.outputs.preflight as preflight
 
     estimates = []
     real_check = preflight.check_free_space
@@ -325,7 +325,7 @@ def test_free_space_is_checked_before_training_against_what_the_saves_take(tiny_
 
 
 def test_without_flock_the_pid_decides(tmp_path, monkeypatch):
-    import library.training.output_lock as output_lock
+    import library.training.outputs.output_lock as output_lock
 
     monkeypatch.setattr(output_lock, "fcntl", None)  # e.g. Windows or a mount without flock
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

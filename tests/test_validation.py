@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from library.training import validation
-from library.training.config_loader import resolve_config
+from library.training.objective import validation
+from library.training.config.config_loader import resolve_config
 from library.training.trainer import Trainer
 from tests.training_fixtures import base_config, flat, make_concept_images, write_config
 

@@ -36,7 +36,7 @@ def base_config(model: Path, train_dir: Path, output_dir: Path, **overrides) -> 
     for key, value in overrides.items():
         section = next((s for s, table in config.items() if key in table), None)
         if section is None:
-            from library.training.options import OPTIONS
+            from library.training.config.options import OPTIONS
 
             section = OPTIONS[key].section
         config.setdefault(section, {})
@@ -76,7 +76,7 @@ def lora_tensors(path: Path) -> dict:
 def train_in_process(tmp_path: Path, model: Path, train_dir: Path, name: str = "run", **overrides):
     """Trainer.setup + run without the command line; returns (trainer, final LoRA path) so a test can
     read the trainer's state (placement record, trained tensors)."""
-    from library.training.config_loader import resolve_config
+    from library.training.config.config_loader import resolve_config
     from library.training.trainer import Trainer
 
     config = base_config(model, train_dir, tmp_path / f"{name}_out", **overrides)

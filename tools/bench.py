@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from library.benchmark.report import format_table, validate_report
-    from library.benchmark.suite import has_checkable_sections, run_benchmark
+    from library.diagnostics.benchmark.report import format_table, validate_report
+    from library.diagnostics.benchmark.suite import has_checkable_sections, run_benchmark
 
-    from library.benchmark import runner
+    from library.diagnostics.benchmark import runner
 
     args = build_parser().parse_args(argv)
     if args.algorithms:

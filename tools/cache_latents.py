@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.data.caching_config import read_caching_config  # noqa: E402
-from library.data.latent_caching import CachingOptions, plan_jobs, run_jobs  # noqa: E402
-from library.data.latent_cli import load_vae_and_fingerprint, report_lines  # noqa: E402
+from library.data.caching.caching_config import read_caching_config  # noqa: E402
+from library.data.caching.latent_caching import CachingOptions, plan_jobs, run_jobs  # noqa: E402
+from library.data.caching.latent_cli import load_vae_and_fingerprint, report_lines  # noqa: E402
 from library.data.script_support import print_summary, progress  # noqa: E402
 from library.errors import UserError, run_cli  # noqa: E402
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.data.caching_config import read_caching_config  # noqa: E402
+from library.data.caching.caching_config import read_caching_config  # noqa: E402
 from library.data.script_support import print_summary, progress  # noqa: E402
-from library.data.text_encoder_cache import (  # noqa: E402
+from library.data.caching.text_encoder_cache import (  # noqa: E402
     DEFAULT_BATCH,
     encode_texts,
     save_te_cache,
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
         raise UserError(f"{args.config_file}: {', '.join(config.caption_randomisers)} change captions every step, so their "
                         "text-encoder outputs cannot be cached; remove them or do not cache text-encoder outputs")
     from library.models.sdxl_loader import load_sdxl
-    from library.training.placement import Placement, PrecisionPlan, compute_device
-    from library.training.text_conditioning import cached_captions
+    from library.training.residency.placement import Placement, PrecisionPlan, compute_device
+    from library.training.inputs.text_conditioning import cached_captions
 
     for notice in config.notices:
         print(f"note: {notice}")

@@ -21,9 +21,9 @@ def converted_sections(path: Path, notices: list) -> tuple[dict, str | None]:
     """({section: {option: value}}, sample prompt text or None) for a GUI file."""
     import json
 
-    from library.training.config_loader import _parse_value
-    from library.training.kohya_ss_gui import additional_options, gui_options
-    from library.training.options import OPTIONS, SECTIONS
+    from library.training.config.config_loader import _parse_value
+    from library.training.config.kohya_ss_gui import additional_options, gui_options
+    from library.training.config.options import OPTIONS, SECTIONS
 
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))

@@ -100,8 +100,8 @@ def skip_reason(row: Row) -> str | None:
 
 
 def prepare(workdir: Path, rows: list[Row]) -> dict:
-    from library.benchmark import training
-    from library.benchmark.models import write_model
+    from library.diagnostics.benchmark import training
+    from library.diagnostics.benchmark.models import write_model
 
     workdir.mkdir(parents=True, exist_ok=True)
     prompts = workdir / "prompts.txt"
@@ -136,9 +136,9 @@ def family_data(kind: str, train_dir: Path) -> dict:
 
 
 def run_row(row: Row, prepared: dict, workdir: Path, steps: int) -> dict:
-    from library.benchmark import training
-    from library.benchmark.hardware import hardware_config
-    from library.benchmark.runner import TaskFailed, run_task
+    from library.diagnostics.benchmark import training
+    from library.diagnostics.benchmark.hardware import hardware_config
+    from library.diagnostics.benchmark.runner import TaskFailed, run_task
 
     options = dict(row.options)
     kind = options.pop("data", None)
@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_kohya_section(args) -> dict:
     """tools/bench.py's kohya section on this machine (on a GPU both trainers train on it), its table printed."""
-    from library.benchmark.kohya import bench_kohya
-    from library.benchmark.kohya_report import kohya_lines
+    from library.diagnostics.benchmark.peers.kohya import bench_kohya
+    from library.diagnostics.benchmark.peers.kohya_report import kohya_lines
 
     if not args.kohya_python:
         raise UserError("--kohya_dir needs --kohya_python (the interpreter of kohya's venv; docs/performance.md)")

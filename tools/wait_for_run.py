@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("output_dir", help="the run's output_dir (where its .sdxl_train.lock is)")
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (default: wait)")
     args = parser.parse_args(argv)
-    from library.training.output_lock import wait_for_release
+    from library.training.outputs.output_lock import wait_for_release
 
     started = time.monotonic()
     info = wait_for_release(args.output_dir, args.timeout)

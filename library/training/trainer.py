@@ -20,41 +20,41 @@ from tqdm import tqdm
 from library.data.images import SkipLog
 from library.errors import UserError
 from library.file_io import WriteFailed
-from library.training import loss as loss_lib
-from library.training import data_parallel
-from library.training import distributed
-from library.training import noise as noise_lib
-from library.training.batch_plan import batches_per_epoch, epoch_batches
-from library.training.caption_processing import process_caption
-from library.training.checkpointing import enable_unet_checkpointing
-from library.training.compilation import compile_unet
-from library.training.condition_masks import attach_masks
-from library.training.config_checks import check_combinations
-from library.training.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
-from library.training.dataset_config import dataset_specs
-from library.training.kohya_compat import dataset_difference_notices
-from library.training.latent_source import ImageBroken, LatentSource
-from library.training.loss_scaling import loss_scaling
-from library.training.lr_schedulers import build_lr_scheduler
-from library.training.memory_preflight import check_memory
+from library.training.objective import loss as loss_lib
+from library.training.parallel import data_parallel
+from library.training.parallel import distributed
+from library.training.objective import noise as noise_lib
+from library.training.inputs.batch_plan import batches_per_epoch, epoch_batches
+from library.training.inputs.caption_processing import process_caption
+from library.training.residency.checkpointing import enable_unet_checkpointing
+from library.training.residency.compilation import compile_unet
+from library.training.inputs.condition_masks import attach_masks
+from library.training.config.config_checks import check_combinations
+from library.training.inputs.dataset_attributes import dataset_multipliers, preservation_rows, preserved_target, unused_attribute_keys
+from library.training.config.dataset_config import dataset_specs
+from library.training.config.kohya_compat import dataset_difference_notices
+from library.training.inputs.latent_source import ImageBroken, LatentSource
+from library.training.residency.loss_scaling import loss_scaling
+from library.training.optim.lr_schedulers import build_lr_scheduler
+from library.training.outputs.memory_preflight import check_memory
 from library.training.network_setup import create_training_network, merge_configured_base_weights, optimizer_param_groups
-from library.training.optimizers import build_optimizer
+from library.training.optim.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal
-from library.training.pixel_loading import pixel_loader, sample_randomness
-from library.training.placement import Placement, PrecisionPlan
-from library.training.precision import check_precision, configure_attention, effective_mixed_precision
-from library.training.save_rescue import save_or_rescue
-from library.training.saving import NetworkSaver
-from library.training.schedule_free import ScheduleFreeModes
+from library.training.inputs.pixel_loading import pixel_loader, sample_randomness
+from library.training.residency.placement import Placement, PrecisionPlan
+from library.training.residency.precision import check_precision, configure_attention, effective_mixed_precision
+from library.training.outputs.save_rescue import save_or_rescue
+from library.training.outputs.saving import NetworkSaver
+from library.training.optim.schedule_free import ScheduleFreeModes
 from library.models.sdxl_conditioning import encode_captions, time_ids
-from library.training import preflight
-from library.training.run_control import RunStopped, StopRequest
-from library.training.sample_prompts import load_sample_prompts
+from library.training.outputs import preflight
+from library.training.outputs.run_control import RunStopped, StopRequest
+from library.training.config.sample_prompts import load_sample_prompts
 from library.training.sampling import write_samples
-from library.training.text_conditioning import TextEncoderCache, cached_captions
-from library.training.train_items import build_items, split_validation
-from library.training.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
-from library.training import validation
+from library.training.inputs.text_conditioning import TextEncoderCache, cached_captions
+from library.training.inputs.train_items import build_items, split_validation
+from library.training.outputs.train_state import Progress, find_state, load_state, prune_states, save_state, state_folder_name
+from library.training.objective import validation
 
 VAE_SCALE = 0.13025
 TEXT_ENCODERS = ("text_encoder1", "text_encoder2")

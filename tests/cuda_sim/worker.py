@@ -199,7 +199,7 @@ def run_offload_equivalence(world: dict, scenario: Scenario, out: Path) -> dict:
     in which autograd sums gradients through the extra copy nodes)."""
     from safetensors.torch import load_file
 
-    import library.training.checkpointing as checkpointing
+    import library.training.residency.checkpointing as checkpointing
 
     original = checkpointing.offloaded_checkpoint
     seen = {"calls": 0, "devices": set(), "held": set()}

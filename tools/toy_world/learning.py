@@ -101,7 +101,7 @@ def measure(world_dir, output_dir, total_steps: int, seeds=None, sampler=None) -
 
 
 def run_learning(params: dict) -> dict:
-    """Benchmark task (library/benchmark/worker.py): train one algorithm, measure it."""
+    """Benchmark task (library/diagnostics/benchmark/worker.py): train one algorithm, measure it."""
     import torch
 
     import shutil

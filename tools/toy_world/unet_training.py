@@ -2,7 +2,7 @@
 
 The pieces are the product's: the UNet is a diffusers SDXL UNet (tools/toy_world/model.py), captions are encoded by
 `library.models.sdxl_conditioning.encode_captions` (context, pooled), time ids by `time_ids`, and
-the noise schedule is `library.training.noise.make_noise_scheduler` (SDXL's DDPM). Only the loop is
+the noise schedule is `library.training.objective.noise.make_noise_scheduler` (SDXL's DDPM). Only the loop is
 here, because the product trains networks (LoRAs), not whole UNets.
 
 What makes it fast enough for a CPU:
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from library.models.sdxl_conditioning import encode_captions, time_ids
-from library.training.noise import SDXL_NUM_TIMESTEPS, make_noise_scheduler, snr
+from library.training.objective.noise import SDXL_NUM_TIMESTEPS, make_noise_scheduler, snr
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,91 @@
+"""The `peer` section in the report: its schema check, its tables and the issue-17 targets it decides."""
+from __future__ import annotations
+
+MIB = 1024 * 1024
+TARGETS = {"peer_whole_run_ratio_max": 0.8, "peer_small_step_ratio_max": 0.85}
+PHASES = ("start_up", "text_encoding", "latent_caching", "other_setup", "training", "save", "exit")
+PHASE_LABELS = {"start_up": "process start to first model call (imports, loading)", "text_encoding": "text encoding",
+                "latent_caching": "latent caching (VAE encode)", "other_setup": "other set-up before the first UNet call",
+                "training": "training (first UNet call to last step)", "save": "last step to LoRA file written",
+                "exit": "LoRA written to process end"}
+SIDE_STATS = ("step_seconds", "whole_run_seconds", "start_to_saved_lora_seconds", "peak_rss_bytes")
+RATIOS = ("step_ratio", "whole_run_ratio", "start_to_saved_lora_ratio", "peak_rss_ratio")
+
+
+def validate_peer(peer: dict) -> None:
+    from library.diagnostics.benchmark.report import SchemaError, _get, _stat
+
+    def get(path: str):  # errors name the full path from the report's top
+        return _get({"peer": peer}, f"peer.{path}")
+
+    if not get("sizes"):
+        raise SchemaError("peer.sizes: no model size measured")
+    for size, result in peer["sizes"].items():
+        for key in ("resolution", "batch_size", "rank", "steps.short", "steps.long"):
+            if not isinstance(get(f"sizes.{size}.{key}"), int):
+                raise SchemaError(f"peer.sizes.{size}.{key}: not an integer")
+        if result["steps"]["long"] <= result["steps"]["short"]:
+            raise SchemaError(f"peer.sizes.{size}.steps: the long run must have more steps than the short one")
+        for side in ("peer", "ours"):
+            for key in SIDE_STATS:
+                _stat(get(f"sizes.{size}.{side}.{key}"), f"peer.sizes.{size}.{side}.{key}")
+            if not isinstance(get(f"sizes.{size}.{side}.lora.modules"), int):
+                raise SchemaError(f"peer.sizes.{size}.{side}.lora.modules: not an integer")
+        for key in RATIOS:
+            _stat(get(f"sizes.{size}.{key}"), f"peer.sizes.{size}.{key}")
+
+
+def _check(value, limit) -> dict:
+    return {"value": value, "limit": limit, "met": None if value is None else value <= limit}
+
+
+def peer_checks(peer: dict) -> dict:
+    """Whole run (tiny, process start to saved LoRA) <= 0.8x the script; `small` step <= 0.85x."""
+    sizes = peer.get("sizes", {})
+    checks = {}
+    if "tiny" in sizes:
+        checks["peer_whole_run_ratio_tiny"] = _check(sizes["tiny"]["whole_run_ratio"]["median"], TARGETS["peer_whole_run_ratio_max"])
+    if "small" in sizes:
+        checks["peer_step_ratio_small"] = _check(sizes["small"]["step_ratio"]["median"], TARGETS["peer_small_step_ratio_max"])
+    return checks
+
+
+def peer_lines(peer: dict) -> list[str]:
+    from library.diagnostics.benchmark.report import _fmt_stat
+
+    lines = ["", "| vs diffusers' script: model, res | steps short / long | script s/step | ours s/step | ours / script "
+             "| script whole run | ours whole run | ours / script | script peak RSS | ours peak RSS | ours / script "
+             "| LoRA modules script / ours |", "|" + "---|" * 12]
+    for size, r in peer["sizes"].items():
+        p, o = r["peer"], r["ours"]
+        lines.append(f"| {size}, {r['resolution']} px | {r['steps']['short']} / {r['steps']['long']} "
+                     f"| {_fmt_stat(p['step_seconds'], digits=3)} | {_fmt_stat(o['step_seconds'], digits=3)} "
+                     f"| {_fmt_stat(r['step_ratio'])} | {_fmt_stat(p['whole_run_seconds'], unit=' s', digits=1)} "
+                     f"| {_fmt_stat(o['whole_run_seconds'], unit=' s', digits=1)} | {_fmt_stat(r['whole_run_ratio'])} "
+                     f"| {_fmt_stat(p['peak_rss_bytes'], MIB, ' MiB', 0)} | {_fmt_stat(o['peak_rss_bytes'], MIB, ' MiB', 0)} "
+                     f"| {_fmt_stat(r['peak_rss_ratio'])} | {p['lora']['modules']} / {o['lora']['modules']} |")
+    header = "| where the long run's time goes (median s) |"
+    rule = "|---|"
+    for size in peer["sizes"]:
+        header += f" script, {size} | ours, {size} |"
+        rule += "---|---|"
+    lines += ["", header, rule]
+    for phase in PHASES + ("total",):
+        row = f"| {PHASE_LABELS.get(phase, 'whole run (wall, from the parent)')} |"
+        for r in peer["sizes"].values():
+            for side in ("peer", "ours"):
+                stat = r[side]["whole_run_seconds"] if phase == "total" else r[side]["phases_seconds"].get(phase)
+                row += f" {_fmt_stat(stat, digits=2)} |"
+        lines.append(row)
+    row = "| process start to LoRA file written (ours / script per pair: "
+    row += ", ".join(f"{size} {_fmt_stat(r['start_to_saved_lora_ratio'])}" for size, r in peer["sizes"].items()) + ") |"
+    for r in peer["sizes"].values():
+        for side in ("peer", "ours"):
+            row += f" {_fmt_stat(r[side]['start_to_saved_lora_seconds'], digits=2)} |"
+    lines.append(row)
+    row = "| step interval inside the run (median) |"
+    for r in peer["sizes"].values():
+        for side in ("peer", "ours"):
+            row += f" {_fmt_stat(r[side]['step_interval_in_run_seconds'], digits=3)} |"
+    lines.append(row)
+    return lines
