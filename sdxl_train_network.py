@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from library.errors import run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     resolved = resolve_config(argv)
     if resolved.args.estimate_memory:  # shapes only: no weights are loaded
-        from library.diagnostics.memory_estimate import print_estimate
+        from library.training.memory.memory_estimate import print_estimate
         return print_estimate(resolved.args) or 0
     if resolved.args.output_config:
         print(f"wrote {write_resolved_config(resolved)}")

@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from library.data.cleaning import clean_caption, clean_tags  # noqa: E402
 from library.data.metadata import load_metadata, save_metadata  # noqa: E402
 from library.data.script_support import print_summary, progress  # noqa: E402
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+from library.errors import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ from library.data.captions import normalize_extension, read_text_file  # noqa: E
 from library.data.script_support import existing_folder, find_images_or_fail, print_summary  # noqa: E402
 from library.data.tag_files import edit_tag_files  # noqa: E402
 from library.data.tags import TagEdit, format_frequency, parse_replacements, parse_tag_list, split_tags, tag_frequency  # noqa: E402
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+from library.errors import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,8 @@ from library.data.script_support import (  # noqa: E402
     progress,
     resolve_caption_extension,
 )
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+from library.errors import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.data.merge_cli import add_common_arguments, run_merge  # noqa: E402
 from library.data.script_support import caption_extension_option, resolve_caption_extension  # noqa: E402
-from library.errors import run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from library.data.buckets import extreme_placements_notice  # noqa: E402
 from library.data.images import SkipLog  # noqa: E402
 from library.data.caching.latent_caching import plan_jobs, run_jobs  # noqa: E402
-from library.data.caching.latent_cli import (  # noqa: E402
+from library.preparation.latent_cli import (  # noqa: E402
     add_caching_arguments,
     bucket_manager,
     caching_options,
@@ -20,7 +20,8 @@ from library.data.caching.latent_cli import (  # noqa: E402
 )
 from library.data.metadata import keys_for_images, load_metadata, save_metadata  # noqa: E402
 from library.data.script_support import existing_folder, find_images_or_fail, print_summary, progress  # noqa: E402
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+from library.errors import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ from library.data.script_support import (  # noqa: E402
 from library.data.tags import split_tags  # noqa: E402
 from library.data.tagging.wd14_labels import TagOptions, display_names, parse_tag_replacement, read_selected_tags, select_tags  # noqa: E402
 from library.data.tagging.wd14_tagger import DEFAULT_REPO_ID, LABEL_FILE, MODEL_FILE, OnnxTagger, find_model_folder, preprocess_for_tagger  # noqa: E402
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+from library.errors import UserError  # noqa: E402
 from library.file_io import write_json_atomic, write_text_atomic  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.errors import run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,12 +25,16 @@ from library.lora import weights_math
 from library.lora.file_io import load_lora_for_model, save_lora
 from library.lora.modules import LoRAModule
 from library.lora.naming import ModelNames, group_by_module
+from library.lora.targets import (
+    TEXT_ENCODER_TARGET_MODULES,
+    UNET_TARGET_MODULES,
+    UNET_TARGET_MODULES_CONV3X3,
+    is_linear_or_1x1,
+    target_children,
+)
 
 logger = logging.getLogger(__name__)
 
-UNET_TARGET_MODULES = ("Transformer2DModel",)
-UNET_TARGET_MODULES_CONV3X3 = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
-TEXT_ENCODER_TARGET_MODULES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
 ARG_PARSERS = {
     "conv_dim": na.as_int, "conv_alpha": na.as_float,
@@ -48,25 +52,6 @@ def _as_list(text_encoder) -> list:
     if text_encoder is None:
         return []
     return list(text_encoder) if isinstance(text_encoder, (list, tuple)) else [text_encoder]
-
-
-def _target_children(root: nn.Module, classes) -> list[tuple[str, nn.Module]]:
-    """(path, module) of every Linear/Conv2d inside a module whose class name is in `classes`."""
-    found, seen = [], set()
-    for name, module in root.named_modules():
-        if type(module).__name__ not in classes:
-            continue
-        for child_name, child in module.named_modules():
-            if isinstance(child, (nn.Linear, nn.Conv2d)):
-                path = f"{name}.{child_name}" if name else child_name
-                if path not in seen:
-                    seen.add(path)
-                    found.append((path, child))
-    return found
-
-
-def _is_linear_or_1x1(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or module.kernel_size == (1, 1)
 
 
 class LoRANetwork(nn.Module):
@@ -95,16 +80,16 @@ class LoRANetwork(nn.Module):
                 (self.unet_loras if ref.component == "unet" else self.text_encoder_loras).append(lora)
         else:
             for index, te in enumerate(text_encoders, start=1):
-                for path, org in _target_children(te, TEXT_ENCODER_TARGET_MODULES):
+                for path, org in target_children(te, TEXT_ENCODER_TARGET_MODULES):
                     self.text_encoder_loras.append(make(name_of[(f"te{index}", path)], org, lora_dim, alpha))
             with_conv = conv_lora_dim is not None or conv_block_dims is not None
             classes = UNET_TARGET_MODULES + (UNET_TARGET_MODULES_CONV3X3 if with_conv else ())
-            for path, org in _target_children(unet, classes):
+            for path, org in target_children(unet, classes):
                 name = name_of[("unet", path)]
                 block = na.sdxl_block_index(name)
                 if block_lr_weight is not None and block_lr_weight[block] == 0:
                     continue
-                small = _is_linear_or_1x1(org)
+                small = is_linear_or_1x1(org)
                 if block_dims is not None:
                     dim, a = (block_dims[block], block_alphas[block]) if small else (
                         (conv_block_dims[block], conv_block_alphas[block]) if conv_block_dims else (0, None))

@@ -27,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+
+from library.errors import UserError  # noqa: E402
 
 PRECISIONS = ("float", "fp16", "bf16")
 

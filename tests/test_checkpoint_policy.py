@@ -40,9 +40,9 @@ def test_selective_trains_the_same_lora_with_fewer_matmuls(tiny_single_file, tmp
 def test_auto_is_selective_when_it_fits_and_full_when_it_does_not(tiny_single_file, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from library.training.outputs import memory_preflight
+    from library.training.memory import memory_preflight
     from library.training.config.config_loader import resolve_config
-    from library.diagnostics.memory_estimate import estimate_memory
+    from library.training.memory.memory_estimate import estimate_memory
 
     make_concept_images(tmp_path / "img" / "1_a", count=2, sizes=[(32, 32)])
     config = base_config(tiny_single_file, tmp_path / "img", tmp_path / "out", skip_memory_check=None, **SMALL)

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from library.errors import UserError, run_cli
+from library.entry import run_cli
+
+from library.errors import UserError
 from tests.training_fixtures import base_config, make_concept_images, write_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -92,7 +92,7 @@ def test_fp8_with_lycoris_uses_bypass_mode(tiny_single_file, images, tmp_path):
 
 def test_estimate_memory_counts_fp8_weights(tiny_single_file, images, tmp_path):
     from library.training.config.config_loader import resolve_config
-    from library.diagnostics.memory_estimate import estimate_memory
+    from library.training.memory.memory_estimate import estimate_memory
 
     def estimate(**options):
         config = base_config(tiny_single_file, images, tmp_path / "out", mixed_precision="bf16", **options)

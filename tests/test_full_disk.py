@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from library.errors import run_cli
+from library.entry import run_cli
 from tests.full_disk import FullDisk
 from tests.tools_fixtures import read, write_lora
 from tests.training_fixtures import base_config, lora_tensors, make_concept_images, write_config

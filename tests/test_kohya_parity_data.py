@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import gradient_image, write_image
-from library.training.inputs.caption_processing import CaptionOptions, process_caption
+from library.data.caption_processing import CaptionOptions, process_caption
 from library.training.config.dataset_config import parse_dreambooth_folder
 from library.training.inputs.train_items import metadata_caption
 from training_fixtures import base_config, write_config

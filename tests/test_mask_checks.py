@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from library.errors import run_cli
+from library.entry import run_cli
 from tests.training_fixtures import base_config, lora_tensors, make_concept_images, write_config
 
 

@@ -7,7 +7,7 @@ import pytest
 from library.diagnostics.benchmark import training
 from library.diagnostics.benchmark.runner import run_task
 from library.training.config.config_loader import resolve_config
-from library.diagnostics.memory_estimate import AllocationCounter, estimate_memory
+from library.training.memory.memory_estimate import AllocationCounter, estimate_memory
 
 
 def _config(tmp_path, model, resolution, batch_size, checkpointing, name, steps=2):

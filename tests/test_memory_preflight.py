@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from library.errors import UserError, run_cli
-from library.training.outputs import memory_preflight
-from library.training.outputs.free_memory import FreeMemory, cgroup_room, free_memory, mem_available
-from library.training.outputs.memory_preflight import size_text
+from library.entry import run_cli
+
+from library.errors import UserError
+from library.training.memory import memory_preflight
+from library.training.memory.free_memory import FreeMemory, cgroup_room, free_memory, mem_available
+from library.training.memory.memory_preflight import size_text
 from tests.training_fixtures import base_config, make_concept_images, write_config
 
 
@@ -32,7 +34,7 @@ def _config(tmp_path, model, train_dir, **overrides) -> Path:
 def _need(config: Path, images: int = 4, **changes) -> int:
     """What the pre-flight should compute: the estimate's peak plus the host caches (a CPU run)."""
     from library.training.config.config_loader import resolve_config
-    from library.diagnostics.memory_estimate import estimate_memory
+    from library.training.memory.memory_estimate import estimate_memory
 
     args = resolve_config(["--config_file", str(config)]).args
     for key, value in changes.items():
@@ -48,7 +50,7 @@ def _digests(*roots: Path) -> dict:
 
 def _record_estimates(monkeypatch) -> list:
     """[(changed settings, need)] of every estimate the pre-flight makes (the real estimator, watched)."""
-    import library.diagnostics.memory_estimate as memory_estimate
+    import library.training.memory.memory_estimate as memory_estimate
 
     real, seen = memory_estimate.estimate_memory, []
     watched = ("gradient_checkpointing", "train_batch_size", "cache_text_encoder_outputs", "fp8_base", "mixed_precision")

@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from library.errors import UserError, run_cli
+from library.entry import run_cli
+
+from library.errors import UserError
 from library.models.checkpoint_file import read_metadata
 from library.models.sdxl_loader import load_sdxl, load_vae
 from library.models.vae_names import vae_state_dict_to_diffusers

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from library.errors import run_cli
+from library.entry import run_cli
 from tests.training_fixtures import base_config, make_concept_images, write_config
 
 

@@ -11,7 +11,7 @@ import torch
 from library.errors import UserError
 from library.training.objective import loss as loss_lib
 from library.training.objective import noise as noise_lib
-from library.training.inputs.caption_processing import CaptionOptions, process_caption
+from library.data.caption_processing import CaptionOptions, process_caption
 from library.training.config.options import OPTIONS
 
 

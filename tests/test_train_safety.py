@@ -367,7 +367,7 @@ def test_abandoned_temporaries_beside_caches_are_swept_once_per_folder(tmp_path)
 
 
 def test_a_folder_where_the_lock_file_goes_is_one_line(tiny_single_file, train_dir, tmp_path, capsys, no_model_load):
-    from library.errors import run_cli
+    from library.entry import run_cli
     from sdxl_train_network import main
 
     out = tmp_path / "out"

@@ -33,7 +33,7 @@ def train(tmp_path, model, train_dir, **overrides) -> tuple[Trainer, object]:
 ], ids=["AdamWScheduleFree", "AdamW-in-ScheduleFreeWrapper"])
 def test_schedule_free_trains_and_saves_the_eval_weights(settings, tiny_single_file, train_dir, tmp_path):
     trainer, final = train(tmp_path, tiny_single_file, train_dir, lr_scheduler="cosine", lr_warmup_steps=1, **settings)
-    from library.training.optim.optimizers import is_schedule_free
+    from library.training.optim.optimizer_classes import is_schedule_free
 
     assert is_schedule_free(trainer.optimizer)
     assert any("schedule-free optimizers keep a constant learning rate" in n for n in trainer.notices)

@@ -68,7 +68,7 @@ def assert_outputs_close(got, want, base=None, tol=1e-4):
 
 def run_tool(module, argv, capsys=None):
     """Run a CLI's main() through run_cli; returns (exit code, stdout, stderr)."""
-    from library.errors import run_cli
+    from library.entry import run_cli
 
     code = run_cli(module.main, argv)
     if capsys is None:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+
+from library.errors import UserError  # noqa: E402
 
 DEFAULT_CASES = [
     {"resolution": 256, "batch_size": 2, "gradient_checkpointing": False},

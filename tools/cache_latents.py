@@ -12,11 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.data.caching.caching_config import read_caching_config  # noqa: E402
+from library.preparation.caching_config import read_caching_config  # noqa: E402
 from library.data.caching.latent_caching import CachingOptions, plan_jobs, run_jobs  # noqa: E402
-from library.data.caching.latent_cli import load_vae_and_fingerprint, report_lines  # noqa: E402
+from library.preparation.latent_cli import load_vae_and_fingerprint, report_lines  # noqa: E402
 from library.data.script_support import print_summary, progress  # noqa: E402
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+from library.errors import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.data.caching.caching_config import read_caching_config  # noqa: E402
+from library.preparation.caching_config import read_caching_config  # noqa: E402
 from library.data.script_support import print_summary, progress  # noqa: E402
 from library.data.caching.text_encoder_cache import (  # noqa: E402
     DEFAULT_BATCH,
@@ -24,7 +24,8 @@ from library.data.caching.text_encoder_cache import (  # noqa: E402
     te_cache_path,
     text_encoder_fingerprint,
 )
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+from library.errors import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+
+from library.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY_TOLERANCE = 0.25
@@ -137,7 +139,7 @@ def family_data(kind: str, train_dir: Path) -> dict:
 
 def run_row(row: Row, prepared: dict, workdir: Path, steps: int) -> dict:
     from library.diagnostics.benchmark import training
-    from library.diagnostics.benchmark.hardware import hardware_config
+    from library.diagnostics.benchmark.hardware_tasks import hardware_config
     from library.diagnostics.benchmark.runner import TaskFailed, run_task
 
     options = dict(row.options)

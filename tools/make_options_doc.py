@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.errors import run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
 
 TARGET = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 _STATUS_TEXT = {"supported": "yes", "pending": "not yet (error)", "unsupported": "no (error)", "ignored": "ignored (notice)",

@@ -16,7 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from library.errors import UserError, run_cli  # noqa: E402
+from library.entry import run_cli  # noqa: E402
+
+from library.errors import UserError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

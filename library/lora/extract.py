@@ -12,15 +12,12 @@ import torch
 
 from library.lora import svd
 from library.lora.naming import ModelNames
+from library.lora.targets import lierla_names
 
 
 def target_names(model, conv_rank: int | None) -> list[str]:
     """Canonical names of the modules networks.lora would train on this model."""
-    from networks import lora
-
-    args = {"conv_dim": str(conv_rank), "conv_alpha": str(conv_rank)} if conv_rank else {}
-    network = lora.create_network(1.0, 1, 1.0, None, model.text_encoders, model.unet, **args)
-    return [module.lora_name for module in network.loras]
+    return lierla_names(model.unet, list(model.text_encoders), with_conv=bool(conv_rank))
 
 
 @torch.no_grad()

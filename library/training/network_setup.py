@@ -8,17 +8,8 @@ from __future__ import annotations
 
 from library.errors import UserError
 from library.lora.merge import merge_base_weights
+from library.lora.network_args import split_network_args
 from library.lora.network_modules import import_network_module
-
-
-def network_kwargs(args) -> dict:
-    kwargs = {}
-    for item in args.network_args or []:
-        if "=" not in item:
-            raise UserError(f'network_args: {item!r} is not "key=value"')
-        key, value = (part.strip() for part in item.split("=", 1))
-        kwargs[key] = value
-    return kwargs
 
 
 _LORAPLUS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
@@ -49,7 +40,7 @@ def create_training_network(args, model, train_unet: bool, train_text_encoder: b
     if not args.network_module:
         raise UserError('network_module is not set; use network_module = "networks.lora" (or networks.dylora, lycoris.kohya)')
     module = import_network_module(args.network_module)
-    kwargs = network_kwargs(args)
+    kwargs = split_network_args(args.network_args)
     if args.dim_from_weights:
         if not args.network_weights:
             raise UserError("dim_from_weights needs network_weights (the LoRA to take rank and alpha from)")

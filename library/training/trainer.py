@@ -25,7 +25,7 @@ from library.training.parallel import data_parallel
 from library.training.parallel import distributed
 from library.training.objective import noise as noise_lib
 from library.training.inputs.batch_plan import batches_per_epoch, epoch_batches
-from library.training.inputs.caption_processing import process_caption
+from library.data.caption_processing import process_caption
 from library.training.residency.checkpointing import enable_unet_checkpointing
 from library.training.residency.compilation import compile_unet
 from library.training.inputs.condition_masks import attach_masks
@@ -36,7 +36,7 @@ from library.training.config.kohya_compat import dataset_difference_notices
 from library.training.inputs.latent_source import ImageBroken, LatentSource
 from library.training.residency.loss_scaling import loss_scaling
 from library.training.optim.lr_schedulers import build_lr_scheduler
-from library.training.outputs.memory_preflight import check_memory
+from library.training.memory.memory_preflight import check_memory
 from library.training.network_setup import create_training_network, merge_configured_base_weights, optimizer_param_groups
 from library.training.optim.optimizers import build_optimizer
 from library.training.pivotal import setup_pivotal

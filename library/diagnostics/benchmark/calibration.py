@@ -22,7 +22,7 @@ def run_calibration(params: dict) -> dict:
     import torch
 
     from library.training.config.config_loader import resolve_config
-    from library.diagnostics.memory_estimate import AllocationCounter, estimate_memory
+    from library.training.memory.memory_estimate import AllocationCounter, estimate_memory
     from library.training.trainer import Trainer
 
     resolved = resolve_config(["--config_file", params["config"]])

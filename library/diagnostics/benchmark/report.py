@@ -1,29 +1,7 @@
 """The benchmark report: its schema check and the readable table."""
 from __future__ import annotations
 
-MIB = 1024 * 1024
-STAT_KEYS = {"median", "min", "max", "spread", "n"}
-
-
-class SchemaError(ValueError):
-    pass
-
-
-def _stat(value, where: str) -> None:
-    if not isinstance(value, dict) or set(value) != STAT_KEYS:
-        raise SchemaError(f"{where}: expected a statistic with {sorted(STAT_KEYS)}, got {value!r}")
-    if value["n"] < 1 or not isinstance(value["median"], (int, float)):
-        raise SchemaError(f"{where}: no measurement")
-
-
-def _get(report: dict, path: str):
-    node = report
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise SchemaError(f"missing {path}")
-        node = node[part]
-    return node
-
+from library.diagnostics.benchmark.report_format import MIB, SchemaError, check_stat, fmt_stat, get_path
 
 TRAINING_STATS = [
     "ours.step_seconds", "ours.steps_per_second", "ours.peak_rss_training_bytes", "ours.peak_rss_process_bytes",
@@ -49,12 +27,12 @@ LEARNING_FIGURES = ["concept_rate.w0", "concept_rate.w1", "base_accuracy.w0.mean
 
 
 def _validate_learning(learning: dict) -> None:
-    if not _get(learning, "algorithms"):
+    if not get_path(learning, "algorithms"):
         raise SchemaError("learning.algorithms: no network measured")
     for name, result in learning["algorithms"].items():
         for path in LEARNING_FIGURES:
             try:
-                value = _get(result, path)
+                value = get_path(result, path)
             except SchemaError:
                 raise SchemaError(f"learning.algorithms.{name}.{path}: missing") from None
             if not isinstance(value, (int, float)):
@@ -67,7 +45,7 @@ def validate_report(report: dict) -> None:
     """Raise SchemaError unless the report holds every figure the performance issue asks for (and,
     when the learning section was measured, every figure of the toy-world issue)."""
     for key in ("schema_version", "environment", "targets", "fp8", "target_checks"):
-        _get(report, key)
+        get_path(report, key)
     if "learning" in report:
         _validate_learning(report["learning"])
     if "peer" in report:
@@ -82,35 +60,28 @@ def validate_report(report: dict) -> None:
             report.get(key) for key in ("training", "startup", "memory_estimate", "preparation")):
         return  # an opt-in-only report (tools/bench.py --sections learning / peer / kohya)
     for key in ("training", "startup", "memory_estimate", "preparation"):
-        _get(report, key)
+        get_path(report, key)
     if not report["training"]:
         raise SchemaError("training: no model size measured")
     for size, result in report["training"].items():
         for path in TRAINING_STATS:
-            _stat(_get(result, path), f"training.{size}.{path}")
-        flags = _get(result, "text_encoder_caching.text_encoders_resident_while_training")
+            check_stat(get_path(result, path), f"training.{size}.{path}")
+        flags = get_path(result, "text_encoder_caching.text_encoders_resident_while_training")
         if set(flags) != {"cached", "not_cached"} or not all(isinstance(v, bool) for v in flags.values()):
             raise SchemaError(f"training.{size}.text_encoder_caching.text_encoders_resident_while_training: {flags!r}")
     for path in OTHER_STATS:
-        _stat(_get(report, path), path)
+        check_stat(get_path(report, path), path)
     for name in ("quarter", "all"):
         for key in ("images", "total_seconds", "index_python_peak_bytes"):
-            if not isinstance(_get(report, f"preparation.indexing.{name}.{key}"), (int, float)):
+            if not isinstance(get_path(report, f"preparation.indexing.{name}.{key}"), (int, float)):
                 raise SchemaError(f"preparation.indexing.{name}.{key}: not a number")
     for size, calibration in report["memory_estimate"].items():
-        for case in _get(calibration, "cases"):
+        for case in get_path(calibration, "cases"):
             for key in ("estimated_bytes", "measured_bytes", "ratio", "resolution", "batch_size", "gradient_checkpointing"):
                 if key not in case:
                     raise SchemaError(f"memory_estimate.{size}: a case has no {key}")
-    if not isinstance(_get(report, "fp8.supported"), bool):
+    if not isinstance(get_path(report, "fp8.supported"), bool):
         raise SchemaError("fp8.supported: not a boolean")
-
-
-def _fmt_stat(stat: dict, scale: float = 1.0, unit: str = "", digits: int = 2) -> str:
-    if not stat or stat.get("median") is None:
-        return "n/a"
-    spread = f" ±{stat['spread'] * 50:.0f}%" if stat.get("spread") is not None and stat["n"] > 1 else ""
-    return f"{stat['median'] / scale:,.{digits}f}{unit}{spread}"
 
 
 def format_learning_table(learning: dict) -> str:
@@ -151,20 +122,20 @@ def _training_lines(report: dict) -> list[str]:
     lines = ["| model | res | batch | rank | ours s/step | reference s/step | time ratio | ours peak RSS | reference peak RSS "
              "| memory ratio | start to 1st step |", "|" + "---|" * 11]
     for size, r in report["training"].items():
-        lines.append(f"| {size} | {r['resolution']} | {r['batch_size']} | {r['rank']} | {_fmt_stat(r['ours']['step_seconds'], digits=3)} "
-                     f"| {_fmt_stat(r['reference']['step_seconds'], digits=3)} | {_fmt_stat(r['step_time_ratio'], digits=3)} "
-                     f"| {_fmt_stat(r['ours']['peak_rss_training_bytes'], MIB, ' MiB', 0)} "
-                     f"| {_fmt_stat(r['reference']['peak_rss_training_bytes'], MIB, ' MiB', 0)} "
-                     f"| {_fmt_stat(r['peak_memory_ratio'], digits=3)} | {_fmt_stat(r['ours']['start_to_first_step_seconds'], unit=' s', digits=1)} |")
+        lines.append(f"| {size} | {r['resolution']} | {r['batch_size']} | {r['rank']} | {fmt_stat(r['ours']['step_seconds'], digits=3)} "
+                     f"| {fmt_stat(r['reference']['step_seconds'], digits=3)} | {fmt_stat(r['step_time_ratio'], digits=3)} "
+                     f"| {fmt_stat(r['ours']['peak_rss_training_bytes'], MIB, ' MiB', 0)} "
+                     f"| {fmt_stat(r['reference']['peak_rss_training_bytes'], MIB, ' MiB', 0)} "
+                     f"| {fmt_stat(r['peak_memory_ratio'], digits=3)} | {fmt_stat(r['ours']['start_to_first_step_seconds'], unit=' s', digits=1)} |")
     lines += ["", "| model | checkpointing off | on | reduction | reduction of the training-phase increase | TE outputs cached "
               "| not cached | TEs resident when cached |", "|" + "---|" * 8]
     for size, r in report["training"].items():
         g, t = r["gradient_checkpointing"], r["text_encoder_caching"]
-        lines.append(f"| {size} | {_fmt_stat(g['peak_rss_training_bytes']['off'], MIB, ' MiB', 0)} "
-                     f"| {_fmt_stat(g['peak_rss_training_bytes']['on'], MIB, ' MiB', 0)} | {_fmt_stat(g['reduction'], 0.01, '%', 0)} "
-                     f"| {_fmt_stat(g['reduction_of_training_increase'], 0.01, '%', 0)} "
-                     f"| {_fmt_stat(t['peak_rss_training_bytes']['cached'], MIB, ' MiB', 0)} "
-                     f"| {_fmt_stat(t['peak_rss_training_bytes']['not_cached'], MIB, ' MiB', 0)} "
+        lines.append(f"| {size} | {fmt_stat(g['peak_rss_training_bytes']['off'], MIB, ' MiB', 0)} "
+                     f"| {fmt_stat(g['peak_rss_training_bytes']['on'], MIB, ' MiB', 0)} | {fmt_stat(g['reduction'], 0.01, '%', 0)} "
+                     f"| {fmt_stat(g['reduction_of_training_increase'], 0.01, '%', 0)} "
+                     f"| {fmt_stat(t['peak_rss_training_bytes']['cached'], MIB, ' MiB', 0)} "
+                     f"| {fmt_stat(t['peak_rss_training_bytes']['not_cached'], MIB, ' MiB', 0)} "
                      f"| {t['text_encoders_resident_while_training']['cached']} |")
     return lines
 
@@ -173,14 +144,14 @@ def _other_lines(report: dict) -> list[str]:
     s, p = report["startup"], report["preparation"]
     c, idx = p["latent_caching"], p["indexing"]
     lines = ["", "| measurement | value |", "|---|---|",
-              f"| tiny: process start to first optimizer step | {_fmt_stat(s['start_to_first_step_seconds'], unit=' s')} |",
-              f"| tiny: importing the modules that run loads | {_fmt_stat(s['import_seconds'], unit=' s')} |",
-              f"| startup ratio | {_fmt_stat(s['ratio'])} |",
-              f"| latent caching ({c['model']}, {c['resolution']} px, batch {c['batch_size']}) | {_fmt_stat(c['caching_images_per_s'], unit=' img/s')} |",
-              f"| raw VAE encode, same pixels | {_fmt_stat(c['raw_encode_images_per_s'], unit=' img/s')} |",
-              f"| caching / raw ratio | {_fmt_stat(c['ratio'])} |",
+              f"| tiny: process start to first optimizer step | {fmt_stat(s['start_to_first_step_seconds'], unit=' s')} |",
+              f"| tiny: importing the modules that run loads | {fmt_stat(s['import_seconds'], unit=' s')} |",
+              f"| startup ratio | {fmt_stat(s['ratio'])} |",
+              f"| latent caching ({c['model']}, {c['resolution']} px, batch {c['batch_size']}) | {fmt_stat(c['caching_images_per_s'], unit=' img/s')} |",
+              f"| raw VAE encode, same pixels | {fmt_stat(c['raw_encode_images_per_s'], unit=' img/s')} |",
+              f"| caching / raw ratio | {fmt_stat(c['ratio'])} |",
               *_text_caching_lines(p.get("text_encoder_caching")),
-              f"| tagging ({p['tagging']['model']}) | {_fmt_stat(p['tagging']['images_per_s'], unit=' img/s', digits=1)} |",
+              f"| tagging ({p['tagging']['model']}) | {fmt_stat(p['tagging']['images_per_s'], unit=' img/s', digits=1)} |",
               f"| indexing {idx['all']['images']:,} images: merge metadata + dataset index | {idx['all']['merge_seconds']:.1f} s + "
               f"{idx['all']['index_seconds']:.1f} s = {idx['all']['total_seconds']:.1f} s |",
               f"| indexing Python heap peak per image ({idx['quarter']['images']:,} / {idx['all']['images']:,} images) | "
@@ -198,8 +169,8 @@ def _text_caching_lines(t: dict | None) -> list[str]:
         case = t[name]
         lines.append(f"| text-encoder caching ({t['size']} encoders, {t['dtype']}, {t['images']} images, {label}: "
                      f"{case['distinct']} distinct): one per forward -> batches of {t['batch_size']} | "
-                     f"{_fmt_stat(case['one_per_forward_images_per_s'], unit=' img/s', digits=1)} -> "
-                     f"{_fmt_stat(case['batched_images_per_s'], unit=' img/s', digits=1)} |")
+                     f"{fmt_stat(case['one_per_forward_images_per_s'], unit=' img/s', digits=1)} -> "
+                     f"{fmt_stat(case['batched_images_per_s'], unit=' img/s', digits=1)} |")
     return lines
 
 
@@ -219,12 +190,12 @@ def efficiency_lines(result: dict) -> list[str]:
         r = result.get(f"threads_{threads}")
         if not r:
             continue
-        lines.append(f"| {threads} | {r['flops_per_step'] / 1e9:,.1f} | {_fmt_stat(r['gemm_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
-                     f"| {_fmt_stat(r['step_seconds'], unit=' s', digits=3)} | {_fmt_stat(r['achieved_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
-                     f"| {_fmt_stat(r['efficiency'], 0.01, '%', 0)} | {_fmt_stat(r['compute_limit_seconds'], unit=' s', digits=3)} "
-                     f"| {_fmt_stat(r['step_over_limit'])} |")
+        lines.append(f"| {threads} | {r['flops_per_step'] / 1e9:,.1f} | {fmt_stat(r['gemm_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
+                     f"| {fmt_stat(r['step_seconds'], unit=' s', digits=3)} | {fmt_stat(r['achieved_flops_per_second'], 1e9, ' GFLOP/s', 0)} "
+                     f"| {fmt_stat(r['efficiency'], 0.01, '%', 0)} | {fmt_stat(r['compute_limit_seconds'], unit=' s', digits=3)} "
+                     f"| {fmt_stat(r['step_over_limit'])} |")
     if result.get("two_over_one_thread_step"):
-        lines.append(f"| 2 / 1 threads, step time | | | {_fmt_stat(result['two_over_one_thread_step'], digits=3)} | | | | |")
+        lines.append(f"| 2 / 1 threads, step time | | | {fmt_stat(result['two_over_one_thread_step'], digits=3)} | | | | |")
     return lines
 
 

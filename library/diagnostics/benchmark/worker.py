@@ -18,9 +18,9 @@ def run_in_process(task: str, params: dict) -> dict:
     elif task in ("efficiency",):
         from library.diagnostics.benchmark import efficiency as module
     elif task in ("load_memory", "estimate"):
-        from library.diagnostics.benchmark import realsize as module
+        from library.diagnostics.benchmark import realsize_tasks as module
     elif task in ("hardware",):
-        from library.diagnostics.benchmark import hardware as module
+        from library.diagnostics.benchmark import hardware_tasks as module
     elif task in ("toy_world", "learning"):
         from tools.toy_world import learning as module
     else:

@@ -6,7 +6,7 @@ from pathlib import Path
 from library.errors import UserError
 from library.lora.network_modules import REFUSED as REFUSED_NETWORK_MODULES
 from library.training.optim.optimizer_options import check_optimizer_options
-from library.training.pivotal import check_pivotal_options
+from library.training.config.pivotal_options import check_pivotal_options
 
 _CAPTION_CHANGERS = ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate", "caption_dropout_every_n_epochs",
                      "token_warmup_step", "enable_wildcard")

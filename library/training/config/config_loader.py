@@ -17,18 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.errors import UserError
-from library.training.config.option_types import TYPE_NAMES, parse_bool, parse_str, parse_str_list
+from library.training.config.command_line import build_parser
+from library.training.config.kohya_compat import apply_kohya_compat
+from library.training.config.option_types import TYPE_NAMES, parse_str
 from library.training.config.options import (
     DATASET_ONLY_KEYS,
     IGNORED,
     NETWORK_ARG_KEYS,
     OPTIONS,
     PENDING,
-    SECTIONS,
     UNSUPPORTED,
     Option,
 )
-from library.training.config.kohya_compat import apply_kohya_compat
 from library.training.config.unknown_keys import UnknownKeys
 
 
@@ -37,24 +37,6 @@ class ResolvedConfig:
     args: argparse.Namespace
     sources: dict = field(default_factory=dict)  # option name -> "default" | "<file> [section]" | "command line"
     notices: list = field(default_factory=list)  # one-line messages shown before training
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train a LoRA (or LyCORIS network) on SDXL. Options as in kohya sd-scripts; see docs/options.md.",
-        argument_default=argparse.SUPPRESS,  # only options given on the command line appear
-    )
-    parser.add_argument("--config_file", help="training config TOML (sections as kohya's; flat files load too), or a kohya_ss GUI .json")
-    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
-    for option in OPTIONS.values():
-        group = groups[option.section]
-        if option.parse is parse_bool:
-            group.add_argument(f"--{option.name}", nargs="?", const="true", metavar="BOOL", help=option.help)
-        elif option.parse is parse_str_list:
-            group.add_argument(f"--{option.name}", nargs="*", help=option.help)
-        else:
-            group.add_argument(f"--{option.name}", help=option.help)
-    return parser
 
 
 def _parse_value(option: Option, value, where: str):

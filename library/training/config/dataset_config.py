@@ -13,7 +13,7 @@ from pathlib import Path
 
 from library.errors import UserError
 from library.training.config import option_types as T
-from library.training.inputs.caption_processing import CaptionOptions
+from library.data.caption_processing import CaptionOptions
 
 # option -> (parser, default); shared by every subset
 SUBSET_OPTIONS = {

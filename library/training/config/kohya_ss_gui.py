@@ -235,7 +235,7 @@ def _unused_notice(data: dict, where: str, notices: list) -> None:
 def additional_options(text: str, where: str) -> dict:
     """additional_parameters (`--max_grad_norm=0 --network_train_unet_only ...`) as {option: value},
     parsed as the command line parses them (the GUI removes double quotes and splits on spaces)."""
-    from library.training.config.config_loader import build_parser
+    from library.training.config.command_line import build_parser
 
     words = str(text or "").replace('"', "").split()
     if not words:

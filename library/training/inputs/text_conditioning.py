@@ -27,7 +27,7 @@ from library.data.caching.text_encoder_cache import (
     te_cache_path,
     text_encoder_fingerprint,
 )
-from library.training.inputs.caption_processing import process_caption
+from library.data.caption_processing import process_caption
 
 
 def cached_captions(items) -> list[str]:

@@ -16,7 +16,7 @@ from library.data.image_info_cache import load_image_info, save_image_info
 from library.data.images import IMAGE_EXTENSIONS, ImageSkipped, SkipLog, glob_images, read_image_size
 from library.data.metadata import load_metadata
 from library.errors import UserError
-from library.training.inputs.caption_processing import caption_notices
+from library.data.caption_processing import caption_notices
 from library.training.config.dataset_config import DatasetSpec, SubsetSpec
 
 

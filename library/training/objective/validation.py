@@ -23,7 +23,7 @@ import torch
 from library.models.sdxl_conditioning import encode_captions
 from library.training.objective import loss as loss_lib
 from library.training.objective import noise as noise_lib
-from library.training.inputs.caption_processing import process_caption
+from library.data.caption_processing import process_caption
 from library.training.inputs.dataset_attributes import preservation_rows, preserved_target
 from library.training.inputs.latent_source import ImageBroken
 

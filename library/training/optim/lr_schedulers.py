@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 from library.errors import UserError
-from library.training.optim.optimizers import parse_kwargs
+from library.training.optim.optimizer_classes import parse_kwargs
 
 
 def steps_from(value, total_steps: int) -> int:
@@ -17,7 +17,7 @@ def steps_from(value, total_steps: int) -> int:
 
 
 def build_lr_scheduler(args, optimizer, total_steps: int, notices: list | None = None):
-    from library.training.optim.optimizers import is_schedule_free
+    from library.training.optim.optimizer_classes import is_schedule_free
     from library.training.optim.schedule_free import constant_schedule
 
     if is_schedule_free(optimizer):

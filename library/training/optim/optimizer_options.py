@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 
 from library.errors import UserError
-from library.training.optim.optimizers import parse_kwargs
+from library.training.optim.optimizer_classes import parse_kwargs
 
 PRODIGY_OPTIONS = {
     "prodigy_beta3": "beta3",

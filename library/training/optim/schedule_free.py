@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 
 from library.errors import UserError
-from library.training.optim.optimizers import is_schedule_free, parse_kwargs
+from library.training.optim.optimizer_classes import is_schedule_free, parse_kwargs
 
 
 def wrap_schedule_free(optimizer, args):

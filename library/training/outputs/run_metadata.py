@@ -22,7 +22,7 @@ import numpy as np
 from library.data.buckets import BucketManager
 from library.lora.metadata import BASE_MODEL_VERSION, legacy_model_hash, model_file_sha256
 from library.training.inputs.batch_plan import expanded_indices
-from library.training.optim.optimizers import _class_for, parse_kwargs
+from library.training.optim.optimizer_classes import class_for, parse_kwargs
 
 _REPO = Path(__file__).resolve().parents[3]
 
@@ -38,7 +38,7 @@ def optimizer_description(args, optimizer) -> str:
     """kohya's ss_optimizer: `module.Class` plus `(key=value,...)` of the optimizer arguments."""
     cls = type(optimizer)
     try:
-        defaults = _class_for(args.optimizer_type or "AdamW")[1]
+        defaults = class_for(args.optimizer_type or "AdamW")[1]
     except Exception:  # noqa: BLE001 - a description must never stop a save
         defaults = {}
     kwargs = {**parse_kwargs(args.optimizer_args, "optimizer_args"), **defaults}

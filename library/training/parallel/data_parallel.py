@@ -46,9 +46,9 @@ def accelerator_kwargs_handlers(args) -> list:
     """DDP and process-group settings for `Accelerator(kwargs_handlers=...)`."""
     from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
-    from library.training.network_setup import network_kwargs
+    from library.lora.network_args import split_network_args
 
-    check_static_graph(args, network_kwargs(args))
+    check_static_graph(args, split_network_args(args.network_args))
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=not args.ddp_static_graph, broadcast_buffers=False,
                                               gradient_as_bucket_view=bool(args.ddp_gradient_as_bucket_view),
                                               static_graph=bool(args.ddp_static_graph))]

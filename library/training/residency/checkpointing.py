@@ -9,7 +9,7 @@ LoRA's rank-sized products), so backward does not redo the step's largest GEMMs.
 same numbers and a step is ~14% faster at real SDXL size (512 px bf16 on this project's CPU), for
 more activation memory: about 0.7 GiB at 512 px and 2.6 GiB at 1024 px in bf16, batch 1
 (docs/performance.md). "auto" (the default) is resolved by the memory check before the models load
-(library/training/outputs/memory_preflight.py): selective when it fits, else full.
+(library/training/memory/memory_preflight.py): selective when it fits, else full.
 
 cpu_offload_checkpointing (kohya's option) moves the block inputs to host memory during the forward
 pass and back to the GPU when the block is recomputed in backward, so the GPU holds one

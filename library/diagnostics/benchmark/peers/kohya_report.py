@@ -10,21 +10,21 @@ RATIOS = ("step_ratio", "whole_run_ratio", "peak_rss_ratio", "peak_anonymous_rat
 
 
 def validate_kohya(section: dict) -> None:
-    from library.diagnostics.benchmark.report import SchemaError, _get, _stat
+    from library.diagnostics.benchmark.report_format import SchemaError, check_stat, get_path
 
     def get(path: str):
-        return _get({"kohya": section}, f"kohya.{path}")
+        return get_path({"kohya": section}, f"kohya.{path}")
 
     if not get("precisions"):
         raise SchemaError("kohya.precisions: nothing measured")
     for precision, result in section["precisions"].items():
         for side in ("kohya", "ours"):
             for key in SIDE_STATS:
-                _stat(get(f"precisions.{precision}.{side}.{key}"), f"kohya.precisions.{precision}.{side}.{key}")
+                check_stat(get(f"precisions.{precision}.{side}.{key}"), f"kohya.precisions.{precision}.{side}.{key}")
             if not isinstance(get(f"precisions.{precision}.{side}.modules"), int):
                 raise SchemaError(f"kohya.precisions.{precision}.{side}.modules: not an integer")
         for key in RATIOS:
-            _stat(get(f"precisions.{precision}.{key}"), f"kohya.precisions.{precision}.{key}")
+            check_stat(get(f"precisions.{precision}.{key}"), f"kohya.precisions.{precision}.{key}")
 
 
 def kohya_checks(section: dict) -> dict:
@@ -38,7 +38,7 @@ def kohya_checks(section: dict) -> dict:
 
 
 def kohya_lines(section: dict) -> list[str]:
-    from library.diagnostics.benchmark.report import _fmt_stat
+    from library.diagnostics.benchmark.report_format import fmt_stat
 
     lines = ["", f"| vs kohya's sdxl_train_network.py: real SDXL, {section['resolution']} px, rank {section['rank']} "
              "| kohya s/step | ours s/step | ours / kohya | kohya whole run | ours whole run | ours / kohya "
@@ -47,11 +47,11 @@ def kohya_lines(section: dict) -> list[str]:
     for precision, r in section["precisions"].items():
         k, o = r["kohya"], r["ours"]
         lines.append(f"| {precision} ({section['steps']['short']} / {section['steps']['long']} steps, {section['repeats']} pairs) "
-                     f"| {_fmt_stat(k['step_seconds_in_run'], digits=2)} | {_fmt_stat(o['step_seconds_in_run'], digits=2)} "
-                     f"| {_fmt_stat(r['step_ratio'])} | {_fmt_stat(k['whole_run_seconds'], unit=' s', digits=0)} "
-                     f"| {_fmt_stat(o['whole_run_seconds'], unit=' s', digits=0)} | {_fmt_stat(r['whole_run_ratio'])} "
-                     f"| {_fmt_stat(k['peak_rss_bytes'], MIB, ' MiB', 0)} | {_fmt_stat(o['peak_rss_bytes'], MIB, ' MiB', 0)} "
-                     f"| {_fmt_stat(r['peak_rss_ratio'])} | {_fmt_stat(r['peak_anonymous_ratio'])} "
+                     f"| {fmt_stat(k['step_seconds_in_run'], digits=2)} | {fmt_stat(o['step_seconds_in_run'], digits=2)} "
+                     f"| {fmt_stat(r['step_ratio'])} | {fmt_stat(k['whole_run_seconds'], unit=' s', digits=0)} "
+                     f"| {fmt_stat(o['whole_run_seconds'], unit=' s', digits=0)} | {fmt_stat(r['whole_run_ratio'])} "
+                     f"| {fmt_stat(k['peak_rss_bytes'], MIB, ' MiB', 0)} | {fmt_stat(o['peak_rss_bytes'], MIB, ' MiB', 0)} "
+                     f"| {fmt_stat(r['peak_rss_ratio'])} | {fmt_stat(r['peak_anonymous_ratio'])} "
                      f"| {k['modules']} / {o['modules']} | {sum(k['loss_falls'])}/{len(k['loss_falls'])} / "
                      f"{sum(o['loss_falls'])}/{len(o['loss_falls'])} |")
     return lines

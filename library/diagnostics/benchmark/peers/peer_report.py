@@ -13,10 +13,10 @@ RATIOS = ("step_ratio", "whole_run_ratio", "start_to_saved_lora_ratio", "peak_rs
 
 
 def validate_peer(peer: dict) -> None:
-    from library.diagnostics.benchmark.report import SchemaError, _get, _stat
+    from library.diagnostics.benchmark.report_format import SchemaError, check_stat, get_path
 
     def get(path: str):  # errors name the full path from the report's top
-        return _get({"peer": peer}, f"peer.{path}")
+        return get_path({"peer": peer}, f"peer.{path}")
 
     if not get("sizes"):
         raise SchemaError("peer.sizes: no model size measured")
@@ -28,11 +28,11 @@ def validate_peer(peer: dict) -> None:
             raise SchemaError(f"peer.sizes.{size}.steps: the long run must have more steps than the short one")
         for side in ("peer", "ours"):
             for key in SIDE_STATS:
-                _stat(get(f"sizes.{size}.{side}.{key}"), f"peer.sizes.{size}.{side}.{key}")
+                check_stat(get(f"sizes.{size}.{side}.{key}"), f"peer.sizes.{size}.{side}.{key}")
             if not isinstance(get(f"sizes.{size}.{side}.lora.modules"), int):
                 raise SchemaError(f"peer.sizes.{size}.{side}.lora.modules: not an integer")
         for key in RATIOS:
-            _stat(get(f"sizes.{size}.{key}"), f"peer.sizes.{size}.{key}")
+            check_stat(get(f"sizes.{size}.{key}"), f"peer.sizes.{size}.{key}")
 
 
 def _check(value, limit) -> dict:
@@ -51,7 +51,7 @@ def peer_checks(peer: dict) -> dict:
 
 
 def peer_lines(peer: dict) -> list[str]:
-    from library.diagnostics.benchmark.report import _fmt_stat
+    from library.diagnostics.benchmark.report_format import fmt_stat
 
     lines = ["", "| vs diffusers' script: model, res | steps short / long | script s/step | ours s/step | ours / script "
              "| script whole run | ours whole run | ours / script | script peak RSS | ours peak RSS | ours / script "
@@ -59,11 +59,11 @@ def peer_lines(peer: dict) -> list[str]:
     for size, r in peer["sizes"].items():
         p, o = r["peer"], r["ours"]
         lines.append(f"| {size}, {r['resolution']} px | {r['steps']['short']} / {r['steps']['long']} "
-                     f"| {_fmt_stat(p['step_seconds'], digits=3)} | {_fmt_stat(o['step_seconds'], digits=3)} "
-                     f"| {_fmt_stat(r['step_ratio'])} | {_fmt_stat(p['whole_run_seconds'], unit=' s', digits=1)} "
-                     f"| {_fmt_stat(o['whole_run_seconds'], unit=' s', digits=1)} | {_fmt_stat(r['whole_run_ratio'])} "
-                     f"| {_fmt_stat(p['peak_rss_bytes'], MIB, ' MiB', 0)} | {_fmt_stat(o['peak_rss_bytes'], MIB, ' MiB', 0)} "
-                     f"| {_fmt_stat(r['peak_rss_ratio'])} | {p['lora']['modules']} / {o['lora']['modules']} |")
+                     f"| {fmt_stat(p['step_seconds'], digits=3)} | {fmt_stat(o['step_seconds'], digits=3)} "
+                     f"| {fmt_stat(r['step_ratio'])} | {fmt_stat(p['whole_run_seconds'], unit=' s', digits=1)} "
+                     f"| {fmt_stat(o['whole_run_seconds'], unit=' s', digits=1)} | {fmt_stat(r['whole_run_ratio'])} "
+                     f"| {fmt_stat(p['peak_rss_bytes'], MIB, ' MiB', 0)} | {fmt_stat(o['peak_rss_bytes'], MIB, ' MiB', 0)} "
+                     f"| {fmt_stat(r['peak_rss_ratio'])} | {p['lora']['modules']} / {o['lora']['modules']} |")
     header = "| where the long run's time goes (median s) |"
     rule = "|---|"
     for size in peer["sizes"]:
@@ -75,17 +75,17 @@ def peer_lines(peer: dict) -> list[str]:
         for r in peer["sizes"].values():
             for side in ("peer", "ours"):
                 stat = r[side]["whole_run_seconds"] if phase == "total" else r[side]["phases_seconds"].get(phase)
-                row += f" {_fmt_stat(stat, digits=2)} |"
+                row += f" {fmt_stat(stat, digits=2)} |"
         lines.append(row)
     row = "| process start to LoRA file written (ours / script per pair: "
-    row += ", ".join(f"{size} {_fmt_stat(r['start_to_saved_lora_ratio'])}" for size, r in peer["sizes"].items()) + ") |"
+    row += ", ".join(f"{size} {fmt_stat(r['start_to_saved_lora_ratio'])}" for size, r in peer["sizes"].items()) + ") |"
     for r in peer["sizes"].values():
         for side in ("peer", "ours"):
-            row += f" {_fmt_stat(r[side]['start_to_saved_lora_seconds'], digits=2)} |"
+            row += f" {fmt_stat(r[side]['start_to_saved_lora_seconds'], digits=2)} |"
     lines.append(row)
     row = "| step interval inside the run (median) |"
     for r in peer["sizes"].values():
         for side in ("peer", "ours"):
-            row += f" {_fmt_stat(r[side]['step_interval_in_run_seconds'], digits=3)} |"
+            row += f" {fmt_stat(r[side]['step_interval_in_run_seconds'], digits=3)} |"
     lines.append(row)
     return lines

@@ -309,7 +309,7 @@ def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
     """The estimate for a resolved training config (nothing is loaded but file headers); `images`:
     the dataset's image count when the caller knows it (otherwise the dataset is scanned)."""
     from library.lora.network_modules import import_network_module
-    from library.training.network_setup import network_kwargs
+    from library.lora.network_args import split_network_args
     from library.training.residency.precision import weight_dtype
 
     mixed = args.mixed_precision  # as configured on every device (library/training/residency/precision.py)
@@ -332,7 +332,7 @@ def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
     with _MetaExceptSmallData():
         # without dropouts: they hold no memory worth counting, and LyCORIS draws them with .item() on the
         # weights' device (meta here), which only works on real tensors
-        kwargs = {k: v for k, v in network_kwargs(args).items() if k not in ("rank_dropout", "module_dropout")}
+        kwargs = {k: v for k, v in split_network_args(args.network_args).items() if k not in ("rank_dropout", "module_dropout")}
         network = module.create_network(1.0, args.network_dim or 4, args.network_alpha, model.vae, model.text_encoders, model.unet,
                                         **kwargs)
         network.apply_to(model.text_encoders, model.unet, train_text_encoder, train_unet)

@@ -1,8 +1,8 @@
 """Before any model loads: does the run fit in the memory its device has free?
 
-The run's own `--estimate_memory` figure (library/diagnostics/memory_estimate.py: weights, LoRA,
+The run's own `--estimate_memory` figure (library/training/memory/memory_estimate.py: weights, LoRA,
 gradients, optimizer state and the peak of one training step, from shapes only) is compared with
-what the device has free (library/training/outputs/free_memory.py). On the CPU the latent and text caches
+what the device has free (library/training/memory/free_memory.py). On the CPU the latent and text caches
 live in the same RAM and every process of the machine needs its own share, so they count too.
 
   - more than is free: the run stops with one line naming both numbers and the settings that
@@ -21,7 +21,7 @@ import copy
 import os
 
 from library.errors import UserError
-from library.training.outputs.free_memory import free_memory
+from library.training.memory.free_memory import free_memory
 
 BORDERLINE = 0.8  # a need above this share of the free memory gets a notice
 
@@ -67,7 +67,7 @@ def _applies(args, changes: dict) -> bool:
 
 def _fitting_settings(args, images: int, device_type: str, processes: int, free: int) -> str:
     """'settings that would fit: ...' or what even all of them together would need."""
-    from library.diagnostics.memory_estimate import estimate_memory
+    from library.training.memory.memory_estimate import estimate_memory
 
     def need_with(changes: dict) -> int:
         changed = copy.copy(args)
@@ -114,7 +114,7 @@ def check_memory(args, images: int, device_type: str | None = None, say=print) -
         args.gradient_checkpointing_policy = "full"  # unless the check below finds room for selective
     if args.skip_memory_check:
         return
-    from library.diagnostics.memory_estimate import estimate_memory
+    from library.training.memory.memory_estimate import estimate_memory
     from library.training.residency.placement import compute_device
 
     device_type = device_type or compute_device().type
@@ -145,7 +145,7 @@ def check_memory(args, images: int, device_type: str | None = None, say=print) -
 
 def _selective_fits(args, images: int, device_type: str, processes: int, free, say) -> bool:
     """gradient_checkpointing_policy "auto": selective when it needs at most BORDERLINE of the free memory."""
-    from library.diagnostics.memory_estimate import estimate_memory
+    from library.training.memory.memory_estimate import estimate_memory
 
     trial = copy.copy(args)
     trial.gradient_checkpointing_policy = "selective"
