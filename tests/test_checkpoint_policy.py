@@ -60,9 +60,8 @@ def test_auto_is_selective_when_it_fits_and_full_when_it_does_not(tiny_single_fi
         said = []
         args = resolve_config(["--config_file", str(path)]).args
         assert args.gradient_checkpointing_policy == "auto"
-        memory_preflight.check_memory(args, images=2, device_type="cpu", say=said.append)
-        assert args.gradient_checkpointing_policy == expected
+        assert memory_preflight.check_memory(args, images=2, device_type="cpu", say=said.append) == expected
+        assert args.gradient_checkpointing_policy == "auto"  # the decision is returned, the config stays as resolved
         assert any('"auto" -> "selective"' in line for line in said) == (expected == "selective")
     args = resolve_config(["--config_file", str(path), "--skip_memory_check"]).args
-    memory_preflight.check_memory(args, images=2, device_type="cpu")
-    assert args.gradient_checkpointing_policy == "full"  # no check, no extra memory
+    assert memory_preflight.check_memory(args, images=2, device_type="cpu") == "full"  # no check, no extra memory

@@ -176,3 +176,17 @@ def test_output_config_writes_resolved_sections(tmp_path):
     with pytest.raises(UserError, match="would overwrite the --config_file it reads"):
         main(["--config_file", str(written), "--output_config"])
     assert written.read_text() == before
+
+
+def test_the_resolved_config_is_read_only(tmp_path):
+    """Nothing writes to the options after resolution; a what-if needs an explicit copy."""
+    args = resolve_config(["--pretrained_model_name_or_path", "m", "--output_dir", "o", "--cpu_offload_checkpointing",
+                           "--optimizer_type", "AdaFactor"]).args
+    with pytest.raises(AttributeError, match=r"the resolved config is read-only: seed cannot change after resolution"):
+        args.seed = 3
+    changed = args.replace(seed=3)
+    assert changed.seed == 3 and args.seed is None and "seed" in vars(changed)
+    with pytest.raises(AttributeError, match="read-only"):
+        changed.seed = 4
+    # what kohya implies is decided during resolution, not later by the trainer
+    assert args.gradient_checkpointing is True and args.lr_scheduler == "adafactor"

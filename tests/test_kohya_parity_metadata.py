@@ -144,7 +144,7 @@ def test_dataset_config_keys_and_no_metadata(tmp_path):
     assert second["subsets"][0]["metadata_file"] == "meta.json"
     assert json.loads(meta["ss_dataset_dirs"]) == {"imgs": {"n_repeats": 3, "img_count": 1}, "meta.json": {"n_repeats": 1, "img_count": 1}}
 
-    args.no_metadata = True
+    args = args.replace(no_metadata=True)  # (the resolved config is read-only: a changed copy)
     saver = NetworkSaver(args, {"resolution": (64, 64), "max_train_steps": 8, "total_batch_size": 1}, 0.0)
     saver.run_metadata = {**meta, "ss_network_args": "{}"}
     kept = {k for k in saver.metadata(1, 8) if k.startswith("ss_")}

@@ -36,9 +36,7 @@ def _need(config: Path, images: int = 4, **changes) -> int:
     from library.training.config.config_loader import resolve_config
     from library.training.memory.memory_estimate import estimate_memory
 
-    args = resolve_config(["--config_file", str(config)]).args
-    for key, value in changes.items():
-        setattr(args, key, value)
+    args = resolve_config(["--config_file", str(config)]).args.replace(**changes)
     estimate = estimate_memory(args, images=images)
     return estimate.accelerator_total + estimate.caches_host, estimate
 

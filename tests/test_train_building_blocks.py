@@ -289,11 +289,17 @@ def test_torch_optimizers_take_the_fused_update_with_the_same_result():
     assert "fused" not in prodigy.defaults  # not a torch.optim class: left as it is
 
 def test_adafactor_relative_step_follows_kohya():
+    from library.training.config.kohya_compat import apply_kohya_compat
     from library.training.optim.optimizers import build_optimizer
 
-    args = make_args(optimizer_type="AdaFactor", lr_scheduler="constant")
+    args, notices = make_args(optimizer_type="AdaFactor", lr_scheduler="constant"), []
+    apply_kohya_compat(args, {}, notices)  # the resolution switches the schedule, once
+    assert args.lr_scheduler == "adafactor" and any("becomes 'adafactor'" in n for n in notices)
     optimizer = build_optimizer(args, [{"params": [torch.nn.Parameter(torch.ones(2))], "lr": 1e-4}])
-    assert optimizer.defaults["relative_step"] is True and args.lr_scheduler == "adafactor"
+    assert optimizer.defaults["relative_step"] is True
+    kept = make_args(optimizer_type="AdaFactor", lr_scheduler="constant", optimizer_args=["relative_step=False"])
+    apply_kohya_compat(kept, {}, [])
+    assert kept.lr_scheduler == "constant"
 
 
 def test_bad_optimizer_names_and_args():

@@ -137,7 +137,7 @@ class PivotalTuning:
 
     # setup ------------------------------------------------------------------------------------
     @classmethod
-    def from_args(cls, args, model, items=(), notices=None) -> "PivotalTuning":
+    def from_args(cls, args, model, items=(), notices=None, seed: int | None = None) -> "PivotalTuning":
         if not args.train_text_encoder_ti:
             return cls(False)
         self = cls(True)
@@ -149,7 +149,7 @@ class PivotalTuning:
         self.tokens = token_names(abstractions, args.num_new_tokens_per_abstraction)
         self.replacements = {word: "".join(names) for word, names in self.tokens.items()}
         new_tokens = [name for names in self.tokens.values() for name in names]
-        seed = args.seed if args.seed is not None else 0
+        seed = seed if seed is not None else (args.seed if args.seed is not None else 0)
         for index, (tokenizer, encoder) in enumerate(zip(model.tokenizers, model.text_encoders)):
             init_ids = _initializer_ids(tokenizer, args.initializer_token, index)
             clash = [name for name in new_tokens if name in tokenizer.get_vocab()]
@@ -304,9 +304,10 @@ class PivotalTuning:
             self.freeze()
 
 
-def setup_pivotal(args, model, items=(), notices=None) -> PivotalTuning:
-    """Add the new tokens to `model` when train_text_encoder_ti is on; the trainer's one-line hook."""
-    return PivotalTuning.from_args(args, model, items, notices)
+def setup_pivotal(args, model, items=(), notices=None, seed: int | None = None) -> PivotalTuning:
+    """Add the new tokens to `model` when train_text_encoder_ti is on; the trainer's one-line hook.
+    `seed`: the run's (drawn when the config gave none) for the new rows' random initialisation."""
+    return PivotalTuning.from_args(args, model, items, notices, seed=seed)
 
 
 def _initializer_ids(tokenizer, word: str | None, index: int) -> list[int] | None:

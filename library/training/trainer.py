@@ -126,6 +126,8 @@ class Trainer:
         split_seed = args.validation_seed if args.validation_seed is not None else (args.seed or 0)
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
+        # what gradient checkpointing recomputes: "auto" is the memory check's to decide (train()), else full
+        self.checkpoint_policy = args.gradient_checkpointing_policy if args.gradient_checkpointing_policy != "auto" else "full"
 
     # -- setup: load, place, cache, network, optimizer, trackers ------------------------------
     def setup(self):
@@ -157,8 +159,9 @@ class Trainer:
         self.device = self.accelerator.device
         self.placement = Placement(self.device, PrecisionPlan.from_args(args, self.mixed))
         self.autocast_dtype = self.placement.plan.compute_dtype
-        self.seed = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
-        args.seed = self.seed
+        # no seed given: process 0 draws one and every process takes it (the same data order and initialisation)
+        drawn = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
+        self.seed = drawn if args.seed is not None else distributed.value_of_process_zero(self.accelerator, drawn)
         torch.manual_seed(self.seed)  # the same network initialisation on every process
 
     def load_models(self) -> None:
@@ -173,7 +176,7 @@ class Trainer:
             module.eval()
         merge_configured_base_weights(args, self.model)  # base_weights, into the fp32 weights before placement
         # pivotal tuning: new tokens in both tokenizers/encoders (a no-op object when train_text_encoder_ti is off)
-        self.pivotal = setup_pivotal(args, self.model, self.items, self.notices)
+        self.pivotal = setup_pivotal(args, self.model, self.items, self.notices, seed=self.seed)
         self.attention = configure_attention(self.model.unet, args, self.notices)
         self.train_unet = not args.network_train_text_encoder_only
         self.train_text_encoder = not args.network_train_unet_only
@@ -218,12 +221,9 @@ class Trainer:
         args = self.args
         self.network, self.network_module = create_training_network(args, self.model, self.train_unet, self.train_text_encoder)
         torch.manual_seed(self.seed + self.accelerator.process_index)  # dropout may differ between processes
-        if args.cpu_offload_checkpointing and not args.gradient_checkpointing:
-            self.notices.append("cpu_offload_checkpointing turns gradient_checkpointing on (as in kohya)")
-            args.gradient_checkpointing = True
-        if args.gradient_checkpointing:
+        if args.gradient_checkpointing:  # (cpu_offload_checkpointing implies it: config/kohya_compat.py)
             enable_unet_checkpointing(self.model.unet, args.cpu_offload_checkpointing, self.device, self.notices,
-                                      args.gradient_checkpointing_policy)
+                                      self.checkpoint_policy)
             self.model.unet.train()  # diffusers only checkpoints in training mode; no dropout in SDXL blocks
             if self.train_text_encoder:
                 for encoder in self.model.text_encoders:
@@ -256,13 +256,13 @@ class Trainer:
         self.summary["total_batch_size"] = args.train_batch_size * world * args.gradient_accumulation_steps
         self.steps_per_epoch, self.max_steps = plan_steps(args, self.summary, world)
         self.epochs = math.ceil(self.max_steps / self.steps_per_epoch)
-        if args.save_n_epoch_ratio:  # kohya: about N saves over the run
-            args.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio)
+        # kohya's save_n_epoch_ratio: about N saves over the run
+        self.save_every_n_epochs = max(1, self.epochs // args.save_n_epoch_ratio) if args.save_n_epoch_ratio else args.save_every_n_epochs
         self.summary["max_train_steps"] = self.max_steps
         self.lr_scheduler = build_lr_scheduler(args, self.optimizer, self.max_steps, self.notices)
         self.noise_scheduler = noise_lib.make_noise_scheduler(args.zero_terminal_snr, args.v_parameterization)
-        self.saver = NetworkSaver(args, self.summary, time.time())
-        self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer,
+        self.saver = NetworkSaver(args, self.summary, time.time(), every_n_epochs=self.save_every_n_epochs)
+        self.saver.describe_run(items=self.items, val_items=self.val_items, specs=self.specs, optimizer=self.optimizer, seed=self.seed,
                                 batches_per_epoch=batches_per_process(self.summary["batches_per_epoch"], world),
                                 epochs=self.epochs)
         self.saver.extra_metadata = self.pivotal.lora_metadata  # pivotal: tokens and trigger phrase in LoRA metadata
@@ -483,7 +483,7 @@ class Trainer:
             if with_state:
                 prune_states(Path(args.output_dir), args.output_name, args.save_last_n_epochs_state, args.save_last_n_steps_state,
                              epoch if kind == "epoch" else None, progress.global_step if kind == "step" else None,
-                             args.save_every_n_epochs)
+                             self.save_every_n_epochs)
         accelerator.wait_for_everyone()
         return path
 
@@ -556,7 +556,7 @@ class Trainer:
             self.latents.restore_broken(extra.get("broken_images"))
             if progress.seed != self.seed:
                 self.notices.append(f"resuming a run trained with seed {progress.seed}; using it (not {self.seed}) for identical data order")
-                self.seed = args.seed = progress.seed
+                self.seed = progress.seed
             print(f"resumed from {folder} at step {progress.global_step} (epoch {progress.epoch}, batch {progress.batches_done_in_epoch})")
             return progress
         progress = Progress(seed=self.seed)
@@ -694,7 +694,7 @@ class Trainer:
         progress.batches_done_in_epoch = 0
         progress.epoch_losses = []
         if not finished_run:
-            if self.due(args.save_every_n_epochs, epoch):
+            if self.due(self.save_every_n_epochs, epoch):
                 self.save_checkpoint("epoch", progress, with_state=args.save_state, epoch=epoch)
             if self.due(args.sample_every_n_epochs, epoch):
                 self.sample(epoch, progress.global_step)
@@ -735,10 +735,10 @@ def train(resolved) -> Path | None:
     with preflight.output_guard(resolved, trainer.items):  # before any model loads
         if resolved.args.resume:
             find_state(resolved.args.resume)  # a missing or damaged state stops the run before the models load
-        check_memory(resolved.args, images=len({item.image_path for item in trainer.items + trainer.val_items}))
+        trainer.checkpoint_policy = check_memory(resolved.args, images=len({item.image_path for item in trainer.items + trainer.val_items}))
         trainer.setup()
         preflight.check_free_space(trainer.args, trainer.network, trainer.optimizer, trainer.max_steps, trainer.epochs,
-                                   trainer.notices)
+                                   trainer.save_every_n_epochs, trainer.notices)
         for notice in trainer.notices:
             print(f"notice: {notice}")
         if trainer.skipped:

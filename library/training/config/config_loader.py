@@ -20,6 +20,7 @@ from library.errors import UserError
 from library.training.config.command_line import build_parser
 from library.training.config.kohya_compat import apply_kohya_compat
 from library.training.config.option_types import TYPE_NAMES, parse_str
+from library.training.config.resolved_options import ResolvedOptions
 from library.training.config.options import (
     DATASET_ONLY_KEYS,
     IGNORED,
@@ -175,11 +176,11 @@ def resolve_config(argv=None) -> ResolvedConfig:
     if forwarded:
         values["network_args"] = _merge_network_args(values["network_args"], forwarded, str(config_path))
 
-    args = argparse.Namespace(**values, config_file=str(config_path) if config_path else None)
+    args = ResolvedOptions(**values, config_file=str(config_path) if config_path else None)
     _apply_aliases(args, sources, notices)
     _check_status(args, sources, notices)
     apply_kohya_compat(args, sources, notices)
-    return ResolvedConfig(args, sources, notices)
+    return ResolvedConfig(args.freeze(), sources, notices)
 
 
 def _apply_aliases(args, sources: dict, notices: list) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from library.errors import UserError
+from library.training.optim.optimizer_classes import parse_kwargs
 
 CHUNK = 75
 LENGTHS = (75, 150, 225)
@@ -33,6 +34,20 @@ def kohya_token_length(requested: int) -> int | None:
 def apply_kohya_compat(args, sources: dict, notices: list) -> None:
     _token_length(args, sources, notices)
     _uploads(args, sources, notices)
+    _implied_options(args, notices)
+
+
+def _implied_options(args, notices: list) -> None:
+    """Options kohya turns on or switches because of another one, decided here once."""
+    if args.cpu_offload_checkpointing and not args.gradient_checkpointing:
+        notices.append("cpu_offload_checkpointing turns gradient_checkpointing on (as in kohya)")
+        args.gradient_checkpointing = True
+    if (args.optimizer_type or "").lower().endswith("adafactor") and args.lr_scheduler != "adafactor":
+        # kohya: Adafactor's relative_step defaults to True; it then picks its own lr, and the schedule is "adafactor"
+        if parse_kwargs(args.optimizer_args, "optimizer_args").get("relative_step", True):
+            notices.append(f"Adafactor with relative_step picks its own learning rate: lr_scheduler '{args.lr_scheduler}' "
+                           "becomes 'adafactor' (as in kohya; optimizer_args relative_step=False keeps yours)")
+            args.lr_scheduler = "adafactor"
 
 
 def _token_length(args, sources: dict, notices: list) -> None:

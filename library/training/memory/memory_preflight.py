@@ -34,6 +34,16 @@ _REMEDIES = (
 )
 
 
+def _with(args, **changes):
+    """`args` with `changes`: a what-if copy (the resolved config itself is read-only)."""
+    if hasattr(args, "replace"):
+        return args.replace(**changes)
+    changed = copy.copy(args)
+    for key, value in changes.items():
+        setattr(changed, key, value)
+    return changed
+
+
 def size_text(count: int) -> str:
     gib = count / (1 << 30)
     if gib >= 1:
@@ -70,10 +80,7 @@ def _fitting_settings(args, images: int, device_type: str, processes: int, free:
     from library.training.memory.memory_estimate import estimate_memory
 
     def need_with(changes: dict) -> int:
-        changed = copy.copy(args)
-        for key, value in changes.items():
-            setattr(changed, key, value)
-        return _need(estimate_memory(changed, images=images), device_type, processes)
+        return _need(estimate_memory(_with(args, **changes), images=images), device_type, processes)
 
     fitting, combined = [], {}
     for text, changes in _remedies(args):
@@ -105,39 +112,41 @@ def _fitting_settings(args, images: int, device_type: str, processes: int, free:
     return "lower the resolution or use a device with more memory"
 
 
-def check_memory(args, images: int, device_type: str | None = None, say=print) -> None:
+def check_memory(args, images: int, device_type: str | None = None, say=print) -> str:
     """Stop (UserError) when the run cannot fit in the free memory; `say` a notice when it is close.
-    `images`: distinct training and validation images (for the size of the caches). Resolves
-    gradient_checkpointing_policy "auto" (sets it on `args`)."""
-    deciding = args.gradient_checkpointing and args.gradient_checkpointing_policy == "auto"
-    if deciding:
-        args.gradient_checkpointing_policy = "full"  # unless the check below finds room for selective
+    `images`: distinct training and validation images (for the size of the caches). Returns the
+    gradient checkpointing policy to use ("auto" decided: "selective" when it fits, else "full")."""
+    policy = args.gradient_checkpointing_policy
+    deciding = args.gradient_checkpointing and policy == "auto"
+    if policy == "auto":
+        policy = "full"  # unless the check below finds room for selective
     if args.skip_memory_check:
-        return
+        return policy
     from library.training.memory.memory_estimate import estimate_memory
     from library.training.residency.placement import compute_device
 
     device_type = device_type or compute_device().type
     free = free_memory(device_type)
     if free is None:
-        return
+        return policy
     # processes on this machine share its RAM; each GPU has its own process
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if device_type == "cpu" else 1
     if deciding and _selective_fits(args, images, device_type, processes, free, say):
-        return
+        return "selective"
+    args = _with(args, gradient_checkpointing_policy=policy)
     estimate = estimate_memory(args, images=images)
     need = _need(estimate, device_type, processes)
     if need <= BORDERLINE * free.bytes:
-        return
+        return policy
     described = _describe(estimate, device_type, processes, need)
     if need <= free.bytes:
         if int(os.environ.get("RANK", "0") or 0) != 0:  # one notice per run, not one per process
-            return
+            return policy
         caveat = ("glibc's malloc keeps part of what each step frees, see docs/performance.md" if device_type == "cpu"
                   else "CUDA's caching allocator and cuDNN's workspaces come on top")
         say(f"notice: this run needs about {described}, close to the {size_text(free.bytes)} of {free.where}; it may not fit "
             f"(the estimate counts tensor bytes; {caveat})")
-        return
+        return policy
     remedy = _fitting_settings(args, images, device_type, processes, free.bytes)
     raise UserError(f"this run needs about {described}, but there is only {size_text(free.bytes)} of {free.where}; {remedy}; "
                     "or set skip_memory_check = true to try anyway")
@@ -147,12 +156,10 @@ def _selective_fits(args, images: int, device_type: str, processes: int, free, s
     """gradient_checkpointing_policy "auto": selective when it needs at most BORDERLINE of the free memory."""
     from library.training.memory.memory_estimate import estimate_memory
 
-    trial = copy.copy(args)
-    trial.gradient_checkpointing_policy = "selective"
+    trial = _with(args, gradient_checkpointing_policy="selective")
     need = _need(estimate_memory(trial, images=images), device_type, processes)
     if need > BORDERLINE * free.bytes:
         return False
-    args.gradient_checkpointing_policy = "selective"
     if int(os.environ.get("RANK", "0") or 0) == 0:
         say(f'notice: gradient checkpointing keeps the matmul outputs of the deepest transformer blocks (gradient_checkpointing_policy '
             f'"auto" -> "selective": the same numbers, faster steps); the run needs about {size_text(need)} of the '

@@ -46,8 +46,8 @@ def build_optimizer(args, param_groups: list[dict]):
     kwargs.update(_fast_implementation(cls, kwargs, param_groups))
     lr = args.learning_rate
     if cls.__name__ == "Adafactor":
-        # kohya semantics: relative_step defaults to True; then Adafactor picks its own lr and
-        # the scheduler must be "adafactor".
+        # kohya semantics: relative_step defaults to True; then Adafactor picks its own lr (the
+        # config resolution has switched lr_scheduler to "adafactor": kohya_compat.py)
         kwargs.setdefault("relative_step", True)
         if kwargs["relative_step"]:
             kwargs.setdefault("scale_parameter", True)
@@ -55,8 +55,6 @@ def build_optimizer(args, param_groups: list[dict]):
             for group in param_groups:
                 group.pop("lr", None)
             lr = None
-            if args.lr_scheduler != "adafactor":
-                args.lr_scheduler = "adafactor"
     try:
         optimizer = cls(param_groups, lr=lr, **kwargs) if lr is not None else cls(param_groups, **kwargs)
     except TypeError as error:

@@ -192,7 +192,7 @@ def _kept(total_saves: int, keep_last: int | None) -> int:
     return min(total_saves, keep_last) if keep_last else total_saves
 
 
-def estimate_output(args, network, optimizer_name: str, max_steps: int, epochs: int) -> dict:
+def estimate_output(args, network, optimizer_name: str, max_steps: int, epochs: int, save_every_n_epochs: int | None = None) -> dict:
     """Bytes the run's saves will occupy in output_dir at most, and how that number was made."""
     import torch
 
@@ -208,7 +208,8 @@ def estimate_output(args, network, optimizer_name: str, max_steps: int, epochs: 
     state_bytes = trainable * (4 + (per_param or 8)) + sum(t.numel() * torch.float32.itemsize for t in tensors if not t.is_floating_point())
     # network header; torch.save's zip entries (~500 bytes per optimizer tensor); scheduler, RNG, progress
     state_bytes += header + 512 * len(tensors) + 64 * 1024
-    epoch_saves = (epochs - 1) // args.save_every_n_epochs if args.save_every_n_epochs else 0
+    every = save_every_n_epochs if save_every_n_epochs is not None else args.save_every_n_epochs
+    epoch_saves = (epochs - 1) // every if every else 0
     step_saves = (max_steps - 1) // args.save_every_n_steps if args.save_every_n_steps else 0
     step_keep = args.save_last_n_steps // args.save_every_n_steps + 1 if args.save_last_n_steps and args.save_every_n_steps else None
     loras = 1 + _kept(epoch_saves, args.save_last_n_epochs) + _kept(step_saves, step_keep)
@@ -224,9 +225,11 @@ def estimate_output(args, network, optimizer_name: str, max_steps: int, epochs: 
             "total": lora_bytes * loras + state_bytes * (states + in_flight), "certain": per_param is not None}
 
 
-def check_free_space(args, network, optimizer, max_steps: int, epochs: int, notices: list) -> dict:
-    """A shortfall is an error before training (a notice when the optimizer's state size is a guess)."""
-    estimate = estimate_output(args, network, type(optimizer).__name__, max_steps, epochs)
+def check_free_space(args, network, optimizer, max_steps: int, epochs: int, save_every_n_epochs: int | None,
+                     notices: list) -> dict:
+    """A shortfall is an error before training (a notice when the optimizer's state size is a guess).
+    `save_every_n_epochs`: the cadence in force (save_n_epoch_ratio's, when given)."""
+    estimate = estimate_output(args, network, type(optimizer).__name__, max_steps, epochs, save_every_n_epochs)
     free = free_bytes(args.output_dir)
     if free is None or free >= estimate["total"]:
         return estimate

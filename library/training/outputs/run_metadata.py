@@ -198,7 +198,7 @@ def _model_keys(prefix: str, path: str | None) -> dict:
 
 
 def kohya_run_metadata(args, *, items, val_items, specs, optimizer, batches_per_epoch: int, max_steps: int,
-                       epochs: int, total_batch_size: int, started_at: float) -> dict[str, str]:
+                       epochs: int, total_batch_size: int, started_at: float, seed: int | None = None) -> dict[str, str]:
     """Every ss_* key kohya's train_network.py writes for SDXL at the start of a run (as strings)."""
     counts = _subset_counts(items)
     subsets = [s for spec in specs for s in spec.subsets]
@@ -230,7 +230,7 @@ def kohya_run_metadata(args, *, items, val_items, specs, optimizer, batches_per_
         "ss_clip_skip": args.clip_skip,
         "ss_max_token_length": args.max_token_length,
         "ss_cache_latents": bool(args.cache_latents or args.cache_latents_to_disk),
-        "ss_seed": args.seed,
+        "ss_seed": seed if seed is not None else args.seed,  # the seed the run used (drawn when none was given)
         "ss_lowram": args.lowram,
         "ss_noise_offset": args.noise_offset,
         "ss_multires_noise_iterations": args.multires_noise_iterations,

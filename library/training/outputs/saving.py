@@ -32,8 +32,10 @@ def thumbnail_data_uri(path: str, max_side: int = 256) -> str:
 
 
 class NetworkSaver:
-    def __init__(self, args, dataset_summary: dict, run_started: float):
+    def __init__(self, args, dataset_summary: dict, run_started: float, every_n_epochs: int | None = None):
+        """`every_n_epochs`: the epoch save cadence in force (save_n_epoch_ratio's, when given)."""
         self.args = args
+        self.every_n_epochs = every_n_epochs if every_n_epochs is not None else args.save_every_n_epochs
         self.output_dir = Path(args.output_dir)
         self.summary = dataset_summary
         self.run_started = run_started
@@ -42,14 +44,14 @@ class NetworkSaver:
         self.extra_metadata = None  # optional callable(path) -> dict, e.g. pivotal tuning's tokens and trigger phrase
         self.run_metadata: dict[str, str] = {}  # kohya's ss_* keys, set by describe_run
 
-    def describe_run(self, *, items, val_items, specs, optimizer, batches_per_epoch: int, epochs: int) -> None:
+    def describe_run(self, *, items, val_items, specs, optimizer, batches_per_epoch: int, epochs: int, seed: int | None = None) -> None:
         """Compute kohya's ss_* keys of this run once (library/training/outputs/run_metadata.py), before training."""
         from library.training.outputs.run_metadata import kohya_run_metadata
 
         self.run_metadata = kohya_run_metadata(
             self.args, items=items, val_items=val_items, specs=specs, optimizer=optimizer,
             batches_per_epoch=batches_per_epoch, max_steps=self.summary["max_train_steps"], epochs=epochs,
-            total_batch_size=self.summary["total_batch_size"], started_at=self.run_started)
+            total_batch_size=self.summary["total_batch_size"], started_at=self.run_started, seed=seed)
 
     def metadata(self, epoch: int, step: int) -> dict[str, str]:
         """kohya's ss_* keys (only its minimal set with no_metadata) plus ModelSpec 1.0.1."""
@@ -86,8 +88,8 @@ class NetworkSaver:
     def remove_old(self, epoch: int | None = None, step: int | None = None) -> None:
         """save_last_n_epochs / save_last_n_steps: delete the save that fell out of the window."""
         args = self.args
-        if epoch is not None and args.save_last_n_epochs and args.save_every_n_epochs:
-            old = epoch - args.save_every_n_epochs * args.save_last_n_epochs
+        if epoch is not None and args.save_last_n_epochs and self.every_n_epochs:
+            old = epoch - self.every_n_epochs * args.save_last_n_epochs
             if old > 0:
                 (self.output_dir / output_file_name(args.output_name, epoch=old, ext=self.extension)).unlink(missing_ok=True)
         if step is not None and args.save_last_n_steps and args.save_every_n_steps:

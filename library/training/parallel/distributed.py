@@ -30,6 +30,15 @@ def max_over_processes(accelerator, value: int) -> int:
     return int(tensor.item())
 
 
+def value_of_process_zero(accelerator, value):
+    """Process 0's `value` (any picklable object), on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import gather_object
+
+    return gather_object([value])[0]
+
+
 def union_over_processes(accelerator, values) -> list:
     """The sorted union of every process's values (hashable, orderable), on every process."""
     if accelerator.num_processes == 1:
