@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     from library.training.config.config_loader import resolve_config, write_resolved_config
     from library.training.outputs.preflight import is_main_process
     from library.training.outputs.run_control import RunStopped, resume_command
-    from library.training.trainer import train
+    from library.training.loop import train
 
     argv = list(sys.argv[1:] if argv is None else argv)
     resolved = resolve_config(argv)

@@ -14,14 +14,7 @@ import torch  # noqa: E402
 from library.data.tagging.blip_captioner import BlipCaptioner, check_caption_weights  # noqa: E402
 from library.data.captions import caption_path, write_caption  # noqa: E402
 from library.data.images import SkipLog, batched, map_images, open_image  # noqa: E402
-from library.data.script_support import (  # noqa: E402
-    caption_extension_option,
-    existing_folder,
-    find_images_or_fail,
-    print_summary,
-    progress,
-    resolve_caption_extension,
-)
+from library.data import script_support as cli  # noqa: E402
 from library.entry import run_cli  # noqa: E402
 from library.errors import UserError  # noqa: E402
 
@@ -30,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("train_data_dir", help="folder of images to caption")
     p.add_argument("--caption_weights", default=None, help="local folder of a transformers BLIP captioning model")
-    caption_extension_option(p, ".caption")
+    cli.caption_extension_option(p, ".caption")
     p.add_argument("--beam_search", action="store_true", help="beam search (deterministic) instead of nucleus sampling")
     p.add_argument("--batch_size", type=int, default=1, help="images per batch (default 1)")
     p.add_argument("--max_data_loader_n_workers", type=int, default=None, help="threads decoding images")
@@ -46,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    folder = existing_folder(args.train_data_dir)
-    extension = resolve_caption_extension(args)
+    folder = cli.existing_folder(args.train_data_dir)
+    extension = cli.resolve_caption_extension(args)
     check_caption_weights(args.caption_weights)
     if args.batch_size < 1 or args.num_beams < 1:
         raise UserError("--batch_size and --num_beams must be at least 1")
@@ -56,14 +49,14 @@ def main(argv=None) -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    images = find_images_or_fail(folder, args.recursive)
+    images = cli.find_images_or_fail(folder, args.recursive)
     captioner = BlipCaptioner(args.caption_weights, "cuda" if torch.cuda.is_available() else "cpu")
 
     def load(path):
         return captioner.preprocess(open_image(path))
 
     skipped, written = SkipLog(), 0
-    with progress(None, total=len(images), desc="captioning") as bar:
+    with cli.progress(None, total=len(images), desc="captioning") as bar:
         for chunk in batched(map_images(images, load, args.max_data_loader_n_workers), args.batch_size):
             for path, _, reason in chunk:
                 if reason is not None:
@@ -80,7 +73,7 @@ def main(argv=None) -> int:
             bar.update(len(chunk))
     lines = [f"images: {len(images)}, captioned: {written}, skipped: {len(skipped)}",
              f"output: {extension} files beside the images ({'beam search' if args.beam_search else 'nucleus sampling'})"]
-    print_summary("captioning summary", lines, skipped)
+    cli.print_summary("captioning summary", lines, skipped)
     if written == 0:
         raise UserError(f"{folder}: no image could be captioned (all {len(images)} skipped, see above)")
     return 0

@@ -11,13 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from library.data.buckets import extreme_placements_notice  # noqa: E402
 from library.data.images import SkipLog  # noqa: E402
 from library.data.caching.latent_caching import plan_jobs, run_jobs  # noqa: E402
-from library.preparation.latent_cli import (  # noqa: E402
-    add_caching_arguments,
-    bucket_manager,
-    caching_options,
-    load_vae_and_fingerprint,
-    report_lines,
-)
+from library.preparation import latent_cli  # noqa: E402
 from library.data.metadata import keys_for_images, load_metadata, save_metadata  # noqa: E402
 from library.data.script_support import existing_folder, find_images_or_fail, print_summary, progress  # noqa: E402
 from library.entry import run_cli  # noqa: E402
@@ -37,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bucket_no_upscale", action="store_true", help="never enlarge images; buckets follow their sizes")
     parser.add_argument("--full_path", action="store_true", help="metadata keys are image paths (as given to merge with --full_path)")
     parser.add_argument("--recursive", action="store_true", help="also look in sub-folders")
-    add_caching_arguments(parser)
+    latent_cli.add_caching_arguments(parser)
     return parser
 
 
@@ -47,8 +41,8 @@ def main(argv=None) -> int:
     if not Path(args.in_json).is_file():
         raise UserError(f"{args.in_json}: in_json not found; create it with finetune/merge_all_to_metadata.py")
     metadata = load_metadata(args.in_json)
-    options = caching_options(args)
-    buckets = bucket_manager(args.max_resolution, True, args.bucket_no_upscale, args.min_bucket_reso, args.max_bucket_reso,
+    options = latent_cli.caching_options(args)
+    buckets = latent_cli.bucket_manager(args.max_resolution, True, args.bucket_no_upscale, args.min_bucket_reso, args.max_bucket_reso,
                              args.bucket_reso_steps)
     images = keys_for_images(find_images_or_fail(train_dir, args.recursive), args.full_path)
     if metadata and not set(metadata) & set(images):  # before any latent is computed
@@ -57,7 +51,7 @@ def main(argv=None) -> int:
             f"this folder gives {next(iter(images))!r}); it was made on another machine or with --full_path set differently: "
             f"re-run finetune/merge_all_to_metadata.py on this machine, with --full_path here and there or in neither"
         )
-    vae, vae_fp = load_vae_and_fingerprint(args.model_name_or_path, args.vae, options.dtype_name)
+    vae, vae_fp = latent_cli.load_vae_and_fingerprint(args.model_name_or_path, args.vae, options.dtype_name)
 
     skipped = SkipLog()
     jobs = plan_jobs(images, buckets, vae_fp, options, skipped)
@@ -78,7 +72,7 @@ def main(argv=None) -> int:
     orphans = sorted(set(metadata) - set(images))
     if output:
         save_metadata(args.out_json, output)
-    lines = [f"images: {len(images)}, usable: {len(output)}, skipped: {len(skipped)}"] + report_lines(report)
+    lines = [f"images: {len(images)}, usable: {len(output)}, skipped: {len(skipped)}"] + latent_cli.report_lines(report)
     extreme = extreme_placements_notice(train_dir, [(job.image_path.name, job.placement) for job in jobs
                                                     if job.image_path not in skipped_paths])
     if extreme:

@@ -13,14 +13,7 @@ import numpy as np  # noqa: E402
 
 from library.data.captions import caption_path, read_text_file  # noqa: E402
 from library.data.images import SkipLog, batched, map_images, open_image  # noqa: E402
-from library.data.script_support import (  # noqa: E402
-    caption_extension_option,
-    existing_folder,
-    find_images_or_fail,
-    print_summary,
-    progress,
-    resolve_caption_extension,
-)
+from library.data import script_support as cli  # noqa: E402
 from library.data.tags import split_tags  # noqa: E402
 from library.data.tagging.wd14_labels import TagOptions, display_names, parse_tag_replacement, read_selected_tags, select_tags  # noqa: E402
 from library.data.tagging.wd14_tagger import DEFAULT_REPO_ID, LABEL_FILE, MODEL_FILE, OnnxTagger, find_model_folder, preprocess_for_tagger  # noqa: E402
@@ -39,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="accepted for kohya compatibility (ONNX is the only backend)")
     p.add_argument("--batch_size", type=int, default=1, help="images per batch (a fixed batch size in the model wins)")
     p.add_argument("--max_data_loader_n_workers", type=int, default=None, help="threads decoding images")
-    caption_extension_option(p, ".txt")
+    cli.caption_extension_option(p, ".txt")
     p.add_argument("--thresh", type=float, default=0.35, help="default threshold for general and character tags")
     p.add_argument("--general_threshold", type=float, default=None, help="threshold for general tags (default --thresh)")
     p.add_argument("--character_threshold", type=float, default=None, help="threshold for character tags (default --thresh)")
@@ -93,17 +86,17 @@ def write_output(path: str, results: dict[str, dict]) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    folder = existing_folder(args.train_data_dir)
+    folder = cli.existing_folder(args.train_data_dir)
     if args.force_download:
         raise UserError(f"--force_download: this toolkit never downloads; put {MODEL_FILE} and {LABEL_FILE} in --model_dir")
     if args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
-    extension = resolve_caption_extension(args)
+    extension = cli.resolve_caption_extension(args)
     options = tag_options(args)
     model_folder = find_model_folder(args.model_dir, args.repo_id)
     labels = read_selected_tags(model_folder / LABEL_FILE)
     tagger = OnnxTagger(model_folder / MODEL_FILE, args.batch_size)
-    images = find_images_or_fail(folder, args.recursive)
+    images = cli.find_images_or_fail(folder, args.recursive)
     names = display_names(labels, options)
 
     def load(path):
@@ -112,7 +105,7 @@ def main(argv=None) -> int:
 
     skipped, frequency, results, written = SkipLog(), Counter(), {}, 0
     loaded = map_images(images, load, args.max_data_loader_n_workers)
-    with progress(None, total=len(images), desc="tagging") as bar:
+    with cli.progress(None, total=len(images), desc="tagging") as bar:
         for chunk in batched(loaded, tagger.batch_size):
             usable = [(path, value) for path, value, reason in chunk if value is not None]
             for path, _, reason in chunk:
@@ -147,7 +140,7 @@ def main(argv=None) -> int:
     if args.frequency_tags:
         lines.append("tag frequency:")
         lines += [f"  {tag}: {count}" for tag, count in sorted(frequency.items(), key=lambda kv: (-kv[1], kv[0]))]
-    print_summary("tagging summary", lines, skipped)
+    cli.print_summary("tagging summary", lines, skipped)
     if written == 0:
         raise UserError(f"{folder}: no image could be tagged (all {len(images)} skipped, see above)")
     return 0

@@ -45,7 +45,7 @@ def install() -> None:
 
         LatentSource.prepare = late_prepare
     if "step_markers" in HOOKS:
-        from library.training.trainer import Trainer
+        from library.training.loop import Trainer
 
         step = Trainer.optimizer_step
         count = {"steps": 0}

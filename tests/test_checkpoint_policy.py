@@ -29,7 +29,7 @@ def test_selective_trains_the_same_lora_with_fewer_matmuls(tiny_single_file, tmp
     for policy in ("full", "selective"):
         trainer, final = train_in_process(tmp_path, tiny_single_file, tmp_path / "img", policy, gradient_checkpointing_policy=policy, **SMALL)
         with MatmulCounter() as counter:  # one more batch: forward and backward, the recompute included
-            trainer.batch_loss([0], [123], 1, 2).backward()
+            trainer.objective.batch_loss([0], [123], 1, 2).backward()
         results[policy] = (lora_tensors(final), counter.count)
     (full, full_calls), (selective, selective_calls) = results["full"], results["selective"]
     assert all(torch.equal(full[key], selective[key]) for key in full)  # the same numbers

@@ -5,7 +5,7 @@ import pytest
 
 from library.errors import UserError
 from library.training.config.config_loader import resolve_config
-from library.training.config.options import OPTIONS, SUPPORTED
+from library.training.config.options import OPTIONS
 from tests.training_fixtures import base_config, flat, write_config
 
 SEED_CONFIG = "tests/data/seed_tutorial_config.toml"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from library.errors import UserError
 from library.training.config.config_loader import resolve_config
-from library.training.trainer import Trainer
+from library.training.loop import Trainer
 from tests.training_fixtures import base_config, flat, lora_tensors, make_concept_images, run_training, write_config
 
 
@@ -125,7 +125,7 @@ def test_diff_output_preservation_targets_the_base_model(tmp_path, tiny_single_f
                               network_train_unet_only=True)
         trainer.setup()
         assert any("custom_attributes note: carried as in kohya" in n for n in trainer.notices)
-        losses[preserve] = trainer.batch_loss([0, 1], [11, 12], 1, 0).item()
+        losses[preserve] = trainer.objective.batch_loss([0, 1], [11, 12], 1, 0).item()
     assert losses[True] == 0.0 and losses[False] > 0.01
 
 
@@ -149,12 +149,12 @@ def test_diff_output_preservation_target_is_detached_with_text_encoder_training(
         loss.backward()
         return {n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None}
 
-    trained = gradients(trainer.batch_loss(indices, seeds, 1, 0))
+    trained = gradients(trainer.objective.batch_loss(indices, seeds, 1, 0))
 
     def by_hand(prior_in_graph: bool):
-        latents, _, ids, _ = trainer.batch_inputs(indices, seeds)
-        noise, timesteps, noisy = trainer.sample_noise(latents, seeds)
-        context, pooled = trainer.conditioning(indices, seeds, 1, 0)
+        latents, _, ids, _ = trainer.objective.inputs(indices, seeds)
+        noise, timesteps, noisy = trainer.objective.noise(latents, seeds)
+        context, pooled = trainer.objective.conditioning(indices, seeds, 1, 0)
         cond = {"text_embeds": pooled, "time_ids": ids}
         prediction = trainer.model.unet(noisy, timesteps, context, added_cond_kwargs=cond).sample
         trainer.network.set_multiplier(0.0)

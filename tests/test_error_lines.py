@@ -117,8 +117,6 @@ def test_truncated_state_on_resume_is_one_line(tiny_single_file, train_dir, tmp_
 def test_full_disk_in_preparation_scripts_and_state_save(train_dir, tmp_path, capsys, monkeypatch):
     from finetune.merge_all_to_metadata import main as merge_main
 
-    import library.file_io as file_io
-
     real_replace = os.replace
 
     def full_disk(*args, **kwargs):

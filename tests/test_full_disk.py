@@ -40,7 +40,7 @@ def test_the_disk_filling_during_a_lora_save_rescues_the_trained_weights(tiny_si
                                                                          capsys):
     from sdxl_train_network import main
     from library.training.outputs import save_rescue
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     common = dict(max_train_steps=4, save_every_n_steps=2, save_state=True)
     reference = write_config(tmp_path / "ref.toml", base_config(tiny_single_file, train_dir, tmp_path / "ref_out", **common))

@@ -12,7 +12,7 @@ import torch
 from library.errors import UserError
 from library.models.checkpoint_file import read_metadata
 from library.training.config.config_loader import resolve_config
-from library.training.trainer import Trainer
+from library.training.loop import Trainer
 from tests.training_fixtures import base_config, flat, lora_tensors, make_concept_images, write_config
 
 

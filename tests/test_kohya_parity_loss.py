@@ -38,7 +38,7 @@ def test_masked_loss_is_mean_of_loss_times_mask_over_all_pixels():
     prediction, target = torch.zeros(1, 4, 2, 2), torch.full((1, 4, 2, 2), 3.0)  # l2 loss 9 everywhere
     mask = torch.tensor([[[[1.0, 0.5], [0.0, 0.0]]]])  # 1.5 of 4 pixels
     scheduler = noise_lib.make_noise_scheduler()
-    loss = loss_lib.training_loss(make_args(), scheduler, prediction, target, torch.tensor([500]), torch.ones(1), mask)
+    loss = loss_lib.training_loss(loss_lib.LossOptions(), scheduler, prediction, target, torch.tensor([500]), torch.ones(1), mask)
     # kohya: loss * mask, then the mean over C, H, W: 9 * (1 + 0.5) / 4 (not 9 / 1.5 * 1.5 = 9)
     assert loss.item() == pytest.approx(3.375, rel=1e-6)
 
@@ -47,14 +47,14 @@ def test_huber_snr_schedule_ignores_huber_scale():
     scheduler = noise_lib.make_noise_scheduler()
     t = torch.tensor([0, 250, 999])
     args = dict(huber_c=0.1, huber_scale=2.0)
-    snr_c = loss_lib.huber_c(make_args(huber_schedule="snr", **args), scheduler, t)
+    snr_c = loss_lib.huber_c(loss_lib.LossOptions(huber_schedule="snr", **args), scheduler, t)
     alphas_cumprod = sdxl_alphas_cumprod()[t]
     sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
     expected = (1 - 0.1) / (1 + sigmas) ** 2 + 0.1  # no huber_scale in kohya's snr branch
     torch.testing.assert_close(snr_c.double(), expected, rtol=1e-5, atol=1e-6)
-    constant = loss_lib.huber_c(make_args(huber_schedule="constant", **args), scheduler, t)
+    constant = loss_lib.huber_c(loss_lib.LossOptions(huber_schedule="constant", **args), scheduler, t)
     assert constant.tolist() == pytest.approx([0.2, 0.2, 0.2])
-    exponential = loss_lib.huber_c(make_args(huber_schedule="exponential", **args), scheduler, t)
+    exponential = loss_lib.huber_c(loss_lib.LossOptions(huber_schedule="exponential", **args), scheduler, t)
     assert exponential.tolist() == pytest.approx([2.0 * math.exp(math.log(0.1) * s / 1000) for s in (0, 250, 999)], rel=1e-5)
 
 
@@ -72,7 +72,7 @@ def kohya_pyramid(noise, iterations, discount, generator):
 
 def test_multires_levels_start_at_full_resolution():
     latents = torch.zeros(2, 4, 16, 16)
-    ours = noise_lib.training_noise(latents, make_args(multires_noise_iterations=3, multires_noise_discount=0.3),
+    ours = noise_lib.training_noise(latents, noise_lib.NoiseOptions(multires_noise_iterations=3, multires_noise_discount=0.3),
                                     torch.Generator().manual_seed(7))
     generator = torch.Generator().manual_seed(7)
     base = torch.randn(latents.shape, generator=generator)
@@ -84,7 +84,7 @@ def test_multires_one_level_is_two_full_resolution_fields():
     # 0.3**0 = 1, so the result is (n + n') / std and correlates with n at 1/sqrt(2).
     latents = torch.zeros(16, 4, 32, 32)
     generator = torch.Generator().manual_seed(3)
-    noise = noise_lib.training_noise(latents, make_args(multires_noise_iterations=1, multires_noise_discount=0.3), generator)
+    noise = noise_lib.training_noise(latents, noise_lib.NoiseOptions(multires_noise_iterations=1, multires_noise_discount=0.3), generator)
     plain = torch.randn(latents.shape, generator=torch.Generator().manual_seed(3))
     correlation = torch.corrcoef(torch.stack([noise.flatten(), plain.flatten()]))[0, 1].item()
     assert correlation == pytest.approx(2**-0.5, abs=0.01)
@@ -95,7 +95,7 @@ def test_noise_offset_then_multires_both_apply():
     args = make_args(noise_offset=0.1, multires_noise_iterations=2, multires_noise_discount=0.5)
     check_combinations(args, {}, [], ())  # kohya accepts the pair
     latents = torch.zeros(2, 4, 8, 8)
-    ours = noise_lib.training_noise(latents, args, torch.Generator().manual_seed(11))
+    ours = noise_lib.training_noise(latents, noise_lib.NoiseOptions.from_args(args), torch.Generator().manual_seed(11))
     generator = torch.Generator().manual_seed(11)
     noise = torch.randn(latents.shape, generator=generator)
     noise = noise + 0.1 * torch.randn((2, 4, 1, 1), generator=generator)  # kohya's apply_noise_offset first

@@ -7,7 +7,6 @@ hashes, and the three keys set in save_model); the expected values are worked ou
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 

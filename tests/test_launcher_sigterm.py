@@ -44,7 +44,7 @@ def test_wait_for_release_returns_when_the_holder_ends(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(Exception, match=rf"still running after 0\.2 s"):
+        with pytest.raises(Exception, match=r"still running after 0\.2 s"):
             wait_for_release(tmp_path, timeout=0.2)
         started = time.monotonic()
         info = wait_for_release(tmp_path, timeout=30)

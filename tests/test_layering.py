@@ -130,5 +130,5 @@ def test_the_checks_can_fail():
     """A planted circle and an upward import are found (the checks are not vacuous)."""
     graph = {"a": {"b"}, "b": {"a"}, "c": set()}
     assert cycles(graph) == [["a", "b"]]
-    assert layer_of("library.errors") < layer_of("library.training.trainer")
+    assert layer_of("library.errors") < layer_of("library.training.loop")
     assert layer_of("library.training.inputs.latent_source") > layer_of("library.training.config.options")

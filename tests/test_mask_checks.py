@@ -74,7 +74,7 @@ def test_bad_masks_stop_the_run_before_any_model_loads(tiny_single_file, dataset
 
 def _break_masks_after_setup(monkeypatch, paths):
     """The masks pass the start-up check, then are cut short before the first training step."""
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     real_setup = Trainer.setup
 

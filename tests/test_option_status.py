@@ -16,7 +16,7 @@ from library.errors import UserError
 from library.training.config import option_types as T
 from library.training.config.config_loader import resolve_config
 from library.training.config.options import IGNORED, INERT, OPTIONS, PENDING, SUPPORTED, UNSUPPORTED
-from library.training.trainer import Trainer
+from library.training.loop import Trainer
 from tests.training_fixtures import make_concept_images
 
 

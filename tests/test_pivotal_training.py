@@ -32,7 +32,7 @@ def seven_images(tmp_path_factory):
 def trained(tiny_diffusers_dir, two_images, tmp_path_factory):
     """A pivotal run kept in memory: AdamW with strong weight decay on the embeddings, 4 steps."""
     from library.training.config.config_loader import resolve_config
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     tmp = tmp_path_factory.mktemp("pivotal_run")
     config = base_config(tiny_diffusers_dir, two_images, tmp / "out", max_train_steps=4, train_batch_size=1, learning_rate=1e-2,
@@ -148,7 +148,8 @@ def test_embeddings_train_until_the_pivot_then_only_the_lora(tiny_single_file, t
 
 def test_shipped_pivotal_prodigy_config_trains_with_paths_and_size_changed(tiny_single_file, two_images, tmp_path):
     from library.training.config.config_loader import resolve_config
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
+    from library.training.optim.lr_schedulers import lr_logs
 
     resolved = resolve_config([
         "--config_file", "train_config/XL_Pivotal_Prodigy_config/config_file.toml",
@@ -163,7 +164,7 @@ def test_shipped_pivotal_prodigy_config_trains_with_paths_and_size_changed(tiny_
     trainer.setup()
     final = trainer.run()
     assert type(trainer.optimizer).__name__ == "Prodigy"
-    logs = trainer.lr_logs()
+    logs = lr_logs(trainer.optimizer, trainer.group_names)
     d_lr = {k: v for k, v in logs.items() if k.startswith("lr/d*lr/")}
     assert set(d_lr) >= {"lr/d*lr/unet", "lr/d*lr/embeddings_te1", "lr/d*lr/embeddings_te2"}
     assert all(v > 0 for v in d_lr.values())

@@ -103,7 +103,7 @@ def test_no_base_model_on_the_device_in_fp32_and_caches_after_placement(tiny_sin
 def test_half_precision_on_a_cpu_without_its_kernels_says_so_and_full_needs_its_precision(tiny_single_file, images, tmp_path):
     from library.training.config.config_loader import resolve_config
     from library.training.residency.precision import cpu_has_half_kernels
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     config = base_config(tiny_single_file, images, tmp_path / "out", mixed_precision="fp16")
     trainer = Trainer(resolve_config(["--config_file", str(write_config(tmp_path / "a.toml", config))]))
@@ -176,7 +176,7 @@ def test_caching_tools_place_models_as_training_does(tiny_single_file, images, t
     assert len(caches) == 6
     written = {p: p.stat().st_mtime_ns for p in caches}
     from library.training.config.config_loader import resolve_config
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     trainer = Trainer(resolve_config(["--config_file", str(path)]))
     trainer.setup()

@@ -55,11 +55,11 @@ def reference_snr(timesteps, zero_terminal_snr: bool = False) -> torch.Tensor:
 def test_min_snr_weights_on_known_timesteps(scheduler):
     timesteps = torch.tensor([10, 500, 999])
     snr = reference_snr(timesteps)
-    weights = loss_lib.timestep_weights(make_args(min_snr_gamma=5.0), scheduler, timesteps)
+    weights = loss_lib.timestep_weights(loss_lib.LossOptions(min_snr_gamma=5.0), scheduler, timesteps)
     # kohya's apply_snr_weight: min(snr, gamma) / snr, and / (snr + 1) for v-prediction
     torch.testing.assert_close(weights.double(), torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr, rtol=1e-4, atol=0)
     assert weights[0] < 0.1 and weights[2] == pytest.approx(1.0)  # high-SNR steps are down-weighted
-    v_weights = loss_lib.timestep_weights(make_args(min_snr_gamma=5.0, v_parameterization=True), scheduler, timesteps)
+    v_weights = loss_lib.timestep_weights(loss_lib.LossOptions(min_snr_gamma=5.0, v_parameterization=True), scheduler, timesteps)
     torch.testing.assert_close(v_weights.double(), torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1),
                                rtol=1e-4, atol=0)
     assert snr[2].item() == pytest.approx(0.004682, rel=1e-3)  # alpha_bar(999) = 0.004660: the SNR SDXL ends at
@@ -69,11 +69,11 @@ def test_debiased_and_v_pred_scaling(scheduler):
     t = torch.tensor([0, 100, 900])
     snr = torch.clamp(reference_snr(t), max=1000.0)  # kohya caps the SNR at 1000 (t = 0 would give ~1175)
     assert reference_snr(t)[0] > 1000
-    torch.testing.assert_close(loss_lib.timestep_weights(make_args(debiased_estimation_loss=True), scheduler, t).double(),
+    torch.testing.assert_close(loss_lib.timestep_weights(loss_lib.LossOptions(debiased_estimation_loss=True), scheduler, t).double(),
                                1 / snr.sqrt(), rtol=1e-4, atol=0)
-    torch.testing.assert_close(loss_lib.timestep_weights(make_args(debiased_estimation_loss=True, v_parameterization=True),
+    torch.testing.assert_close(loss_lib.timestep_weights(loss_lib.LossOptions(debiased_estimation_loss=True, v_parameterization=True),
                                                          scheduler, t).double(), 1 / (snr + 1), rtol=1e-4, atol=0)
-    torch.testing.assert_close(loss_lib.timestep_weights(make_args(scale_v_pred_loss_like_noise_pred=True), scheduler, t).double(),
+    torch.testing.assert_close(loss_lib.timestep_weights(loss_lib.LossOptions(scale_v_pred_loss_like_noise_pred=True), scheduler, t).double(),
                                snr / (snr + 1), rtol=1e-4, atol=0)
 
 
@@ -87,9 +87,9 @@ def test_loss_types_and_huber_schedule(scheduler):
     smooth = loss_lib.elementwise_loss(prediction, target, "smooth_l1", c)
     torch.testing.assert_close(smooth, huber / 0.1)
     t = torch.tensor([0, 999])
-    constant = loss_lib.huber_c(make_args(huber_schedule="constant", huber_c=0.1), scheduler, t)
-    exponential = loss_lib.huber_c(make_args(huber_schedule="exponential", huber_c=0.1), scheduler, t)
-    snr_c = loss_lib.huber_c(make_args(huber_schedule="snr", huber_c=0.1), scheduler, t)
+    constant = loss_lib.huber_c(loss_lib.LossOptions(huber_schedule="constant", huber_c=0.1), scheduler, t)
+    exponential = loss_lib.huber_c(loss_lib.LossOptions(huber_schedule="exponential", huber_c=0.1), scheduler, t)
+    snr_c = loss_lib.huber_c(loss_lib.LossOptions(huber_schedule="snr", huber_c=0.1), scheduler, t)
     assert constant.tolist() == pytest.approx([0.1, 0.1])
     assert exponential[0] == pytest.approx(1.0) and exponential[1] == pytest.approx(0.1, rel=0.01)
     assert snr_c[0] > 0.9 and snr_c[1] == pytest.approx(0.1, abs=0.01)  # c falls as noise grows
@@ -109,33 +109,33 @@ def test_prior_loss_weight_scales_regularisation_samples(scheduler):
     args = make_args()
     prediction, target = torch.ones(2, 4, 2, 2), torch.zeros(2, 4, 2, 2)
     t = torch.tensor([500, 500])
-    plain = loss_lib.training_loss(args, scheduler, prediction, target, t, torch.tensor([1.0, 1.0]))
-    weighted = loss_lib.training_loss(args, scheduler, prediction, target, t, torch.tensor([1.0, 0.5]))
+    plain = loss_lib.training_loss(loss_lib.LossOptions.from_args(args), scheduler, prediction, target, t, torch.tensor([1.0, 1.0]))
+    weighted = loss_lib.training_loss(loss_lib.LossOptions.from_args(args), scheduler, prediction, target, t, torch.tensor([1.0, 0.5]))
     assert plain.item() == pytest.approx(1.0) and weighted.item() == pytest.approx(0.75)
 
 
 def test_noise_offset_statistics():
     latents = torch.zeros(512, 4, 8, 8)
-    plain = noise_lib.training_noise(latents, make_args(), torch.Generator().manual_seed(0))
-    offset = noise_lib.training_noise(latents, make_args(noise_offset=0.1), torch.Generator().manual_seed(0))
+    plain = noise_lib.training_noise(latents, noise_lib.NoiseOptions(), torch.Generator().manual_seed(0))
+    offset = noise_lib.training_noise(latents, noise_lib.NoiseOptions(noise_offset=0.1), torch.Generator().manual_seed(0))
     channel_means_plain = plain.mean(dim=(2, 3)).std().item()
     channel_means_offset = offset.mean(dim=(2, 3)).std().item()
     # per-channel means: N(0, 1/64) without offset, plus N(0, 0.1^2) with it
     assert channel_means_plain == pytest.approx(0.125, rel=0.1)
     assert channel_means_offset == pytest.approx((0.125**2 + 0.1**2) ** 0.5, rel=0.1)
-    random_strength = noise_lib.training_noise(latents, make_args(noise_offset=0.1, noise_offset_random_strength=True), torch.Generator().manual_seed(0))
+    random_strength = noise_lib.training_noise(latents, noise_lib.NoiseOptions(noise_offset=0.1, noise_offset_random_strength=True), torch.Generator().manual_seed(0))
     assert channel_means_plain < random_strength.mean(dim=(2, 3)).std().item() < channel_means_offset
 
 
 def test_adaptive_noise_scale_grows_with_latent_mean():
     generator = torch.Generator().manual_seed(0)
     bright = torch.full((512, 4, 8, 8), 2.0)
-    noise = noise_lib.training_noise(bright, make_args(noise_offset=0.05, adaptive_noise_scale=0.1), generator)
+    noise = noise_lib.training_noise(bright, noise_lib.NoiseOptions(noise_offset=0.05, adaptive_noise_scale=0.1), generator)
     assert noise.mean(dim=(2, 3)).std().item() == pytest.approx((0.125**2 + 0.25**2) ** 0.5, rel=0.1)
 
 
 def test_multires_noise_is_normalised_and_correlated():
-    noise = noise_lib.training_noise(torch.zeros(64, 4, 32, 32), make_args(multires_noise_iterations=6, multires_noise_discount=0.3),
+    noise = noise_lib.training_noise(torch.zeros(64, 4, 32, 32), noise_lib.NoiseOptions(multires_noise_iterations=6, multires_noise_discount=0.3),
                                      torch.Generator().manual_seed(0))
     assert noise.std().item() == pytest.approx(1.0, abs=1e-3)
     plain = torch.randn(64, 4, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -151,8 +151,8 @@ def test_ip_noise_gamma_perturbs_input_not_target(scheduler):
     latents = torch.zeros(1, 4, 8, 8)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([999])
-    plain = noise_lib.noisy_latents(scheduler, latents, noise, t, make_args(), torch.Generator().manual_seed(2))
-    perturbed = noise_lib.noisy_latents(scheduler, latents, noise, t, make_args(ip_noise_gamma=0.1), torch.Generator().manual_seed(2))
+    plain = noise_lib.noisy_latents(scheduler, latents, noise, t, noise_lib.NoiseOptions(), torch.Generator().manual_seed(2))
+    perturbed = noise_lib.noisy_latents(scheduler, latents, noise, t, noise_lib.NoiseOptions(ip_noise_gamma=0.1), torch.Generator().manual_seed(2))
     difference = (perturbed - plain) / scheduler.alphas_cumprod[999].sub(1).neg().sqrt()
     assert difference.std().item() == pytest.approx(0.1, rel=0.2)
     assert torch.equal(noise_lib.prediction_target(scheduler, latents, noise, t, False), noise)
@@ -176,7 +176,7 @@ def test_zero_terminal_snr_and_v_prediction():
     t = torch.tensor([200, 600, 999])
     snr = reference_snr(t, zero_terminal_snr=True)
     # kohya's min-SNR for v-prediction on the rescaled schedule: min(snr, 5) / (snr + 1); 0 at the last step
-    weights = loss_lib.timestep_weights(make_args(min_snr_gamma=5.0, v_parameterization=True), scheduler, t)
+    weights = loss_lib.timestep_weights(loss_lib.LossOptions(min_snr_gamma=5.0, v_parameterization=True), scheduler, t)
     torch.testing.assert_close(weights.double(), torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / (snr + 1),
                                rtol=1e-4, atol=1e-7)
     assert weights[2].item() == 0.0
@@ -416,3 +416,13 @@ def test_face_crop_keeps_the_face_centred_at_the_requested_scale():
         face_x, face_y = 400 * scale, 300 * scale
         assert abs((left + right) / 2 - face_x) <= 1 or left == 0 or right == crop.resized_size[0]
         assert abs((top + bottom) / 2 - face_y) <= 1 or top == 0 or bottom == crop.resized_size[1]
+
+
+def test_objective_options_take_the_config_defaults():
+    """The noise and loss functions take small option records; their defaults are the config's."""
+    args = make_args()
+    assert noise_lib.NoiseOptions() == noise_lib.NoiseOptions.from_args(args)
+    assert loss_lib.LossOptions() == loss_lib.LossOptions.from_args(args)
+    changed = make_args(noise_offset=0.05, loss_type="huber", min_snr_gamma=5.0)
+    assert noise_lib.NoiseOptions.from_args(changed).noise_offset == 0.05
+    assert loss_lib.LossOptions.from_args(changed) == loss_lib.LossOptions(loss_type="huber", min_snr_gamma=5.0)

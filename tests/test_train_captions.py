@@ -11,7 +11,7 @@ import pytest
 from finetune import merge_all_to_metadata, prepare_buckets_latents
 from library.errors import UserError
 from library.training.config.config_loader import resolve_config
-from library.training.trainer import Trainer
+from library.training.loop import Trainer
 from tests.training_fixtures import base_config, flat, make_concept_images, write_config
 
 

@@ -186,8 +186,9 @@ def test_two_processes_step_with_the_mean_of_their_gradients(tiny_single_file, t
     mean of the gradients the two ranks' batches give: DDP averages gradients, it does not only keep
     the ranks equal (summed or rank-0 gradients would give another update)."""
     from library.training.inputs.batch_plan import epoch_batches
+    from library.training.inputs.run_plan import epoch_seeds
     from library.training.config.config_loader import resolve_config
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     config = base_config(tiny_single_file, train_dir, tmp_path / "out", max_train_steps=1, train_batch_size=1,
                          optimizer_type="torch.optim.SGD", learning_rate=1.0, max_grad_norm=0.0, cache_latents_to_disk=True)
@@ -199,11 +200,11 @@ def test_two_processes_step_with_the_mean_of_their_gradients(tiny_single_file, t
     trainer = Trainer(resolve_config(["--config_file", str(path)]))
     trainer.setup()  # the same seed: the same initial network as both processes
     batches = epoch_batches(trainer.items, trainer.summary["batch_sizes"], trainer.seed, 1)
-    seeds = trainer.epoch_seeds(batches, 1)
+    seeds = epoch_seeds(trainer.seed, batches, 1)
     names = [name for name, p in trainer.network.named_parameters() if p.requires_grad]
     params = [p for p in trainer.network.parameters() if p.requires_grad]
     initial = [p.detach().clone() for p in params]
-    per_rank = [torch.autograd.grad(trainer.batch_loss(batches[rank], seeds[rank], 1, 0), params, allow_unused=True)
+    per_rank = [torch.autograd.grad(trainer.objective.batch_loss(batches[rank], seeds[rank], 1, 0), params, allow_unused=True)
                 for rank in (0, 1)]  # rank r trains the epoch's batches r, r + 2, ...
     moved = 0
     for name, start, g0, g1 in zip(names, initial, *per_rank):

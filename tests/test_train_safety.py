@@ -162,7 +162,7 @@ def test_lock_holder_is_named_and_files_follow_the_umask(tmp_path):
 
 def test_sigterm_saves_a_state_that_resumes_exactly_and_exits_143(tiny_single_file, train_dir, tmp_path, monkeypatch, capsys):
     """A real SIGTERM delivered to this process during step 3 (the handler runs in the main thread)."""
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     common = dict(max_train_steps=6, save_state_on_train_end=True, network_dropout=0.1)
     assert _main(tmp_path, tiny_single_file, train_dir, name="ref", **common) == 0
@@ -317,7 +317,7 @@ def test_free_space_is_checked_before_training_against_what_the_saves_take(tiny_
     assert state_size <= estimate["state_bytes"] <= 1.1 * state_size, (state_size, estimate)
 
     monkeypatch.setattr(preflight, "free_bytes", lambda folder: estimate["total"] - 1)
-    with pytest.raises(UserError, match=rf"^output_dir .*short_out has .* free, but this run will write about .* there \(2 LoRA "
+    with pytest.raises(UserError, match=r"^output_dir .*short_out has .* free, but this run will write about .* there \(2 LoRA "
                                         r"file\(s\) of 1\.\d MB and 3 training state\(s\) of \d\.\d MB\); free some space, keep fewer "
                                         r"saves \(save_last_n_epochs"):
         _main(tmp_path, tiny_single_file, train_dir, name="short", **common)

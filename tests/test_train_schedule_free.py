@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from library.training.config.config_loader import resolve_config
-from library.training.trainer import Trainer
+from library.training.loop import Trainer
 from tests.training_fixtures import base_config, flat, lora_tensors, make_concept_images, run_training, write_config
 
 

@@ -12,7 +12,7 @@ import torch
 
 from library.training.objective import validation
 from library.training.config.config_loader import resolve_config
-from library.training.trainer import Trainer
+from library.training.loop import Trainer
 from tests.training_fixtures import base_config, flat, make_concept_images, write_config
 
 

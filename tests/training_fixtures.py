@@ -77,7 +77,7 @@ def train_in_process(tmp_path: Path, model: Path, train_dir: Path, name: str = "
     """Trainer.setup + run without the command line; returns (trainer, final LoRA path) so a test can
     read the trainer's state (placement record, trained tensors)."""
     from library.training.config.config_loader import resolve_config
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     config = base_config(model, train_dir, tmp_path / f"{name}_out", **overrides)
     trainer = Trainer(resolve_config(["--config_file", str(write_config(tmp_path / f"{name}.toml", config))]))

@@ -15,15 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from library.preparation.caching_config import read_caching_config  # noqa: E402
 from library.data.script_support import print_summary, progress  # noqa: E402
-from library.data.caching.text_encoder_cache import (  # noqa: E402
-    DEFAULT_BATCH,
-    encode_texts,
-    save_te_cache,
-    storage_array,
-    te_cache_is_fresh,
-    te_cache_path,
-    text_encoder_fingerprint,
-)
+from library.data.caching import text_encoder_cache as te_cache  # noqa: E402
 from library.entry import run_cli  # noqa: E402
 from library.errors import UserError  # noqa: E402
 
@@ -54,15 +46,15 @@ def main(argv=None) -> int:
     placement = Placement(compute_device(), PrecisionPlan.from_args(config, config.mixed_precision))
     encoders = [placement.place(name, encoder.eval(), "cache text-encoder outputs")
                 for name, encoder in zip(("text_encoder1", "text_encoder2"), model.text_encoders)]
-    fingerprint = text_encoder_fingerprint(encoders, config.max_token_length, config.weighted_captions)
+    fingerprint = te_cache.text_encoder_fingerprint(encoders, config.max_token_length, config.weighted_captions)
     stale = {key: image for key, image in images.items()
-             if args.overwrite or not te_cache_is_fresh(te_cache_path(image), captions[key], fingerprint)}
+             if args.overwrite or not te_cache.te_cache_is_fresh(te_cache.te_cache_path(image), captions[key], fingerprint)}
     with placement.autocast():
-        outputs = encode_texts(model.tokenizers, encoders, [captions[key] for key in stale], config.max_token_length,
-                               config.weighted_captions, config.text_encoder_batch_size or DEFAULT_BATCH)
+        outputs = te_cache.encode_texts(model.tokenizers, encoders, [captions[key] for key in stale], config.max_token_length,
+                               config.weighted_captions, config.text_encoder_batch_size or te_cache.DEFAULT_BATCH)
     for key, image in progress(stale.items(), total=len(stale), desc="writing text encoder outputs"):
-        hidden1, hidden2, pool2 = (storage_array(t) for t in outputs[captions[key]])
-        save_te_cache(te_cache_path(image), hidden1, hidden2, pool2, captions[key], fingerprint)
+        hidden1, hidden2, pool2 = (te_cache.storage_array(t) for t in outputs[captions[key]])
+        te_cache.save_te_cache(te_cache.te_cache_path(image), hidden1, hidden2, pool2, captions[key], fingerprint)
     encoded, fresh = len(stale), len(images) - len(stale)
     empty = sum(1 for key in images if not captions[key])
     lines = [f"images: {len(images)}, encoded: {encoded}, reused fresh caches: {fresh}",

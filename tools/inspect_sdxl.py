@@ -47,14 +47,14 @@ def summarize(model) -> list[str]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
 
     from library.models.sdxl_loader import load_sdxl
+    from library.precisions import DTYPES
 
     model = load_sdxl(args.model, vae=args.vae, tokenizer_dir=args.tokenizer_cache_dir)
     print("\n".join(summarize(model)))
     if args.save_single_file:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.save_precision)
+        dtype = None if args.save_precision in (None, "float") else DTYPES[args.save_precision]
         model.save_single_file(args.save_single_file, dtype=dtype)
         print(f"wrote {args.save_single_file}")
     if args.save_diffusers:

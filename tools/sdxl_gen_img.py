@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--H", type=int, default=1024, help="height (multiple of 8)")
     gen.add_argument("--steps", type=int, default=30, help="sampling steps")
     gen.add_argument("--scale", type=float, default=7.0, help="classifier-free guidance scale")
-    gen.add_argument("--sampler", default="euler_a", help="euler, euler_a, ddim, dpmsolver++")
+    gen.add_argument("--sampler", default="euler_a", help="ddim, pndm, lms, euler, euler_a, heun, dpm_2, dpm_2_a, dpmsolver, dpmsolver++, dpmsingle (k_ aliases too), as in training samples")
+    gen.add_argument("--v_parameterization", action="store_true", help="the model predicts v (a v-prediction fine-tune)")
     gen.add_argument("--seed", type=int, default=None, help="seed of the first image (next images: +1 each)")
     gen.add_argument("--images_per_prompt", type=int, default=1, help="images per prompt")
     net = parser.add_argument_group("LoRAs and embeddings")
@@ -134,7 +135,8 @@ def _render(session, args, prompt, seed, scale=1.0):
 
     text, entries = _entries_for(args, prompt, scale)
     session.loras.apply(entries)
-    settings = Settings(args.W, args.H, args.steps, args.scale, args.sampler, args.max_token_length)
+    settings = Settings(width=args.W, height=args.H, steps=args.steps, guidance=args.scale, sampler=args.sampler,
+                        max_token_length=args.max_token_length, v_parameterization=args.v_parameterization)
     image = generate(session.model, session.embeddings.expand(text), session.embeddings.expand(args.negative_prompt),
                      seed, settings)
     loras = ", ".join(f"{Path(e.path).stem}:{e.weight:g}" + (f":lbw={e.lbw}" if e.lbw else "") for e in entries)

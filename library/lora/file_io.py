@@ -16,19 +16,12 @@ import torch
 from library.errors import UserError
 from library.file_io import save_safetensors_atomic
 from library.lora.metadata import compute_hashes
+from library.precisions import dtype_for
 from library.lora.naming import CANONICAL_PREFIXES, ModelNames, split_key
-
-SAVE_PRECISIONS = {"float": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 def save_dtype(save_precision: str | None) -> torch.dtype | None:
     """--save_precision (float, fp16, bf16; None keeps the training dtype) -> torch dtype."""
-    if save_precision is None:
-        return None
-    try:
-        return SAVE_PRECISIONS[save_precision]
-    except KeyError:
-        raise UserError(f"save_precision '{save_precision}' is not one of float, fp16, bf16") from None
+    return None if save_precision is None else dtype_for(save_precision, "save_precision", ("float", "fp32", "fp16", "bf16"))
 
 
 def output_file_name(output_name: str, epoch: int | None = None, step: int | None = None,

@@ -150,38 +150,28 @@ def infer_unet_config(shapes: dict) -> dict:
     }
 
 
+def _clip_config(vocab: int, hidden: int, intermediate: int, layers: int, positions: int, activation: str,
+                 projection: int) -> dict:
+    return {"vocab_size": vocab, "hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+            "num_attention_heads": max(hidden // HEAD_DIM, 1), "max_position_embeddings": positions, "hidden_act": activation,
+            "projection_dim": projection, **CLIP_TOKEN_IDS}
+
+
 def infer_te1_config(shapes: dict) -> dict:
     """CLIPTextConfig kwargs from TE1 keys (HF naming, TE1_PREFIX removed, `text_model.` level kept)."""
     vocab, hidden = _require(shapes, "text_model.embeddings.token_embedding.weight", "text encoder 1")
     layers = _indices(shapes, r"text_model\.encoder\.layers\.(\d+)\.")
-    return {
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": shapes["text_model.encoder.layers.0.mlp.fc1.weight"][0],
-        "num_hidden_layers": len(layers),
-        "num_attention_heads": max(hidden // HEAD_DIM, 1),
-        "max_position_embeddings": shapes["text_model.embeddings.position_embedding.weight"][0],
-        "hidden_act": "quick_gelu",
-        "projection_dim": hidden,
-        **CLIP_TOKEN_IDS,
-    }
+    return _clip_config(vocab, hidden, shapes["text_model.encoder.layers.0.mlp.fc1.weight"][0], len(layers),
+                        shapes["text_model.embeddings.position_embedding.weight"][0], "quick_gelu", hidden)
 
 
 def infer_te2_config(shapes: dict) -> dict:
     """CLIPTextConfig kwargs from OpenCLIP TE2 keys (TE2_PREFIX removed)."""
     vocab, hidden = _require(shapes, "token_embedding.weight", "text encoder 2")
     layers = _indices(shapes, r"transformer\.resblocks\.(\d+)\.")
-    return {
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": shapes["transformer.resblocks.0.mlp.c_fc.weight"][0],
-        "num_hidden_layers": len(layers),
-        "num_attention_heads": max(hidden // HEAD_DIM, 1),
-        "max_position_embeddings": shapes["positional_embedding"][0],
-        "hidden_act": "gelu",
-        "projection_dim": _require(shapes, "text_projection", "text encoder 2 projection")[1],
-        **CLIP_TOKEN_IDS,
-    }
+    projection = _require(shapes, "text_projection", "text encoder 2 projection")[1]
+    return _clip_config(vocab, hidden, shapes["transformer.resblocks.0.mlp.c_fc.weight"][0], len(layers),
+                        shapes["positional_embedding"][0], "gelu", projection)
 
 
 def infer_vae_config(shapes: dict) -> dict:

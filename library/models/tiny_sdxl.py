@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from library.models.sdxl_architecture import ADDITION_TIME_EMBED_DIM, CLIP_TOKEN_IDS, VAE_SCALE_FACTOR_SDXL
+from library.models.sdxl_architecture import ADDITION_TIME_EMBED_DIM, CLIP_TOKEN_IDS, SDXL_VAE_CONFIG
 
 TE1_WIDTH, TE2_WIDTH = 64, 128
 
@@ -54,34 +54,27 @@ TINY_TE2_CONFIG = {
     "projection_dim": TE2_WIDTH,
 }
 
-TINY_VAE_CONFIG = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [32, 32, 64, 64],
-    "layers_per_block": 1,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 128,
-    "scaling_factor": VAE_SCALE_FACTOR_SDXL,
-    "force_upcast": True,
-}
+TINY_VAE_CONFIG = {**SDXL_VAE_CONFIG, "block_out_channels": [32, 32, 64, 64], "layers_per_block": 1, "sample_size": 128}
 
 SINGLE_FILE_NAME = "sdxl_tiny.safetensors"
 
 
-def build_tiny_components(seed: int = 0):
-    """(unet, text_encoder1, text_encoder2, vae) with seeded random weights."""
+def build_components(unet_config: dict, te1_config: dict, te2_config: dict, vae_config: dict, seed: int = 0):
+    """(unet, text_encoder1, text_encoder2, vae) built from configs, with seeded random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
-    text_encoder1 = CLIPTextModel(CLIPTextConfig(**TINY_TE1_CONFIG))
-    text_encoder2 = CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TE2_CONFIG))
-    vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    unet = UNet2DConditionModel(**unet_config)
+    text_encoder1 = CLIPTextModel(CLIPTextConfig(**te1_config))
+    text_encoder2 = CLIPTextModelWithProjection(CLIPTextConfig(**te2_config))
+    vae = AutoencoderKL(**vae_config)
     return tuple(m.eval() for m in (unet, text_encoder1, text_encoder2, vae))
+
+
+def build_tiny_components(seed: int = 0):
+    """The tiny model's (unet, text_encoder1, text_encoder2, vae) with seeded random weights."""
+    return build_components(TINY_UNET_CONFIG, TINY_TE1_CONFIG, TINY_TE2_CONFIG, TINY_VAE_CONFIG, seed)
 
 
 def write_tiny_sdxl(output_dir: str | Path, seed: int = 0) -> dict[str, Path]:

@@ -7,7 +7,8 @@ import torch
 
 from library.data.buckets import BucketManager, parse_resolution, validate_bucket_options
 from library.data.caching.latent_caching import CachingOptions, CachingReport
-from library.data.caching.latent_encoding import DTYPES, load_vae_for_caching, vae_fingerprint
+from library.precisions import DTYPES
+from library.data.caching.latent_encoding import load_vae_for_caching, vae_fingerprint
 from library.errors import UserError
 
 

@@ -21,7 +21,7 @@ Saved next to every LoRA file: `<lora stem>_emb.safetensors` with `clip_l` [N, T
 `load_textual_inversion` read.
 
 The trainer talks to this module through a `PivotalTuning` object that is a no-op when pivotal
-tuning is off, so each hook in trainer.py is one line.
+tuning is off, so each hook in the run (run_setup.py, loop.py, batch_objective.py) is one line.
 """
 from __future__ import annotations
 

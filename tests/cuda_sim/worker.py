@@ -89,12 +89,13 @@ class Observer:
     """Watches one training run from inside: the trainer, its losses and the ops run on the device."""
 
     def __init__(self):
-        from library.training.trainer import Trainer
+        from library.training.loop import Trainer
+        from library.training.objective.batch_objective import BatchObjective
 
         self.trainer = None
         self.losses: list[tuple[float, str, str]] = []
         self.logs: list[tuple[int, dict]] = []
-        original_setup, original_loss = Trainer.setup, Trainer.batch_loss
+        original_setup, original_loss = Trainer.setup, BatchObjective.batch_loss
         observer = self
 
         def setup(trainer):
@@ -108,13 +109,13 @@ class Observer:
 
             trainer.accelerator.log = record
 
-        def batch_loss(trainer, *args, **kwargs):
-            loss = original_loss(trainer, *args, **kwargs)
+        def batch_loss(objective, *args, **kwargs):
+            loss = original_loss(objective, *args, **kwargs)
             if loss is not None:
                 observer.losses.append((float(loss.detach().float().cpu()), str(loss.device), str(loss.dtype)))
             return loss
 
-        self.patches = [(Trainer, "setup", original_setup, setup), (Trainer, "batch_loss", original_loss, batch_loss)]
+        self.patches = [(Trainer, "setup", original_setup, setup), (BatchObjective, "batch_loss", original_loss, batch_loss)]
 
     def __enter__(self):
         for owner, name, _, replacement in self.patches:
@@ -265,21 +266,21 @@ def run_generation(world: dict, out: Path) -> dict:
 
 def run_planted(world: dict, scenario: Scenario, out: Path) -> dict:
     """The batch's latents moved to the CPU, as a trainer bug would: pretend CUDA must raise."""
-    from library.training.trainer import Trainer
+    from library.training.objective.batch_objective import BatchObjective
 
-    original = Trainer.batch_inputs
+    original = BatchObjective.inputs
 
-    def batch_inputs_on_cpu(trainer, *args, **kwargs):
-        latents, mask, ids, weights = original(trainer, *args, **kwargs)
+    def inputs_on_cpu(objective, *args, **kwargs):
+        latents, mask, ids, weights = original(objective, *args, **kwargs)
         return latents.cpu(), mask, ids, weights
 
-    Trainer.batch_inputs = batch_inputs_on_cpu
+    BatchObjective.inputs = inputs_on_cpu
     try:
         facts = run_training(world, scenario, out)
     except RuntimeError as error:
         return {"exit_code": 0, "raised": str(error).splitlines()[0], "device": "cuda"}
     finally:
-        Trainer.batch_inputs = original
+        BatchObjective.inputs = original
     return {"exit_code": facts["exit_code"], "raised": None, "device": facts.get("device")}
 
 

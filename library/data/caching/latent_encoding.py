@@ -16,14 +16,6 @@ from PIL import Image
 
 from library.errors import UserError
 
-DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The name a VAE dtype has in cache fingerprints and messages: "fp32", "fp16" or "bf16"."""
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
-
-
 def pixels_to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """RGB PIL images of one size -> float32 [b, 3, h, w] in [-1, 1]."""
     array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])

@@ -23,7 +23,7 @@ def run_calibration(params: dict) -> dict:
 
     from library.training.config.config_loader import resolve_config
     from library.training.memory.memory_estimate import AllocationCounter, estimate_memory
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     resolved = resolve_config(["--config_file", params["config"]])
     estimate = estimate_memory(resolved.args).as_dict()
@@ -33,7 +33,7 @@ def run_calibration(params: dict) -> dict:
     steps, counted = [], []
     state = {"meter": None, "counter": None, "index": 0}
     total = resolved.args.max_train_steps
-    batch_loss, optimizer_step = trainer.batch_loss, trainer.optimizer_step
+    batch_loss, optimizer_step = trainer.objective.batch_loss, trainer.optimizer_step
 
     marks = []
 
@@ -58,7 +58,7 @@ def run_calibration(params: dict) -> dict:
             steps.append(state["meter"].as_dict())
         return logs
 
-    trainer.batch_loss, trainer.optimizer_step = measured_loss, measured_step
+    trainer.objective.batch_loss, trainer.optimizer_step = measured_loss, measured_step
     before = rss_anon_bytes()
     trainer.run()
     later = [s["added"] for s in steps[1:]] or [steps[0]["added"]]

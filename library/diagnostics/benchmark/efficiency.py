@@ -34,14 +34,14 @@ def run_efficiency(params: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from library.training.config.config_loader import resolve_config
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     resolved = resolve_config(["--config_file", params["config"]])
     trainer = Trainer(resolved)
     trainer.setup()
     rate_before = gemm_rate()
     counted = {}
-    batch_loss = trainer.batch_loss
+    batch_loss = trainer.objective.batch_loss
 
     def counted_loss(*args, **kwargs):  # the first batch: forward and backward under the FLOP counter
         if counted:
@@ -64,7 +64,7 @@ def run_efficiency(params: dict) -> dict:
         marks.append(time.perf_counter())
         return logs
 
-    trainer.batch_loss, trainer.optimizer_step = counted_loss, timed_step
+    trainer.objective.batch_loss, trainer.optimizer_step = counted_loss, timed_step
     marks.append(time.perf_counter())
     trainer.run()
     rate = max(rate_before, gemm_rate())

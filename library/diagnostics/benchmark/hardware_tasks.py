@@ -47,7 +47,7 @@ def run_hardware(params: dict) -> dict:
     from library.training.config.config_loader import resolve_config
     from library.training.residency.fp8_weights import weight_bytes
     from library.training.memory.memory_estimate import estimate_memory
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     resolved = resolve_config(["--config_file", params["config"]])
     estimate = estimate_memory(resolved.args).accelerator_total
@@ -59,7 +59,7 @@ def run_hardware(params: dict) -> dict:
     trainer.setup()
     setup_seconds = time.perf_counter() - started
     marks, losses, validation = [time.perf_counter()], [], []
-    step, batch_loss, validation_loss = trainer.optimizer_step, trainer.batch_loss, trainer.validation_loss
+    step, batch_loss, validation_loss = trainer.optimizer_step, trainer.objective.batch_loss, trainer.validation_loss
 
     def timed_step():
         logs = step()
@@ -79,7 +79,7 @@ def run_hardware(params: dict) -> dict:
             validation.append(float(value))
         return value
 
-    trainer.optimizer_step, trainer.batch_loss, trainer.validation_loss = timed_step, recorded_loss, recorded_validation
+    trainer.optimizer_step, trainer.objective.batch_loss, trainer.validation_loss = timed_step, recorded_loss, recorded_validation
     pixel_seconds = _time_pixel_preparation(trainer)
     marks[0] = time.perf_counter()
     final = trainer.run()

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from library.models import tiny_sdxl
-from library.models.sdxl_architecture import ADDITION_TIME_EMBED_DIM, VAE_SCALE_FACTOR_SDXL
+from library.models.sdxl_architecture import ADDITION_TIME_EMBED_DIM
 
 SMALL_TE1_WIDTH, SMALL_TE2_WIDTH = 128, 256
 
@@ -48,7 +47,6 @@ SMALL_VAE_CONFIG = {
     "block_out_channels": [32, 64, 128, 128],
     "layers_per_block": 2,
     "sample_size": 256,
-    "scaling_factor": VAE_SCALE_FACTOR_SDXL,
 }
 
 CONFIGS = {
@@ -59,16 +57,7 @@ CONFIGS = {
 
 def build_components(size: str, seed: int = 0):
     """(unet, text_encoder1, text_encoder2, vae) of a generated size, seeded random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    unet_config, te1_config, te2_config, vae_config = CONFIGS[size]
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config)
-    text_encoder1 = CLIPTextModel(CLIPTextConfig(**te1_config))
-    text_encoder2 = CLIPTextModelWithProjection(CLIPTextConfig(**te2_config))
-    vae = AutoencoderKL(**vae_config)
-    return tuple(m.eval() for m in (unet, text_encoder1, text_encoder2, vae))
+    return tiny_sdxl.build_components(*CONFIGS[size], seed=seed)
 
 
 def write_model(size: str, folder: str | Path, seed: int = 0) -> Path:

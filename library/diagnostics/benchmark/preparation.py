@@ -109,11 +109,12 @@ def run_text_caching(params: dict) -> dict:
     import torch
 
     from library.data.caching.text_encoder_cache import encode_texts
+    from library.precisions import DTYPES
     from library.models.tokenizers import packaged_clip_tokenizers
 
     if params.get("threads"):
         torch.set_num_threads(params["threads"])
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[params.get("dtype", "fp32")]
+    dtype = DTYPES[params.get("dtype", "fp32")]
     encoders = _text_encoders(params["size"], dtype)
     tokenizers = packaged_clip_tokenizers()
     count = params["images"]

@@ -66,7 +66,7 @@ def run_ours(params: dict) -> dict:
     import torch
 
     from library.training.config.config_loader import resolve_config
-    from library.training.trainer import Trainer
+    from library.training.loop import Trainer
 
     if params.get("threads"):
         torch.set_num_threads(params["threads"])
@@ -104,7 +104,6 @@ class PlainLoRA:
 
     @staticmethod
     def wrap(module, rank: int, alpha: float):
-        import torch
         from torch import nn
 
         class Wrapped(nn.Module):
@@ -174,6 +173,7 @@ def run_reference(params: dict) -> dict:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
+    from library.models.sdxl_architecture import VAE_SCALE_FACTOR_SDXL
     from library.models.sdxl_loader import load_sdxl
 
     if params.get("threads"):
@@ -203,7 +203,7 @@ def run_reference(params: dict) -> dict:
         marks.append(time.perf_counter())
         for step in range(total):
             rows = [(step * batch + k) % len(latents) for k in range(batch)]
-            x0 = torch.stack([latents[r] for r in rows]) * 0.13025
+            x0 = torch.stack([latents[r] for r in rows]) * VAE_SCALE_FACTOR_SDXL
             noise = torch.randn(x0.shape, generator=generator)
             t = torch.randint(0, 1000, (batch,), generator=generator)
             noisy = scheduler.add_noise(x0, noise, t)
@@ -226,7 +226,7 @@ def run_startup(params: dict) -> dict:
     """main() of sdxl_train_network from process start to the first optimizer step."""
     import sys
 
-    from library.training import trainer as trainer_module
+    from library.training import loop as trainer_module
 
     original = trainer_module.Trainer.optimizer_step
     first = []

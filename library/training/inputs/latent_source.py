@@ -29,7 +29,8 @@ from library.data.caching.latent_cache import (
     load_latent_cache,
     save_latent_cache,
 )
-from library.data.caching.latent_encoding import check_finite, dtype_name, encode_latents, seed_from_sha, vae_fingerprint
+from library.precisions import precision_name
+from library.data.caching.latent_encoding import check_finite, encode_latents, seed_from_sha, vae_fingerprint
 from library.errors import UserError
 from library.training.inputs.pixel_loading import PixelPipeline, PixelsUnreadable
 
@@ -61,7 +62,7 @@ class LatentSource:
     @property
     def vae_dtype_name(self) -> str:
         """"fp32", "fp16" or "bf16": part of the cache fingerprint (the caching tools use the same names)."""
-        return dtype_name(next(self.vae.parameters()).dtype)
+        return precision_name(next(self.vae.parameters()).dtype)
 
     @property
     def needs_vae(self) -> bool:

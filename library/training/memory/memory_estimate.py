@@ -310,22 +310,17 @@ def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
     the dataset's image count when the caller knows it (otherwise the dataset is scanned)."""
     from library.lora.network_modules import import_network_module
     from library.lora.network_args import split_network_args
-    from library.training.residency.precision import weight_dtype
+    from library.training.residency.placement import PrecisionPlan, released_after_caching
 
-    mixed = args.mixed_precision  # as configured on every device (library/training/residency/precision.py)
-    dtype = weight_dtype(mixed)
+    # the trainer's own precision plan (mixed_precision runs as configured on every device)
+    plan = PrecisionPlan.from_args(args, args.mixed_precision)
+    dtype = plan.compute_dtype
     model = meta_models(args.pretrained_model_name_or_path)
-    for module in (model.unet, *model.text_encoders, model.vae):
+    for name, module in (("unet", model.unet), ("text_encoder1", model.text_encoder1), ("text_encoder2", model.text_encoder2),
+                         ("vae", model.vae)):
         module.requires_grad_(False)
         module.eval()
-    if dtype != torch.float32:
-        for module in (model.unet, *model.text_encoders) + (() if args.no_half_vae else (model.vae,)):
-            module.to(dtype=dtype)
-    if args.fp8_base or args.fp8_base_unet:  # as placement.py stores them: fp8 Linear/Conv2d weights
-        from library.training.residency.fp8_weights import store_in_fp8
-
-        for module in (model.unet,) + (() if args.fp8_base_unet else tuple(model.text_encoders)):
-            store_in_fp8(module, torch.device("meta"), dtype)
+        plan.store(name, module, torch.device("meta"))  # each component's storage dtypes, as the trainer places it
     train_unet = not args.network_train_text_encoder_only
     train_text_encoder = not args.network_train_unet_only
     module = import_network_module(args.network_module or "networks.lora")
@@ -352,10 +347,9 @@ def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
     base = tensor_bytes([model.unet, *model.text_encoders, model.vae])
     text_encoder_bytes = tensor_bytes(model.text_encoders)
     caching_text = bool(args.cache_text_encoder_outputs or args.cache_text_encoder_outputs_to_disk)
-    # as Trainer.setup: cached outputs replace the text encoders unless samples or validation need them
-    text_encoders_freed = caching_text and not (args.sample_prompts or args.validation_split)
-    # ... and cached latents replace the VAE unless samples need it (library/training/residency/placement.py)
-    vae_freed = bool(args.cache_latents or args.cache_latents_to_disk) and not args.sample_prompts
+    released = released_after_caching(latents_cached=bool(args.cache_latents or args.cache_latents_to_disk), text_cached=caching_text,
+                                      samples=bool(args.sample_prompts), validation=bool(args.validation_split))  # as the trainer
+    text_encoders_freed, vae_freed = "text_encoder1" in released, "vae" in released
     full_half = bool(args.full_fp16 or args.full_bf16) and dtype != torch.float32
     if dtype != torch.float32:
         # Meta tensors have no autocast: run the pass in the half dtype (what autocast produces for
@@ -382,7 +376,7 @@ def estimate_memory(args, images: int | None = None) -> MemoryEstimate:
                                     model.text_encoder2.config.projection_dim)
     width, height = args.resolution or (1024, 1024)
     details = {"optimizer": args.optimizer_type or "AdamW", "batch_size": args.train_batch_size, "resolution": f"{width}x{height}",
-               "gradient_checkpointing": bool(args.gradient_checkpointing), "precision": mixed,
+               "gradient_checkpointing": bool(args.gradient_checkpointing), "precision": args.mixed_precision,
                "lora_parameters": trainable_count, "lora_modules": len(getattr(network, "loras", [])) or None,
                "dataset_items": items, "text_encoders_freed": text_encoders_freed, "vae_freed": vae_freed,
                "fp8_unet": bool(args.fp8_base or args.fp8_base_unet), "setup_total": base + lora_bytes,

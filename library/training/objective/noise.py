@@ -5,6 +5,8 @@ any device; the draws then move to the latents' device, where the arithmetic hap
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 import torch.nn.functional as F
 
@@ -57,7 +59,24 @@ def pyramid_noise(noise: torch.Tensor, iterations: int, discount: float, generat
     return noise / noise.std()
 
 
-def training_noise(latents: torch.Tensor, args, generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class NoiseOptions:
+    """The options that shape the training noise and the noisy input (kohya's names and defaults)."""
+
+    noise_offset: float | None = None
+    noise_offset_random_strength: bool = False
+    adaptive_noise_scale: float | None = None
+    multires_noise_iterations: int | None = None
+    multires_noise_discount: float = 0.3
+    ip_noise_gamma: float | None = None
+    ip_noise_gamma_random_strength: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "NoiseOptions":
+        return cls(**{field.name: getattr(args, field.name) for field in fields(cls)})
+
+
+def training_noise(latents: torch.Tensor, options: "NoiseOptions", generator) -> torch.Tensor:
     """Gaussian noise with the configured variants, in kohya's order: noise offset (with random
     strength / adaptive scale) first, then multi-resolution noise on top of it (both may be on).
     Drawn on the CPU from `generator`, returned on the latents' device."""
@@ -68,26 +87,26 @@ def training_noise(latents: torch.Tensor, args, generator) -> torch.Tensor:
 
     noise = normal(latents.shape)
     batch, channels = latents.shape[:2]
-    if args.noise_offset:
-        offset = torch.full((batch, 1, 1, 1), float(args.noise_offset), dtype=latents.dtype)
-        if args.noise_offset_random_strength:
+    if options.noise_offset:
+        offset = torch.full((batch, 1, 1, 1), float(options.noise_offset), dtype=latents.dtype)
+        if options.noise_offset_random_strength:
             offset = offset * torch.rand((batch, 1, 1, 1), generator=generator, dtype=latents.dtype)
         offset = offset.to(device)
-        if args.adaptive_noise_scale:
+        if options.adaptive_noise_scale:
             mean = latents.mean(dim=(2, 3), keepdim=True)
-            offset = torch.clamp(offset + args.adaptive_noise_scale * mean.abs(), min=0.0)
+            offset = torch.clamp(offset + options.adaptive_noise_scale * mean.abs(), min=0.0)
         noise = noise + offset * normal((batch, channels, 1, 1))
-    if args.multires_noise_iterations:
-        noise = pyramid_noise(noise, args.multires_noise_iterations, args.multires_noise_discount, generator)
+    if options.multires_noise_iterations:
+        noise = pyramid_noise(noise, options.multires_noise_iterations, options.multires_noise_discount, generator)
     return noise
 
 
-def noisy_latents(noise_scheduler, latents, noise, timesteps, args, generator) -> torch.Tensor:
+def noisy_latents(noise_scheduler, latents, noise, timesteps, options: "NoiseOptions", generator) -> torch.Tensor:
     """Forward-diffuse; input perturbation (ip_noise_gamma) perturbs the input noise, not the target.
     The perturbation is drawn on the CPU from `generator` like the noise, then moved to the device."""
-    if args.ip_noise_gamma:
-        gamma = torch.full((latents.shape[0], 1, 1, 1), float(args.ip_noise_gamma), dtype=latents.dtype)
-        if args.ip_noise_gamma_random_strength:
+    if options.ip_noise_gamma:
+        gamma = torch.full((latents.shape[0], 1, 1, 1), float(options.ip_noise_gamma), dtype=latents.dtype)
+        if options.ip_noise_gamma_random_strength:
             gamma = gamma * torch.rand(gamma.shape, generator=generator, dtype=latents.dtype)
         perturbation = gamma * torch.randn(latents.shape, generator=generator, dtype=latents.dtype)
         noise = noise + perturbation.to(noise.device)

@@ -21,10 +21,8 @@ from collections import defaultdict
 import torch
 
 from library.models.sdxl_conditioning import encode_captions
-from library.training.objective import loss as loss_lib
 from library.training.objective import noise as noise_lib
 from library.data.caption_processing import process_caption
-from library.training.inputs.dataset_attributes import preservation_rows, preserved_target
 from library.training.inputs.latent_source import ImageBroken
 
 NUM_VALIDATION_TIMESTEPS = 4  # kohya's constant
@@ -65,45 +63,38 @@ def item_seed(seed: int, index: int) -> int:
 def fixed_noise(trainer, latents: torch.Tensor, seeds: list[int], timestep: int):
     """(noise, timesteps, noisy latents) of one batch at one timestep; each image's noise (with the
     configured noise offset, multires noise and input perturbation) from its own generator."""
-    args = trainer.args
+    options = trainer.objective.noise_options
     noises, noisy = [], []
     timesteps = torch.full((latents.shape[0],), timestep, dtype=torch.long)
     for row, seed in enumerate(seeds):
         generator = torch.Generator().manual_seed(seed * 1009 + timestep)
         sample = latents[row : row + 1]
-        noise = noise_lib.training_noise(sample, args, generator)  # drawn on the CPU, returned on the device
-        noisy.append(noise_lib.noisy_latents(trainer.noise_scheduler, sample, noise, timesteps[row : row + 1], args, generator))
+        noise = noise_lib.training_noise(sample, options, generator)  # drawn on the CPU, returned on the device
+        noisy.append(noise_lib.noisy_latents(trainer.noise_scheduler, sample, noise, timesteps[row : row + 1], options, generator))
         noises.append(noise)
     return torch.cat(noises), timesteps.to(latents.device), torch.cat(noisy)
 
 
 def batch_losses(trainer, indices: list[int], seeds: list[int], timesteps: list[int]) -> list[float]:
     """The loss of one validation batch at each of `timesteps` (the training loss function)."""
-    args, items = trainer.args, trainer.val_items
-    latents, mask, ids, weights = trainer.batch_inputs(indices, seeds, items=items, source=trainer.val_latents)
+    objective, items = trainer.objective, trainer.val_items
+    latents, mask, ids, weights = objective.inputs(indices, seeds, items=items, source=trainer.val_latents)
     captions = [trainer.pivotal.replace_in_prompt(
         process_caption(items[i].caption, items[i].subset, random.Random(seed), 0, trainer.max_steps, trainer.max_steps))
         for i, seed in zip(indices, seeds)]
     multiplier = trainer.multipliers[items[indices[0]].dataset_index] if trainer.multipliers else 1.0
-    unet = trainer.model.unet
     losses = []
     trainer.network.set_multiplier(multiplier)
     try:
         with trainer.placement.autocast():
-            context, pooled = encode_captions(trainer.model, captions, args.max_token_length, args.weighted_captions)
-            rows = preservation_rows(items, indices)
+            context, pooled = encode_captions(trainer.model, captions, trainer.args.max_token_length, trainer.args.weighted_captions)
             for timestep in timesteps:
                 noise, t, noisy = fixed_noise(trainer, latents, seeds, timestep)
 
                 def predict(part=slice(None)):
-                    return unet(noisy[part], t[part], context[part],
-                                added_cond_kwargs={"text_embeds": pooled[part], "time_ids": ids[part]}).sample
+                    return objective.unet(noisy[part], t[part], context[part], pooled[part], ids[part])
 
-                prediction = predict()
-                target = noise_lib.prediction_target(trainer.noise_scheduler, latents, noise, t, args.v_parameterization)
-                if rows:
-                    target = preserved_target(trainer.network, multiplier, target, rows, predict)
-                loss = loss_lib.training_loss(args, trainer.noise_scheduler, prediction, target, t.cpu(), weights, mask)
+                loss = objective.loss(predict(), predict, items, indices, multiplier, latents, noise, t, t.cpu(), weights, mask)
                 losses.append(loss.item())
     finally:
         trainer.network.set_multiplier(1.0)

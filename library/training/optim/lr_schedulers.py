@@ -75,3 +75,17 @@ def build_lr_scheduler(args, optimizer, total_steps: int, notices: list | None =
         return get_scheduler(name, optimizer, scheduler_specific_kwargs=specific or None, **kwargs)
     except (TypeError, ValueError) as error:
         raise UserError(f"lr_scheduler {name}: {error}") from None
+
+
+def lr_logs(optimizer, group_names: list[str] | None) -> dict:
+    """The learning rate of each parameter group under kohya's TensorBoard tags (lr/unet,
+    lr/textencoder, lr/<group>), and D-adaptation/Prodigy's d*lr where the group has a d."""
+    logs = {}
+    names = group_names or [f"group{i}" for i in range(len(optimizer.param_groups))]
+    for index, group in enumerate(optimizer.param_groups):
+        name = names[index] if index < len(names) else f"group{index}"
+        tag = {"unet": "lr/unet", "textencoder": "lr/textencoder"}.get(name, f"lr/{name.replace(' ', '_')}")
+        logs[tag] = group.get("lr") or 0.0
+        if "d" in group:
+            logs[f"lr/d*lr/{name.replace(' ', '_')}"] = group["d"] * (group.get("lr") or 0.0)
+    return logs

@@ -196,7 +196,7 @@ def estimate_output(args, network, optimizer_name: str, max_steps: int, epochs: 
     """Bytes the run's saves will occupy in output_dir at most, and how that number was made."""
     import torch
 
-    from library.training.residency.precision import save_dtype
+    from library.lora.file_io import save_dtype
 
     tensors = list(network.state_dict().values())
     dtype = save_dtype(args.save_precision)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from library.lora.file_io import output_file_name
 from library.lora.metadata import build_modelspec
-from library.training.residency.precision import save_dtype
+from library.lora.file_io import save_dtype
 
 # kohya's SS_METADATA_MINIMUM_KEYS: all that no_metadata keeps (enough for UIs to load the file)
 MINIMUM_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args")

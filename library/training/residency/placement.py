@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-HALF_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from library.precisions import DTYPES
+
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class PrecisionPlan:
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return HALF_DTYPES[self.mixed_precision]
+        return DTYPES[self.mixed_precision]
 
     @property
     def autocast(self) -> bool:
@@ -70,6 +71,18 @@ class PrecisionPlan:
 
     def fp8(self, component: str) -> bool:
         return self.unet_fp8 if component == "unet" else (self.text_encoders_fp8 and component.startswith("text_encoder"))
+
+    def store(self, component: str, module, device: torch.device) -> None:
+        """Give `module` its storage dtypes on `device`, one move per tensor (fp8 Linear/Conv2d weights
+        where planned). The trainer places real weights with it, the memory estimate meta ones."""
+        if self.fp8(component):
+            from library.training.residency.fp8_weights import store_in_fp8
+
+            store_in_fp8(module, device, self.dtype_of(component))
+        else:
+            dtype = self.dtype_of(component)
+            # naming an unchanged dtype only makes diffusers warn about fp32 modules
+            module.to(device, None if floating_dtypes(module) == (str(dtype).removeprefix("torch."),) else dtype)
 
     @classmethod
     def from_args(cls, args, mixed_precision: str) -> "PrecisionPlan":
@@ -100,14 +113,7 @@ class Placement:
         """Move `module` to the device in its storage dtype (one move per tensor); returns it."""
         if device_of(module) == "meta":
             raise RuntimeError(f"{component} was released and cannot be placed again")
-        if self.plan.fp8(component):
-            from library.training.residency.fp8_weights import store_in_fp8
-
-            store_in_fp8(module, self.device, self.plan.dtype_of(component))
-        else:
-            dtype = self.plan.dtype_of(component)
-            # naming an unchanged dtype only makes diffusers warn about fp32 modules
-            module.to(self.device, None if floating_dtypes(module) == (str(dtype).removeprefix("torch."),) else dtype)
+        self.plan.store(component, module, self.device)
         self._record("place", component, module, purpose)
         return module
 
@@ -126,6 +132,17 @@ class Placement:
 
     def where(self, action: str, component: str | None = None, purpose: str | None = None) -> list[Event]:
         return [e for e in self.events if e.action == action and component in (None, e.component) and purpose in (None, e.purpose)]
+
+
+def released_after_caching(latents_cached: bool, text_cached: bool, samples: bool, validation: bool) -> tuple[str, ...]:
+    """The components no later step needs once the caches are made: the VAE when every latent is
+    cached and no sample is decoded; the text encoders when their outputs are cached and neither
+    samples nor validation encode a prompt. The trainer releases them; the memory estimate leaves
+    them out of the training phase."""
+    released = ("vae",) if latents_cached and not samples else ()
+    if text_cached and not (samples or validation):
+        released += ("text_encoder1", "text_encoder2")
+    return released
 
 
 def compute_device() -> torch.device:

@@ -12,8 +12,6 @@ import torch
 
 from library.errors import UserError
 
-_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def has_cuda() -> bool:
@@ -54,13 +52,6 @@ def cpu_has_half_kernels(mixed_precision: str) -> bool:
         return False
 
 
-def weight_dtype(mixed_precision: str) -> torch.dtype:
-    """dtype of the frozen base weights (the trainable LoRA stays fp32 unless full_fp16/bf16)."""
-    return _DTYPES[mixed_precision]
-
-
-def save_dtype(save_precision: str | None) -> torch.dtype | None:
-    return _SAVE_DTYPES[save_precision]
 
 
 def configure_attention(unet, args, notices: list) -> str:

@@ -2,7 +2,8 @@
 (issue 26: per step <= 0.9x kohya's in fp32 and in bf16, whole run <= 0.8x, peak RSS <= 0.7x)."""
 from __future__ import annotations
 
-MIB = 1024 * 1024
+from library.diagnostics.benchmark.report_format import SchemaError, check_sides, comparison_cells, fmt_stat, get_path, target_check
+
 TARGETS = {"kohya_step_ratio_max": 0.9, "kohya_whole_run_ratio_max": 0.8, "kohya_peak_rss_ratio_max": 0.7}
 SIDE_STATS = ("step_seconds_in_run", "step_seconds_short_long", "whole_run_seconds", "first_step_after_start_seconds",
               "peak_rss_bytes", "peak_anonymous_bytes")
@@ -10,36 +11,25 @@ RATIOS = ("step_ratio", "whole_run_ratio", "peak_rss_ratio", "peak_anonymous_rat
 
 
 def validate_kohya(section: dict) -> None:
-    from library.diagnostics.benchmark.report_format import SchemaError, check_stat, get_path
-
     def get(path: str):
         return get_path({"kohya": section}, f"kohya.{path}")
 
     if not get("precisions"):
         raise SchemaError("kohya.precisions: nothing measured")
-    for precision, result in section["precisions"].items():
-        for side in ("kohya", "ours"):
-            for key in SIDE_STATS:
-                check_stat(get(f"precisions.{precision}.{side}.{key}"), f"kohya.precisions.{precision}.{side}.{key}")
-            if not isinstance(get(f"precisions.{precision}.{side}.modules"), int):
-                raise SchemaError(f"kohya.precisions.{precision}.{side}.modules: not an integer")
-        for key in RATIOS:
-            check_stat(get(f"precisions.{precision}.{key}"), f"kohya.precisions.{precision}.{key}")
+    for precision in section["precisions"]:
+        check_sides(lambda path: get_path({"kohya": section}, path), f"kohya.precisions.{precision}", ("kohya", "ours"), SIDE_STATS,
+                    "modules", RATIOS)
 
 
 def kohya_checks(section: dict) -> dict:
     checks = {}
     for precision, r in section.get("precisions", {}).items():
         for name, key in (("step", "step_ratio"), ("whole_run", "whole_run_ratio"), ("peak_rss", "peak_rss_ratio")):
-            value, limit = r[key]["median"], TARGETS[f"kohya_{name}_ratio_max"]
-            checks[f"kohya_{name}_ratio_{precision}"] = {"value": value, "limit": limit,
-                                                          "met": None if value is None else value <= limit}
+            checks[f"kohya_{name}_ratio_{precision}"] = target_check(r[key]["median"], TARGETS[f"kohya_{name}_ratio_max"])
     return checks
 
 
 def kohya_lines(section: dict) -> list[str]:
-    from library.diagnostics.benchmark.report_format import fmt_stat
-
     lines = ["", f"| vs kohya's sdxl_train_network.py: real SDXL, {section['resolution']} px, rank {section['rank']} "
              "| kohya s/step | ours s/step | ours / kohya | kohya whole run | ours whole run | ours / kohya "
              "| kohya peak RSS | ours peak RSS | ours / kohya | anonymous ours / kohya | modules kohya / ours | loss falls kohya / ours |",
@@ -47,11 +37,7 @@ def kohya_lines(section: dict) -> list[str]:
     for precision, r in section["precisions"].items():
         k, o = r["kohya"], r["ours"]
         lines.append(f"| {precision} ({section['steps']['short']} / {section['steps']['long']} steps, {section['repeats']} pairs) "
-                     f"| {fmt_stat(k['step_seconds_in_run'], digits=2)} | {fmt_stat(o['step_seconds_in_run'], digits=2)} "
-                     f"| {fmt_stat(r['step_ratio'])} | {fmt_stat(k['whole_run_seconds'], unit=' s', digits=0)} "
-                     f"| {fmt_stat(o['whole_run_seconds'], unit=' s', digits=0)} | {fmt_stat(r['whole_run_ratio'])} "
-                     f"| {fmt_stat(k['peak_rss_bytes'], MIB, ' MiB', 0)} | {fmt_stat(o['peak_rss_bytes'], MIB, ' MiB', 0)} "
-                     f"| {fmt_stat(r['peak_rss_ratio'])} | {fmt_stat(r['peak_anonymous_ratio'])} "
+                     + comparison_cells(k, o, r, "step_seconds_in_run", 2, 0) + f" {fmt_stat(r['peak_anonymous_ratio'])} "
                      f"| {k['modules']} / {o['modules']} | {sum(k['loss_falls'])}/{len(k['loss_falls'])} / "
                      f"{sum(o['loss_falls'])}/{len(o['loss_falls'])} |")
     return lines

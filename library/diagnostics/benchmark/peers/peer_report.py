@@ -1,7 +1,8 @@
 """The `peer` section in the report: its schema check, its tables and the issue-17 targets it decides."""
 from __future__ import annotations
 
-MIB = 1024 * 1024
+from library.diagnostics.benchmark.report_format import SchemaError, check_sides, comparison_cells, fmt_stat, get_path, target_check
+
 TARGETS = {"peer_whole_run_ratio_max": 0.8, "peer_small_step_ratio_max": 0.85}
 PHASES = ("start_up", "text_encoding", "latent_caching", "other_setup", "training", "save", "exit")
 PHASE_LABELS = {"start_up": "process start to first model call (imports, loading)", "text_encoding": "text encoding",
@@ -13,8 +14,6 @@ RATIOS = ("step_ratio", "whole_run_ratio", "start_to_saved_lora_ratio", "peak_rs
 
 
 def validate_peer(peer: dict) -> None:
-    from library.diagnostics.benchmark.report_format import SchemaError, check_stat, get_path
-
     def get(path: str):  # errors name the full path from the report's top
         return get_path({"peer": peer}, f"peer.{path}")
 
@@ -26,17 +25,8 @@ def validate_peer(peer: dict) -> None:
                 raise SchemaError(f"peer.sizes.{size}.{key}: not an integer")
         if result["steps"]["long"] <= result["steps"]["short"]:
             raise SchemaError(f"peer.sizes.{size}.steps: the long run must have more steps than the short one")
-        for side in ("peer", "ours"):
-            for key in SIDE_STATS:
-                check_stat(get(f"sizes.{size}.{side}.{key}"), f"peer.sizes.{size}.{side}.{key}")
-            if not isinstance(get(f"sizes.{size}.{side}.lora.modules"), int):
-                raise SchemaError(f"peer.sizes.{size}.{side}.lora.modules: not an integer")
-        for key in RATIOS:
-            check_stat(get(f"sizes.{size}.{key}"), f"peer.sizes.{size}.{key}")
-
-
-def _check(value, limit) -> dict:
-    return {"value": value, "limit": limit, "met": None if value is None else value <= limit}
+        check_sides(lambda path: get_path({"peer": peer}, path), f"peer.sizes.{size}", ("peer", "ours"), SIDE_STATS, "lora.modules",
+                    RATIOS)
 
 
 def peer_checks(peer: dict) -> dict:
@@ -44,26 +34,20 @@ def peer_checks(peer: dict) -> dict:
     sizes = peer.get("sizes", {})
     checks = {}
     if "tiny" in sizes:
-        checks["peer_whole_run_ratio_tiny"] = _check(sizes["tiny"]["whole_run_ratio"]["median"], TARGETS["peer_whole_run_ratio_max"])
+        checks["peer_whole_run_ratio_tiny"] = target_check(sizes["tiny"]["whole_run_ratio"]["median"], TARGETS["peer_whole_run_ratio_max"])
     if "small" in sizes:
-        checks["peer_step_ratio_small"] = _check(sizes["small"]["step_ratio"]["median"], TARGETS["peer_small_step_ratio_max"])
+        checks["peer_step_ratio_small"] = target_check(sizes["small"]["step_ratio"]["median"], TARGETS["peer_small_step_ratio_max"])
     return checks
 
 
 def peer_lines(peer: dict) -> list[str]:
-    from library.diagnostics.benchmark.report_format import fmt_stat
-
     lines = ["", "| vs diffusers' script: model, res | steps short / long | script s/step | ours s/step | ours / script "
              "| script whole run | ours whole run | ours / script | script peak RSS | ours peak RSS | ours / script "
              "| LoRA modules script / ours |", "|" + "---|" * 12]
     for size, r in peer["sizes"].items():
         p, o = r["peer"], r["ours"]
         lines.append(f"| {size}, {r['resolution']} px | {r['steps']['short']} / {r['steps']['long']} "
-                     f"| {fmt_stat(p['step_seconds'], digits=3)} | {fmt_stat(o['step_seconds'], digits=3)} "
-                     f"| {fmt_stat(r['step_ratio'])} | {fmt_stat(p['whole_run_seconds'], unit=' s', digits=1)} "
-                     f"| {fmt_stat(o['whole_run_seconds'], unit=' s', digits=1)} | {fmt_stat(r['whole_run_ratio'])} "
-                     f"| {fmt_stat(p['peak_rss_bytes'], MIB, ' MiB', 0)} | {fmt_stat(o['peak_rss_bytes'], MIB, ' MiB', 0)} "
-                     f"| {fmt_stat(r['peak_rss_ratio'])} | {p['lora']['modules']} / {o['lora']['modules']} |")
+                     + comparison_cells(p, o, r, "step_seconds", 3, 1) + f" {p['lora']['modules']} / {o['lora']['modules']} |")
     header = "| where the long run's time goes (median s) |"
     rule = "|---|"
     for size in peer["sizes"]:
