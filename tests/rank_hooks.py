@@ -7,7 +7,9 @@ RANK_HOOKS (comma-separated) chooses the hooks; RANK_HOOKS_DIR is where they wri
   process has already rewritten a stale cache by then);
 - `step_markers`: after each optimizer step a process writes `step<N>_rank<R>` and sleeps 1 s
   (so a test can signal one process in the middle of a run);
-- `count_text_encoding`: each process writes how many captions it encoded (`encoded_rank<R>`).
+- `count_text_encoding`: each process writes how many captions it encoded (`encoded_rank<R>`);
+- `scarce_memory_on_rank1`: process 1's memory pre-flight sees 1 MiB free (a GPU another job fills);
+- `count_model_loads`: each process writes `loaded_rank<R>` when it starts loading the models.
 Every process also writes its PID (`pid_rank<R>`). Nothing here changes what training computes.
 """
 from __future__ import annotations
@@ -69,6 +71,22 @@ def install() -> None:
             return outputs
 
         text_conditioning.encode_texts = counted
+    if "scarce_memory_on_rank1" in HOOKS and RANK == 1:
+        from types import SimpleNamespace
+
+        from library.training.memory import memory_preflight
+
+        memory_preflight.free_memory = lambda device_type: SimpleNamespace(bytes=1 << 20, where="test: 1 MiB free")
+    if "count_model_loads" in HOOKS:
+        import library.models.sdxl_loader as sdxl_loader
+
+        load = sdxl_loader.load_sdxl
+
+        def marked_load(*args, **kwargs):
+            write(f"loaded_rank{RANK}", "")
+            return load(*args, **kwargs)
+
+        sdxl_loader.load_sdxl = marked_load
 
 
 if __name__ == "__main__":

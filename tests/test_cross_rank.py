@@ -120,3 +120,17 @@ def test_a_stop_signal_to_one_process_stops_both_at_the_same_step(tiny_single_fi
     assert process.returncode != 0
     encoded = [int((tmp_path / f"encoded_rank{rank}").read_text()) for rank in (0, 1)]
     assert sorted(encoded) == [1, 2]  # in-memory text cache: encoded half each, then shared
+
+
+def test_too_little_memory_on_one_process_stops_both_before_the_models_load(tiny_single_file, tmp_path):
+    """Process 1's device has too little free memory: it stops with the numbers, process 0 stops with it
+    (instead of loading the models and waiting for a process that is gone), and no model is loaded."""
+    train = dataset(tmp_path)
+    config = write_config(tmp_path / "c.toml", base_config(tiny_single_file, train, tmp_path / "out", train_batch_size=1,
+                                                           max_train_steps=2, skip_memory_check=None))
+    output = finish(launch(tmp_path, config, "scarce_memory_on_rank1,count_model_loads"), timeout=240)
+    assert "test: 1 MiB free" in output, output[-3000:]  # process 1's own error line
+    assert "another process of this run found too little free memory" in output, output[-3000:]  # process 0's
+    assert not list(tmp_path.glob("loaded_rank*")), "a process loaded the models"
+    assert not list((tmp_path / "out").glob("*.safetensors"))
+

@@ -17,7 +17,6 @@ from library.errors import UserError
 from library.file_io import WriteFailed
 from library.training.inputs.batch_plan import epoch_batches
 from library.training.inputs.run_plan import dataset_summary, debug_dataset, epoch_seeds, plan_steps, print_dataset_summary
-from library.training.memory.memory_preflight import check_memory
 from library.training.objective import validation
 from library.training.optim.lr_schedulers import lr_logs
 from library.training.outputs import preflight
@@ -44,7 +43,6 @@ def train(resolved) -> Path | None:
     with preflight.output_guard(resolved, trainer.items):  # before any model loads
         if resolved.args.resume:
             find_state(resolved.args.resume)  # a missing or damaged state stops the run before the models load
-        trainer.checkpoint_policy = check_memory(resolved.args, images=len({item.image_path for item in trainer.items + trainer.val_items}))
         trainer.setup()
         preflight.check_free_space(trainer.args, trainer.network, trainer.optimizer, trainer.max_steps, trainer.epochs,
                                    trainer.save_every_n_epochs, trainer.notices)

@@ -27,6 +27,7 @@ from library.training.inputs.pixel_loading import pixel_loader
 from library.training.inputs.run_plan import batches_per_process, dataset_summary, plan_steps
 from library.training.inputs.text_conditioning import TextEncoderCache, cached_captions
 from library.training.inputs.train_items import build_items, split_validation
+from library.training.memory.memory_preflight import check_memory
 from library.training.network_setup import create_training_network, merge_configured_base_weights, optimizer_param_groups
 from library.training.objective import noise as noise_lib
 from library.training.objective.batch_objective import BatchObjective
@@ -72,6 +73,7 @@ class RunSetup:
     # -- setup: load, place, cache, network, optimizer, trackers ------------------------------
     def setup(self):
         self.setup_accelerator()
+        self.check_memory()
         self.load_models()
         self.place_for_caching()
         self.cache()
@@ -103,6 +105,20 @@ class RunSetup:
         drawn = args.seed if args.seed is not None else random.randint(0, 2**31 - 1)
         self.seed = drawn if args.seed is not None else distributed.value_of_process_zero(self.accelerator, drawn)
         torch.manual_seed(self.seed)  # the same network initialisation on every process
+
+    def check_memory(self) -> None:
+        """memory pre-flight, before any model loads: each process checks its own device; when one
+        cannot fit the run every process stops (one going on would wait for the others at its first
+        collective), and process 0's checkpointing policy is everyone's."""
+        images = len({item.image_path for item in self.items + self.val_items})
+        try:
+            policy, error = check_memory(self.args, images=images, device_type=self.device.type), None
+        except UserError as caught:
+            policy, error = None, caught
+        if distributed.any_process(self.accelerator, error is not None):
+            raise error or UserError("another process of this run found too little free memory (its error line names both "
+                                     "numbers and the settings that would fit); every process stopped before loading the models")
+        self.checkpoint_policy = distributed.value_of_process_zero(self.accelerator, policy)
 
     def load_models(self) -> None:
         """load: every component into host memory in its storage dtype; pivotal tokens; the attention backend."""
