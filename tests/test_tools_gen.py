@@ -108,3 +108,24 @@ def test_embedding_rows_become_new_tokens(_tiny_sdxl_loaded, tmp_path):
     plain = encode_captions(model, ["photo of"], None)[0]
     assert (after - before).abs().max() > 1e-3
     torch.testing.assert_close(after[:, :3], plain[:, :3])  # BOS, "photo", "of" unchanged (causal attention)
+
+
+def test_every_sampler_runs_on_the_one_sampling_stack(_tiny_sdxl_loaded):
+    """Training samples and sdxl_gen_img share library/generation/sampling.py: each of kohya's sampler
+    names denoises (deterministic ones take no generator, ancestral ones draw from the seed's), a k_ alias
+    is its sampler, a seed repeats its image, and v-prediction switches the scheduler's target."""
+    from library.errors import UserError
+    from library.generation.sampling import SAMPLERS, Settings, generate, make_scheduler
+
+    def image(sampler: str, seed: int = 3) -> np.ndarray:
+        return np.asarray(generate(_tiny_sdxl_loaded, "a red square", "", seed, Settings(64, 64, 3, 5.0, sampler)))
+
+    images = {name: image(name) for name in SAMPLERS}
+    assert all(pixels.shape == (64, 64, 3) for pixels in images.values())
+    assert len({pixels.tobytes() for pixels in images.values()}) >= 6  # different samplers, different paths
+    assert np.array_equal(image("k_euler_a"), images["euler_a"]) and np.array_equal(image("euler_a"), images["euler_a"])
+    assert not np.array_equal(image("euler_a", seed=4), images["euler_a"])
+    assert make_scheduler("dpmsolver++", v_parameterization=True).config.prediction_type == "v_prediction"
+    assert make_scheduler("dpmsolver").config.algorithm_type == "dpmsolver"
+    with pytest.raises(UserError, match=r"sampler 'dpm\+\+2m' is unknown; use one of ddim, pndm"):
+        make_scheduler("dpm++2m")

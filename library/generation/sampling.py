@@ -14,6 +14,7 @@ seed and a sampler give the same image in all three.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,8 @@ SAMPLERS = {
     "heun": ("HeunDiscreteScheduler", {}),
     "dpm_2": ("KDPM2DiscreteScheduler", {}),
     "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
-    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    # (diffusers refuses its default final sigma 0 for first-order dpmsolver; kohya's older diffusers ended at sigma_min)
+    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
     "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
 }
@@ -98,13 +100,15 @@ def _denoise(model, prompt: str, negative: str, seeds: list[int], settings: Sett
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     latents = torch.cat([torch.randn((1, 4, h // 8, w // 8), generator=g, dtype=torch.float32) for g in generators])
     latents = (latents * scheduler.init_noise_sigma).to(device)
+    # ancestral and SDE samplers draw noise at each step (from the seeds' generators); the others take no generator
+    stochastic = "generator" in inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generators if count > 1 else generators[0]} if stochastic else {}
     for t in scheduler.timesteps:
         x = scheduler.scale_model_input(torch.cat([latents, latents]), t)
         prediction = unet(x.to(dtype), t, encoder_hidden_states=context,
                           added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample.float()
         uncond, cond = prediction.chunk(2)
-        latents = scheduler.step(uncond + settings.guidance * (cond - uncond), t, latents,
-                                 generator=generators if count > 1 else generators[0]).prev_sample
+        latents = scheduler.step(uncond + settings.guidance * (cond - uncond), t, latents, **step_kwargs).prev_sample
     return latents
 
 
