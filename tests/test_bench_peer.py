@@ -145,3 +145,24 @@ def test_peer_section_needs_the_script(tmp_path):
         bench.main(["--sections", "peer", "--workdir", str(tmp_path)])
     with pytest.raises(UserError, match="--peer_script .*not found"):
         peer.check_peer_python(sys.executable, tmp_path / "missing.py")
+
+
+def test_probe_ignores_shape_only_calls_on_the_meta_device():
+    """Our memory pre-flight runs the UNet on meta tensors before the models load; that computes nothing
+    and must not open the probe's UNet window (it made "other set-up" negative)."""
+    import torch
+
+    from library.diagnostics.benchmark.peers import peer_probe
+
+    unet = type("UNet2DConditionModel", (), {})()
+    saved = dict(peer_probe.events["windows"])
+    peer_probe.events["windows"].clear()
+    try:
+        peer_probe._pre_hook(unet, (torch.empty(1, 4, 8, 8, device="meta"),))
+        peer_probe._post_hook(unet, (torch.empty(1, 4, 8, 8, device="meta"),), None)
+        assert "unet" not in peer_probe.events["windows"]
+        peer_probe._pre_hook(unet, (torch.zeros(1, 4, 8, 8),))
+        assert peer_probe.events["windows"]["unet"]["calls"] == 1
+    finally:
+        peer_probe.events["windows"].clear()
+        peer_probe.events["windows"].update(saved)

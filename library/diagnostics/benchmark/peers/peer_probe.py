@@ -44,15 +44,21 @@ def _mark(group: str, key: str) -> None:
         window["last_end"] = now
 
 
+def _on_meta(args) -> bool:
+    """A call on meta tensors computes nothing (our memory pre-flight's shape-only pass): not a phase."""
+    device = getattr(args[0], "device", None) if args else None
+    return getattr(device, "type", None) == "meta"
+
+
 def _pre_hook(module, args):
     group = WATCHED.get(type(module).__name__)
-    if group:
+    if group and not _on_meta(args):
         _mark(group, "start")
 
 
 def _post_hook(module, args, output):
     group = WATCHED.get(type(module).__name__)
-    if group:
+    if group and not _on_meta(args):
         _mark(group, "end")
 
 
