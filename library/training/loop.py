@@ -79,7 +79,7 @@ class Trainer(RunSetup):
         finally:
             stop.restore()
             bar.close()
-        final = self.save_checkpoint("final", progress, with_state=args.save_state or args.save_state_on_train_end)
+        final = self.checkpoints.save("final", progress, with_state=args.save_state or args.save_state_on_train_end)
         if self.ranks_checked and accelerator.is_main_process:
             print(f"ddp_check_sync: all {world} processes held identical network weights after each of {self.ranks_checked} steps")
         accelerator.end_training()
@@ -142,11 +142,11 @@ class Trainer(RunSetup):
             bar.set_postfix(loss=f"{logs['loss/average']:.4f}")
             bar.update(1)
             if self.stop_requested(stop):
-                self.save_checkpoint("step", progress, with_state=True)
+                self.checkpoints.save("step", progress, with_state=True)
                 return True
             if step < self.max_steps:
                 if self.due(args.save_every_n_steps, step):
-                    self.save_checkpoint("step", progress, with_state=args.save_state)
+                    self.checkpoints.save("step", progress, with_state=args.save_state)
                 if self.due(args.sample_every_n_steps, step):
                     self.sample(None, step)
             if step >= self.max_steps:
@@ -167,7 +167,7 @@ class Trainer(RunSetup):
         progress.epoch_losses = []
         if not finished_run:
             if self.due(self.save_every_n_epochs, epoch):
-                self.save_checkpoint("epoch", progress, with_state=args.save_state, epoch=epoch)
+                self.checkpoints.save("epoch", progress, with_state=args.save_state, epoch=epoch)
             if self.due(args.sample_every_n_epochs, epoch):
                 self.sample(epoch, progress.global_step)
 
@@ -244,13 +244,10 @@ class Trainer(RunSetup):
         dropped), then stop with `error`."""
         progress.batches_done_in_epoch = group_start
         self.optimizer.zero_grad(set_to_none=True)
-        self.save_checkpoint("step", progress, with_state=True)
+        self.checkpoints.save("step", progress, with_state=True)
         raise error
 
     # -- saves, samples, validation, logs -------------------------------------------------------
-    def save_checkpoint(self, kind: str, progress: Progress, with_state: bool, epoch: int | None = None) -> Path | None:
-        return self.checkpoints.save(kind, progress, with_state, epoch)
-
     def sample(self, epoch: int | None, step: int) -> None:
         if not self.sample_prompts:
             return

@@ -67,8 +67,6 @@ class RunSetup:
         split_seed = args.validation_seed if args.validation_seed is not None else (args.seed or 0)
         fraction = args.validation_split or max((spec.validation_split for spec in self.specs), default=0.0)
         self.items, self.val_items = split_validation(all_items, fraction, split_seed)
-        # what gradient checkpointing recomputes: "auto" is the memory check's to decide (train()), else full
-        self.checkpoint_policy = args.gradient_checkpointing_policy if args.gradient_checkpointing_policy != "auto" else "full"
 
     # -- setup: load, place, cache, network, optimizer, trackers ------------------------------
     def setup(self):

@@ -26,8 +26,12 @@ def get_path(report: dict, path: str):
     return node
 
 
-def check_sides(get, where: str, sides: tuple[str, ...], stats: tuple[str, ...], modules_key: str, ratios: tuple[str, ...]) -> None:
-    """A peer comparison's entry `where`: each side's statistics and integer module count, and the ratios."""
+def check_sides(report: dict, where: str, sides: tuple[str, ...], stats: tuple[str, ...], modules_key: str, ratios: tuple[str, ...]) -> None:
+    """A peer comparison's entry at `where` in `report`: each side's statistics and integer module count, and the ratios."""
+
+    def get(path: str):
+        return get_path(report, path)
+
     for side in sides:
         for key in stats:
             check_stat(get(f"{where}.{side}.{key}"), f"{where}.{side}.{key}")

@@ -17,7 +17,6 @@ memory, else "full". Without a memory check (skip_memory_check, or no free-memor
 """
 from __future__ import annotations
 
-import copy
 import os
 
 from library.errors import UserError
@@ -32,16 +31,6 @@ _REMEDIES = (
      {"cache_text_encoder_outputs": True, "network_train_unet_only": True}),
     ("fp8_base = true", {"fp8_base": True}),  # fp8 weights compute in a half dtype: see _remedies
 )
-
-
-def _with(args, **changes):
-    """`args` with `changes`: a what-if copy (the resolved config itself is read-only)."""
-    if hasattr(args, "replace"):
-        return args.replace(**changes)
-    changed = copy.copy(args)
-    for key, value in changes.items():
-        setattr(changed, key, value)
-    return changed
 
 
 def size_text(count: int) -> str:
@@ -80,7 +69,7 @@ def _fitting_settings(args, images: int, device_type: str, processes: int, free:
     from library.training.memory.memory_estimate import estimate_memory
 
     def need_with(changes: dict) -> int:
-        return _need(estimate_memory(_with(args, **changes), images=images), device_type, processes)
+        return _need(estimate_memory(args.replace(**changes), images=images), device_type, processes)
 
     fitting, combined = [], {}
     for text, changes in _remedies(args):
@@ -133,7 +122,7 @@ def check_memory(args, images: int, device_type: str | None = None, say=print) -
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if device_type == "cpu" else 1
     if deciding and _selective_fits(args, images, device_type, processes, free, say):
         return "selective"
-    args = _with(args, gradient_checkpointing_policy=policy)
+    args = args.replace(gradient_checkpointing_policy=policy)
     estimate = estimate_memory(args, images=images)
     need = _need(estimate, device_type, processes)
     if need <= BORDERLINE * free.bytes:
@@ -156,7 +145,7 @@ def _selective_fits(args, images: int, device_type: str, processes: int, free, s
     """gradient_checkpointing_policy "auto": selective when it needs at most BORDERLINE of the free memory."""
     from library.training.memory.memory_estimate import estimate_memory
 
-    trial = _with(args, gradient_checkpointing_policy="selective")
+    trial = args.replace(gradient_checkpointing_policy="selective")
     need = _need(estimate_memory(trial, images=images), device_type, processes)
     if need > BORDERLINE * free.bytes:
         return False

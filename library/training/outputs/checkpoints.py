@@ -35,8 +35,7 @@ class Checkpoints:
         rng_states = distributed.gathered_rng_states(accelerator) if with_state else None  # every process's, to process 0
         path = None
         if accelerator.is_main_process:
-            epoch_number = epoch if kind == "epoch" else None
-            step_number = progress.global_step if kind == "step" else None
+            epoch_number, step_number = _numbers(kind, progress, epoch)
             path = save_or_rescue(lambda folder: self.write(folder, kind, progress, with_state, epoch, rng_states),
                                   self.output_dir, self.output_name)
             self.saver.remove_old(epoch=epoch_number, step=step_number)
@@ -54,10 +53,15 @@ class Checkpoints:
             self.pivotal.save_embeddings(path)  # pivotal: <lora stem>_emb.safetensors next to the LoRA
         print(f"saved {path}")
         if with_state:
-            name = state_folder_name(self.output_name, epoch=epoch if kind == "epoch" else None,
-                                     step=progress.global_step if kind == "step" else None)
+            epoch_number, step_number = _numbers(kind, progress, epoch)
+            name = state_folder_name(self.output_name, epoch=epoch_number, step=step_number)
             state = save_state(folder / name, progress, self.network, self.optimizer, self.lr_scheduler, self.scaler,
                                extra={"pivotal": self.pivotal.state_dict(), "broken_images": self.latents.broken_state()},
                                rng_states=rng_states)
             print(f"saved state {state}")
         return path
+
+
+def _numbers(kind: str, progress: Progress, epoch: int | None) -> tuple[int | None, int | None]:
+    """(epoch, step) that name a save's files: the epoch of an epoch save, the step of a step save."""
+    return (epoch if kind == "epoch" else None), (progress.global_step if kind == "step" else None)

@@ -17,7 +17,7 @@ def validate_kohya(section: dict) -> None:
     if not get("precisions"):
         raise SchemaError("kohya.precisions: nothing measured")
     for precision in section["precisions"]:
-        check_sides(lambda path: get_path({"kohya": section}, path), f"kohya.precisions.{precision}", ("kohya", "ours"), SIDE_STATS,
+        check_sides({"kohya": section}, f"kohya.precisions.{precision}", ("kohya", "ours"), SIDE_STATS,
                     "modules", RATIOS)
 
 

@@ -25,7 +25,7 @@ def validate_peer(peer: dict) -> None:
                 raise SchemaError(f"peer.sizes.{size}.{key}: not an integer")
         if result["steps"]["long"] <= result["steps"]["short"]:
             raise SchemaError(f"peer.sizes.{size}.steps: the long run must have more steps than the short one")
-        check_sides(lambda path: get_path({"peer": peer}, path), f"peer.sizes.{size}", ("peer", "ours"), SIDE_STATS, "lora.modules",
+        check_sides({"peer": peer}, f"peer.sizes.{size}", ("peer", "ours"), SIDE_STATS, "lora.modules",
                     RATIOS)
 
 
